@@ -1,0 +1,820 @@
+//! Config: the plugin configuration, parsed strictly and compiled once.
+//!
+//! The JSON (Envoy's `StringValue` plugin configuration) is parsed with serde
+//! (`deny_unknown_fields`), validated, and compiled into [`Config`] in
+//! `on_configure`. Any error refuses the whole configuration — Envoy then keeps
+//! serving with the last good one. Every field is documented in README
+//! ("Configuration reference").
+
+use std::collections::HashMap;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::flags::{FeatureRule, FlagRules, Override, Thresholds};
+use crate::model::{Model, ModelError, ScoreWeights, DEFAULT_MODEL};
+use crate::profile::{
+    Device, HistorySignal, ProfileSpec, Segment, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES, MAX_SEGMENTS,
+};
+use crate::routing::{Rollout, WhenAbsent};
+
+/// Largest accepted feature count (flag decisions are kept per request).
+pub const MAX_FEATURES: usize = 64;
+
+/// A refused configuration: which field, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending field, e.g. `features[2].requires`.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Global switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalOverride {
+    /// Normal operation.
+    #[default]
+    Auto,
+    /// Everything to the old stack, no features: the rollout's big red button.
+    Off,
+}
+
+/// Fallback value of a feature when the model cannot score a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    On,
+    #[default]
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(rename = "override", default)]
+    global_override: GlobalOverride,
+    rollout: RawRollout,
+    #[serde(default)]
+    stacks: RawStacks,
+    #[serde(default = "default_prefix")]
+    control_header_prefix: String,
+    #[serde(default)]
+    profile: RawProfile,
+    #[serde(default)]
+    segments: Vec<RawSegment>,
+    features: Vec<RawFeature>,
+    #[serde(default)]
+    model: RawModel,
+    #[serde(default)]
+    scoring: RawScoring,
+}
+
+fn default_prefix() -> String {
+    "x-augur-".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    percentage: f64,
+    #[serde(default = "default_salt")]
+    salt: String,
+    #[serde(default)]
+    when_absent: WhenAbsent,
+}
+
+fn default_salt() -> String {
+    "augur".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStacks {
+    old: String,
+    new: String,
+}
+
+impl Default for RawStacks {
+    fn default() -> Self {
+        RawStacks { old: "old".into(), new: "new".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProfile {
+    user_header: String,
+    location_header: String,
+    locations: Vec<String>,
+    path_classes: Vec<String>,
+    history: Vec<RawHistory>,
+}
+
+impl Default for RawProfile {
+    fn default() -> Self {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
+        RawProfile {
+            user_header: "x-user-id".into(),
+            location_header: "x-geo-region".into(),
+            locations: s(&["us", "eu", "apac", "latam"]),
+            path_classes: s(&["/api/checkout", "/api/search", "/api", "/static"]),
+            history: [
+                ("x-user-sessions-30d", 50.0),
+                ("x-user-purchases-90d", 20.0),
+                ("x-user-tenure-days", 365.0),
+                ("x-user-errors-7d", 10.0),
+            ]
+            .iter()
+            .map(|(h, m)| RawHistory { header: h.to_string(), max: *m })
+            .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    header: String,
+    max: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegment {
+    name: String,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    devices: Vec<Device>,
+    #[serde(default)]
+    locations: Vec<String>,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeature {
+    name: String,
+    #[serde(default)]
+    requires: Vec<String>,
+    #[serde(rename = "override", default)]
+    override_: Override,
+    #[serde(default = "default_min_score")]
+    min_score: u8,
+    #[serde(default = "default_max_performance_cost")]
+    max_performance_cost: f32,
+    #[serde(default = "default_max_error_risk")]
+    max_error_risk: f32,
+    #[serde(default)]
+    min_engagement: f32,
+    #[serde(default = "default_max_security_risk")]
+    max_security_risk: f32,
+    #[serde(default)]
+    allow_segments: Vec<String>,
+    #[serde(default)]
+    deny_segments: Vec<String>,
+    #[serde(default)]
+    fallback: Fallback,
+}
+
+fn default_min_score() -> u8 {
+    50
+}
+fn default_max_performance_cost() -> f32 {
+    Thresholds::default().max_performance_cost
+}
+fn default_max_error_risk() -> f32 {
+    Thresholds::default().max_error_risk
+}
+fn default_max_security_risk() -> f32 {
+    Thresholds::default().max_security_risk
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    onnx_base64: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScoring {
+    #[serde(default)]
+    weights: Option<RawWeights>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeights {
+    performance: f32,
+    error_rate: f32,
+    engagement: f32,
+    security: f32,
+}
+
+/// Names of the headers the filter writes (and strips from clients).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlHeaders {
+    /// Every incoming header starting with this prefix is removed.
+    pub prefix: String,
+    /// `<prefix>stack`: the stack name, matched by Envoy's route table.
+    pub stack: String,
+    /// `<prefix>features`: enabled features, comma-separated (new stack only).
+    pub features: String,
+    /// `<prefix>decision`: the decision id (new stack only).
+    pub decision: String,
+}
+
+/// The compiled configuration: everything the request path needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub global_off: bool,
+    pub rollout: Rollout,
+    pub percentage: f64,
+    /// Routing-header values for the old and new stack.
+    pub old_stack: String,
+    pub new_stack: String,
+    pub headers: ControlHeaders,
+    pub profile: ProfileSpec,
+    pub segments: Vec<Segment>,
+    pub rules: FlagRules,
+    pub model: Model,
+    pub model_version: String,
+}
+
+impl Config {
+    /// Feature names in configuration order.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.features.iter().map(|f| f.name.as_str())
+    }
+}
+
+/// Header names and values the filter emits must be plain lowercase tokens.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn header_name(field: &str, raw: &str, prefix: &str) -> Result<String, ConfigError> {
+    let h = raw.trim().to_ascii_lowercase();
+    if !is_token(&h) {
+        return Err(ConfigError::new(field, format!("\"{raw}\" is not a valid header name")));
+    }
+    if h.starts_with(prefix) {
+        return Err(ConfigError::new(
+            field,
+            format!("\"{h}\" starts with control_header_prefix \"{prefix}\" and would be stripped; pick another header"),
+        ));
+    }
+    Ok(h)
+}
+
+fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(path, e.into_inner().to_string())
+    })
+}
+
+/// Compiles only what the profile needs (encoding and segments), without loading
+/// a model: used by `augur encode` so the trainer can encode data before any
+/// model exists.
+pub fn compile_profile_only(json: &[u8]) -> Result<(ProfileSpec, Vec<Segment>), ConfigError> {
+    let raw = parse(json)?;
+    let prefix = raw.control_header_prefix.trim().to_ascii_lowercase();
+    Ok((compile_profile(&raw.profile, &prefix)?, compile_segments(&raw.segments, &prefix)?))
+}
+
+/// Parses and compiles a plugin configuration. `default_model` is used when the
+/// configuration carries no inline model.
+pub fn compile(json: &[u8]) -> Result<Config, ConfigError> {
+    compile_with_model(json, DEFAULT_MODEL)
+}
+
+/// [`compile`] with an explicit default model (tests, the CLI).
+pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, ConfigError> {
+    let raw = parse(json)?;
+    let prefix = raw.control_header_prefix.trim().to_ascii_lowercase();
+    if !is_token(&prefix) || !prefix.ends_with('-') {
+        return Err(ConfigError::new(
+            "control_header_prefix",
+            format!(
+                "\"{}\" must be a lowercase header-name prefix ending in '-', e.g. \"x-augur-\"",
+                raw.control_header_prefix
+            ),
+        ));
+    }
+    let headers = ControlHeaders {
+        stack: format!("{prefix}stack"),
+        features: format!("{prefix}features"),
+        decision: format!("{prefix}decision"),
+        prefix,
+    };
+
+    let pct = raw.rollout.percentage;
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(ConfigError::new("rollout.percentage", format!("{pct} is outside 0-100")));
+    }
+    if raw.rollout.salt.is_empty() {
+        return Err(ConfigError::new("rollout.salt", "must not be empty (use a new salt per rollout)"));
+    }
+    let rollout = Rollout::new(pct, &raw.rollout.salt, raw.rollout.when_absent);
+
+    for (field, v) in [("stacks.old", &raw.stacks.old), ("stacks.new", &raw.stacks.new)] {
+        if !is_token(v) {
+            return Err(ConfigError::new(field, format!("\"{v}\" must be a non-empty lowercase token (it is a header value the route table matches)")));
+        }
+    }
+    if raw.stacks.old == raw.stacks.new {
+        return Err(ConfigError::new("stacks.new", "must differ from stacks.old"));
+    }
+
+    let profile = compile_profile(&raw.profile, &headers.prefix)?;
+    let segments = compile_segments(&raw.segments, &headers.prefix)?;
+
+    let weights = match &raw.scoring.weights {
+        None => ScoreWeights::default(),
+        Some(w) => {
+            let all = [w.performance, w.error_rate, w.engagement, w.security];
+            if all.iter().any(|x| !x.is_finite() || *x < 0.0) || all.iter().sum::<f32>() <= 0.0 {
+                return Err(ConfigError::new("scoring.weights", "weights must be ≥ 0 with a positive sum"));
+            }
+            ScoreWeights {
+                performance: w.performance,
+                error_rate: w.error_rate,
+                engagement: w.engagement,
+                security: w.security,
+            }
+        }
+    };
+
+    let model = match &raw.model.onnx_base64 {
+        None => Model::from_onnx(default_model)
+            .map_err(|e| ConfigError::new("model", format!("embedded default model: {e}")))?,
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
+                ConfigError::new(
+                    "model.onnx_base64",
+                    format!("not valid base64 ({e}); encode the .onnx file with `base64 -w0`"),
+                )
+            })?;
+            Model::from_onnx(&bytes)
+                .map_err(|e: ModelError| ConfigError::new("model.onnx_base64", e.to_string()))?
+        }
+    };
+    let model_version = raw.model.version.clone().unwrap_or_else(|| model.version().to_string());
+    if !is_token(&model_version.to_ascii_lowercase()) {
+        return Err(ConfigError::new(
+            "model.version",
+            format!("\"{model_version}\" must be a token of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+
+    let rules = compile_features(&raw.features, &segments, &model, weights)?;
+
+    Ok(Config {
+        global_off: raw.global_override == GlobalOverride::Off,
+        rollout,
+        percentage: pct,
+        old_stack: raw.stacks.old,
+        new_stack: raw.stacks.new,
+        headers,
+        profile,
+        segments,
+        rules,
+        model,
+        model_version,
+    })
+}
+
+fn compile_profile(raw: &RawProfile, prefix: &str) -> Result<ProfileSpec, ConfigError> {
+    let user_header = header_name("profile.user_header", &raw.user_header, prefix)?;
+    let location_header = header_name("profile.location_header", &raw.location_header, prefix)?;
+    if raw.locations.len() > MAX_LOCATIONS {
+        return Err(ConfigError::new(
+            "profile.locations",
+            format!("at most {MAX_LOCATIONS} locations (one model input slot each)"),
+        ));
+    }
+    if raw.path_classes.len() > MAX_PATH_CLASSES {
+        return Err(ConfigError::new(
+            "profile.path_classes",
+            format!("at most {MAX_PATH_CLASSES} path classes (one model input slot each)"),
+        ));
+    }
+    for (i, p) in raw.path_classes.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("profile.path_classes[{i}]"),
+                format!("\"{p}\" must be a path prefix starting with '/'"),
+            ));
+        }
+    }
+    if raw.history.len() > MAX_HISTORY {
+        return Err(ConfigError::new(
+            "profile.history",
+            format!("at most {MAX_HISTORY} history signals (one model input slot each)"),
+        ));
+    }
+    let mut history = Vec::with_capacity(raw.history.len());
+    for (i, h) in raw.history.iter().enumerate() {
+        let header = header_name(&format!("profile.history[{i}].header"), &h.header, prefix)?;
+        if !(h.max.is_finite() && h.max > 0.0) {
+            return Err(ConfigError::new(
+                format!("profile.history[{i}].max"),
+                "must be a positive number (the value that encodes as 1.0)",
+            ));
+        }
+        history.push(HistorySignal { header, max: h.max });
+    }
+    Ok(ProfileSpec {
+        user_header,
+        location_header,
+        locations: raw.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
+        path_classes: raw.path_classes.clone(),
+        history,
+    })
+}
+
+fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, ConfigError> {
+    if raw.len() > MAX_SEGMENTS {
+        return Err(ConfigError::new("segments", format!("at most {MAX_SEGMENTS} segments")));
+    }
+    let mut out: Vec<Segment> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let field = format!("segments[{i}]");
+        if !is_token(&s.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("\"{}\" must be a lowercase token", s.name),
+            ));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                format!("duplicate segment \"{}\"", s.name),
+            ));
+        }
+        let header = match (&s.header, s.values.is_empty()) {
+            (None, true) => None,
+            (Some(h), false) => Some((header_name(&format!("{field}.header"), h, prefix)?, s.values.clone())),
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    format!("{field}.values"),
+                    "a header criterion needs at least one value",
+                ))
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    format!("{field}.header"),
+                    "values are given but no header to match them against",
+                ))
+            }
+        };
+        if s.users.is_empty() && s.devices.is_empty() && s.locations.is_empty() && header.is_none() {
+            return Err(ConfigError::new(
+                &field,
+                "a segment needs at least one of users, devices, locations, header",
+            ));
+        }
+        out.push(Segment {
+            name: s.name.clone(),
+            users: s.users.clone(),
+            devices: s.devices.clone(),
+            locations: s.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
+            header,
+        });
+    }
+    Ok(out)
+}
+
+fn segment_mask(field: &str, names: &[String], segments: &[Segment]) -> Result<u64, ConfigError> {
+    let mut mask = 0u64;
+    for (j, n) in names.iter().enumerate() {
+        let Some(ix) = segments.iter().position(|s| &s.name == n) else {
+            return Err(ConfigError::new(
+                format!("{field}[{j}]"),
+                format!("unknown segment \"{n}\"; define it under \"segments\""),
+            ));
+        };
+        mask |= 1 << ix;
+    }
+    Ok(mask)
+}
+
+fn unit(field: String, v: f32) -> Result<f32, ConfigError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::new(field, format!("{v} is outside 0-1")))
+    }
+}
+
+fn compile_features(
+    raw: &[RawFeature],
+    segments: &[Segment],
+    model: &Model,
+    weights: ScoreWeights,
+) -> Result<FlagRules, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new("features", "at least one feature is required"));
+    }
+    if raw.len() > MAX_FEATURES {
+        return Err(ConfigError::new("features", format!("at most {MAX_FEATURES} features")));
+    }
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, f) in raw.iter().enumerate() {
+        if !is_token(&f.name) || f.name.contains('.') {
+            return Err(ConfigError::new(
+                format!("features[{i}].name"),
+                format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it is sent in a header and used in stat names)", f.name),
+            ));
+        }
+        if index.insert(f.name.as_str(), i).is_some() {
+            return Err(ConfigError::new(
+                format!("features[{i}].name"),
+                format!("duplicate feature \"{}\"", f.name),
+            ));
+        }
+    }
+    let mut features = Vec::with_capacity(raw.len());
+    for (i, f) in raw.iter().enumerate() {
+        let field = format!("features[{i}]");
+        let mut requires = Vec::with_capacity(f.requires.len());
+        for (j, r) in f.requires.iter().enumerate() {
+            match index.get(r.as_str()) {
+                Some(&ix) if ix == i => {
+                    return Err(ConfigError::new(
+                        format!("{field}.requires[{j}]"),
+                        format!("\"{r}\" cannot require itself"),
+                    ))
+                }
+                Some(&ix) => requires.push(ix),
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{field}.requires"),
+                        format!("unknown feature \"{r}\"; declare it under \"features\""),
+                    ))
+                }
+            }
+        }
+        if f.min_score > 100 {
+            return Err(ConfigError::new(
+                format!("{field}.min_score"),
+                format!("{} is outside 0-100", f.min_score),
+            ));
+        }
+        let thresholds = Thresholds {
+            max_performance_cost: unit(format!("{field}.max_performance_cost"), f.max_performance_cost)?,
+            max_error_risk: unit(format!("{field}.max_error_risk"), f.max_error_risk)?,
+            min_engagement: unit(format!("{field}.min_engagement"), f.min_engagement)?,
+            max_security_risk: unit(format!("{field}.max_security_risk"), f.max_security_risk)?,
+        };
+        let model_slot = model.features().iter().position(|m| m == &f.name);
+        if model_slot.is_none() && f.override_ == Override::Auto {
+            return Err(ConfigError::new(
+                format!("{field}.override"),
+                format!(
+                    "\"{}\" is \"auto\" but the model (version {}) does not score it (it scores: {}); set override to \"on\" or \"off\", or push a model trained for it",
+                    f.name,
+                    model.version(),
+                    model.features().join(", ")
+                ),
+            ));
+        }
+        features.push(FeatureRule {
+            name: f.name.clone(),
+            requires,
+            override_: f.override_,
+            thresholds,
+            min_score: f.min_score,
+            allow_segments: segment_mask(&format!("{field}.allow_segments"), &f.allow_segments, segments)?,
+            deny_segments: segment_mask(&format!("{field}.deny_segments"), &f.deny_segments, segments)?,
+            fallback: f.fallback == Fallback::On,
+            model_slot,
+        });
+    }
+    let order = dependency_order(&features)?;
+    Ok(FlagRules { features, order, weights })
+}
+
+/// Topological order of the features (prerequisites first), or the cycle.
+fn dependency_order(features: &[FeatureRule]) -> Result<Vec<usize>, ConfigError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks = vec![Mark::New; features.len()];
+    let mut order = Vec::with_capacity(features.len());
+    // Iterative DFS; `stack` holds (node, next requirement to visit).
+    for start in 0..features.len() {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        marks[start] = Mark::Active;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let reqs = &features[node].requires;
+            if *next < reqs.len() {
+                let dep = reqs[*next];
+                *next += 1;
+                match marks[dep] {
+                    Mark::New => {
+                        marks[dep] = Mark::Active;
+                        stack.push((dep, 0));
+                    }
+                    Mark::Active => {
+                        let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let mut names: Vec<&str> =
+                            stack[from..].iter().map(|(n, _)| features[*n].name.as_str()).collect();
+                        names.push(features[dep].name.as_str());
+                        return Err(ConfigError::new(
+                            format!("features[{dep}].requires"),
+                            format!(
+                                "dependency cycle {}; remove one of these requirements",
+                                names.join(" → ")
+                            ),
+                        ));
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                marks[node] = Mark::Done;
+                order.push(node);
+                stack.pop();
+            }
+        }
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(features: &str) -> String {
+        format!(r#"{{"rollout": {{"percentage": 25}}, "features": {features}}}"#)
+    }
+
+    fn err(json: &str) -> String {
+        compile(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    fn default_features() -> String {
+        let m = Model::from_onnx(DEFAULT_MODEL).unwrap();
+        let list: Vec<String> = m.features().iter().map(|f| format!(r#"{{"name": "{f}"}}"#)).collect();
+        format!("[{}]", list.join(","))
+    }
+
+    #[test]
+    fn minimal_config_compiles_with_defaults() {
+        let c = compile(base(&default_features()).as_bytes()).unwrap();
+        assert_eq!(c.percentage, 25.0);
+        assert_eq!(c.headers.stack, "x-augur-stack");
+        assert_eq!(c.profile.user_header, "x-user-id");
+        assert_eq!(c.old_stack, "old");
+        assert!(!c.global_off);
+        assert!(c.rules.features.iter().all(|f| f.model_slot.is_some()));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let e = err(r#"{"rollout": {"percentage": 5, "pct": 1}, "features": []}"#);
+        assert!(e.starts_with("rollout: unknown field `pct`"), "{e}");
+        let e = err(&base(r#"[{"name": "a", "min_scor": 3}]"#));
+        assert!(e.starts_with("features[0]: unknown field `min_scor`"), "{e}");
+        let e = err(&base(r#"[{"name": "a", "min_score": "high"}]"#));
+        assert!(e.starts_with("features[0].min_score: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unknown_requirement_names_field_and_fix() {
+        let e = err(&base(r#"[{"name": "a", "override": "on", "requires": ["checkout_v2"]}]"#));
+        assert_eq!(e, r#"features[0].requires: unknown feature "checkout_v2"; declare it under "features""#);
+    }
+
+    #[test]
+    fn dependency_cycle_is_refused_and_named() {
+        let e = err(&base(
+            r#"[{"name": "a", "override": "on", "requires": ["b"]},
+                {"name": "b", "override": "on", "requires": ["c"]},
+                {"name": "c", "override": "on", "requires": ["a"]}]"#,
+        ));
+        assert!(e.contains("dependency cycle a → b → c → a"), "{e}");
+    }
+
+    #[test]
+    fn order_puts_prerequisites_first() {
+        let c = compile(
+            base(
+                r#"[{"name": "z", "override": "on", "requires": ["y"]},
+                    {"name": "y", "override": "on", "requires": ["x"]},
+                    {"name": "x", "override": "on"}]"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.rules.order, vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn unscored_auto_feature_is_refused() {
+        let e = err(&base(r#"[{"name": "brand_new"}]"#));
+        assert!(e.starts_with("features[0].override: \"brand_new\" is \"auto\" but the model"), "{e}");
+        // The same feature under a manual override is fine.
+        assert!(compile(base(r#"[{"name": "brand_new", "override": "off"}]"#).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn value_ranges_are_checked() {
+        let e = err(r#"{"rollout": {"percentage": 101}, "features": [{"name":"a","override":"on"}]}"#);
+        assert_eq!(e, "rollout.percentage: 101 is outside 0-100");
+        let e = err(&base(r#"[{"name": "a", "override": "on", "max_error_risk": 2}]"#));
+        assert_eq!(e, "features[0].max_error_risk: 2 is outside 0-1");
+        let e = err(&base(r#"[{"name": "a", "override": "on", "min_score": 101}]"#));
+        assert_eq!(e, "features[0].min_score: 101 is outside 0-100");
+        let e = err(&base(r#"[{"name": "A b", "override": "on"}]"#));
+        assert!(e.starts_with("features[0].name:"), "{e}");
+        let e = err(&base("[]"));
+        assert_eq!(e, "features: at least one feature is required");
+    }
+
+    #[test]
+    fn segments_are_validated_and_resolved() {
+        let json = r#"{"rollout": {"percentage": 5},
+            "segments": [{"name": "beta", "header": "x-tier", "values": ["beta"]},
+                         {"name": "eu", "locations": ["EU"]}],
+            "features": [{"name": "a", "override": "on", "allow_segments": ["eu"], "deny_segments": ["beta"]}]}"#;
+        let c = compile(json.as_bytes()).unwrap();
+        assert_eq!(c.rules.features[0].allow_segments, 0b10);
+        assert_eq!(c.rules.features[0].deny_segments, 0b01);
+        assert_eq!(c.segments[1].locations, vec!["eu".to_string()]);
+
+        let e = err(&base(r#"[{"name": "a", "override": "on", "allow_segments": ["vip"]}]"#));
+        assert_eq!(e, r#"features[0].allow_segments[0]: unknown segment "vip"; define it under "segments""#);
+        let e = err(
+            r#"{"rollout": {"percentage": 5}, "segments": [{"name": "empty"}], "features": [{"name":"a","override":"on"}]}"#,
+        );
+        assert!(e.starts_with("segments[0]: a segment needs"), "{e}");
+    }
+
+    #[test]
+    fn control_prefix_headers_cannot_be_inputs() {
+        let e = err(
+            r#"{"rollout": {"percentage": 5}, "profile": {"user_header": "x-augur-user"}, "features": [{"name":"a","override":"on"}]}"#,
+        );
+        assert!(
+            e.starts_with("profile.user_header: \"x-augur-user\" starts with control_header_prefix"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_inline_model_is_refused() {
+        let e = err(
+            r#"{"rollout": {"percentage": 5}, "model": {"onnx_base64": "@@@"}, "features": [{"name":"a","override":"on"}]}"#,
+        );
+        assert!(e.starts_with("model.onnx_base64: not valid base64"), "{e}");
+        let e = err(
+            r#"{"rollout": {"percentage": 5}, "model": {"onnx_base64": "aGVsbG8="}, "features": [{"name":"a","override":"on"}]}"#,
+        );
+        assert!(e.starts_with("model.onnx_base64: not a loadable ONNX model"), "{e}");
+    }
+
+    #[test]
+    fn invalid_json_is_refused_not_panicking() {
+        for bad in ["", "{", "null", "[]", "{\"rollout\": 5}", "\u{0}"] {
+            assert!(compile(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The proxy-wasm adapter: the only module that talks to Envoy. It implements
+//! [`Host`] and [`MetricSink`] with host calls and forwards callbacks to
+//! [`Runtime`]; all decisions live in the pure modules.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+
+use crate::config;
+use crate::host::{Host, Runtime, StreamState};
+use crate::metrics::{MetricKind, MetricSink};
+
+/// Filter-state key of the decision record; the access log reads it as
+/// `%FILTER_STATE(wasm.augur_decision:PLAIN)%`.
+const RECORD_PROPERTY: &str = "augur_decision";
+/// Prefix stripped when no configuration was ever accepted (defence in depth:
+/// Envoy does not start a filter whose configuration was refused).
+const DEFAULT_CONTROL_PREFIX: &str = "x-augur-";
+
+proxy_wasm::main! {{
+    // Also installs a panic hook that writes the panic message to Envoy's log.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AugurRoot { runtime: None }) });
+}}
+
+/// Host calls for the current stream.
+struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+            log::warn!("augur: cannot set request header {name}: {e:?}");
+        }
+    }
+
+    fn clear_route_cache(&mut self) {
+        // Envoy also clears the route cache when a filter changes request headers;
+        // the explicit call keeps that true on hosts that do not.
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    }
+
+    fn set_decision_record(&mut self, record: &str) {
+        if let Err(e) = hostcalls::set_property(vec![RECORD_PROPERTY], Some(record.as_bytes())) {
+            log::warn!("augur: cannot store decision record: {e:?}");
+        }
+    }
+
+    fn response_status(&self) -> Option<u16> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten()?.parse().ok()
+    }
+
+    fn now_nanos(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+}
+
+/// Envoy's stats store.
+struct ProxyMetrics;
+
+impl MetricSink for ProxyMetrics {
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let t = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(t, name).ok()
+    }
+
+    fn increment(&mut self, id: u32, by: i64) {
+        let _ = hostcalls::increment_metric(id, by);
+    }
+
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// One per plugin configuration per worker.
+struct AugurRoot {
+    runtime: Option<Rc<RefCell<Runtime>>>,
+}
+
+impl Context for AugurRoot {}
+
+impl RootContext for AugurRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = self.get_plugin_configuration() else {
+            log::error!("augur: configuration refused: no plugin configuration; set `configuration` to the augur JSON");
+            return false;
+        };
+        match config::compile(&bytes) {
+            Ok(cfg) => {
+                log::info!(
+                    "augur: configuration accepted: {} features, model {}, rollout {}% to \"{}\"",
+                    cfg.rules.features.len(),
+                    cfg.model_version,
+                    cfg.percentage,
+                    cfg.new_stack
+                );
+                self.runtime = Some(Rc::new(RefCell::new(Runtime::new(cfg, &mut ProxyMetrics))));
+                true
+            }
+            Err(e) => {
+                log::error!("augur: configuration refused: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AugurStream { runtime: self.runtime.clone(), state: StreamState::default() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One per HTTP stream.
+struct AugurStream {
+    runtime: Option<Rc<RefCell<Runtime>>>,
+    state: StreamState,
+}
+
+impl Context for AugurStream {}
+
+impl HttpContext for AugurStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
+            Some(Ok(mut rt)) => self.state = rt.on_request_headers(&mut ProxyHost, &mut ProxyMetrics),
+            _ => {
+                let mut host = ProxyHost;
+                for (name, _) in host.request_headers() {
+                    if name.starts_with(DEFAULT_CONTROL_PREFIX) {
+                        host.set_request_header(&name, None);
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
+            rt.on_response_headers(&self.state, &mut ProxyHost, &mut ProxyMetrics);
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,281 @@
+//! Host: what augur does with one HTTP stream, written against a small [`Host`]
+//! trait so it is tested natively with [`FakeHost`](tests). `filter` implements the
+//! trait with proxy-wasm host calls and does nothing else.
+//!
+//! Per request: strip client-sent control headers → decide → write the routing
+//! header (and, on the new stack, the feature and decision headers) → clear the
+//! route cache so Envoy's route table picks the cluster → store the decision
+//! record → count. Per response: status class and latency per stack.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::engine::{decide, Decision, Worker};
+use crate::headers::Headers;
+use crate::metrics::{MetricSink, Metrics};
+use crate::record;
+use crate::routing::Stack;
+
+/// The proxy operations a stream needs.
+pub trait Host {
+    /// All request headers, lowercase names, pseudo-headers (`:path`, …) included.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    /// Makes Envoy re-evaluate the route after headers changed.
+    fn clear_route_cache(&mut self);
+    /// Stores the decision record where the access log reads it.
+    fn set_decision_record(&mut self, record: &str);
+    /// The response `:status`, once response headers arrived.
+    fn response_status(&self) -> Option<u16>;
+    /// Monotonic-enough wall clock, nanoseconds.
+    fn now_nanos(&self) -> u64;
+}
+
+/// What is remembered between a stream's request and response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamState {
+    /// `None` until a decision was made.
+    pub stack: Option<Stack>,
+    pub started_nanos: u64,
+}
+
+/// One worker's augur: compiled configuration, model state, stat ids and the
+/// reusable per-request buffers.
+pub struct Runtime {
+    config: Config,
+    worker: Worker,
+    metrics: Metrics,
+    decision: Decision,
+    record: String,
+    features: String,
+    /// Buffer for generated ids of requests that arrive without `x-request-id`.
+    generated_id: String,
+    anonymous_ids: u64,
+}
+
+impl Runtime {
+    /// Builds the runtime for a compiled configuration and defines its stats.
+    pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
+        let worker = Worker::new(&config);
+        let metrics = Metrics::define(&config, sink);
+        Runtime {
+            config,
+            worker,
+            metrics,
+            decision: Decision::default(),
+            record: String::with_capacity(512),
+            features: String::with_capacity(128),
+            generated_id: String::with_capacity(32),
+            anonymous_ids: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The last decision made (for tests and the CLI).
+    pub fn last_decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Handles request headers. Never fails: every path ends with a stack.
+    pub fn on_request_headers(&mut self, host: &mut impl Host, sink: &mut impl MetricSink) -> StreamState {
+        let started_nanos = host.now_nanos();
+        let mut headers = host.request_headers();
+
+        // Clients never pick their own stack or features: drop every control header.
+        let prefix = self.config.headers.prefix.as_str();
+        let before = headers.len();
+        headers.retain(|(name, _)| {
+            let control = name.starts_with(prefix);
+            if control {
+                host.set_request_header(name, None);
+            }
+            !control
+        });
+        let spoofed = headers.len() != before;
+
+        decide(&self.config, &mut self.worker, headers.as_slice(), &mut self.decision);
+        let d = &self.decision;
+        let h = &self.config.headers;
+
+        let stack_name = match d.stack {
+            Stack::Old => &self.config.old_stack,
+            Stack::New => &self.config.new_stack,
+        };
+        host.set_request_header(&h.stack, Some(stack_name));
+
+        let request_id = match headers.as_slice().header("x-request-id") {
+            Some(id) => id,
+            None => {
+                self.anonymous_ids += 1;
+                self.generated_id.clear();
+                let _ = write!(self.generated_id, "augur-{}", self.anonymous_ids);
+                self.generated_id.as_str()
+            }
+        };
+        record::write(&self.config, d, request_id, &mut self.record);
+        if d.stack == Stack::New {
+            host.set_request_header(&h.decision, Some(request_id));
+            self.features.clear();
+            for (i, name) in d.enabled(&self.config).enumerate() {
+                if i > 0 {
+                    self.features.push(',');
+                }
+                self.features.push_str(name);
+            }
+            host.set_request_header(&h.features, Some(&self.features));
+        }
+        host.clear_route_cache();
+        host.set_decision_record(&self.record);
+        self.metrics.on_decision(d, spoofed, sink);
+        StreamState { stack: Some(d.stack), started_nanos }
+    }
+
+    /// Handles response headers: counts the status class and latency per stack.
+    pub fn on_response_headers(
+        &mut self,
+        state: &StreamState,
+        host: &mut impl Host,
+        sink: &mut impl MetricSink,
+    ) {
+        if let Some(stack) = state.stack {
+            let ms = host.now_nanos().saturating_sub(state.started_nanos) / 1_000_000;
+            self.metrics.on_response(stack, host.response_status(), ms, sink);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::compile;
+    use crate::metrics::test_sink::MapSink;
+
+    /// A proxy stand-in: a header list plus what the filter did to it.
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub headers: Vec<(String, String)>,
+        pub record: Option<String>,
+        pub route_cache_cleared: bool,
+        pub status: Option<u16>,
+        pub now: u64,
+    }
+
+    impl Host for FakeHost {
+        fn request_headers(&self) -> Vec<(String, String)> {
+            self.headers.clone()
+        }
+        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+            self.headers.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                self.headers.push((name.to_string(), v.to_string()));
+            }
+        }
+        fn clear_route_cache(&mut self) {
+            self.route_cache_cleared = true;
+        }
+        fn set_decision_record(&mut self, record: &str) {
+            self.record = Some(record.to_string());
+        }
+        fn response_status(&self) -> Option<u16> {
+            self.status
+        }
+        fn now_nanos(&self) -> u64 {
+            self.now
+        }
+    }
+
+    impl FakeHost {
+        pub fn with(pairs: &[(&str, &str)]) -> FakeHost {
+            FakeHost {
+                headers: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..FakeHost::default()
+            }
+        }
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.as_slice().header(name)
+        }
+    }
+
+    fn runtime(pct: f64) -> (Runtime, MapSink) {
+        let c = compile(
+            format!(
+                r#"{{"rollout": {{"percentage": {pct}}},
+                   "features": [{{"name": "a", "override": "on"}}, {{"name": "b", "override": "off"}},
+                                {{"name": "c", "override": "on", "requires": ["a"]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut sink = MapSink::default();
+        (Runtime::new(c, &mut sink), sink)
+    }
+
+    #[test]
+    fn new_stack_request_gets_routing_feature_and_decision_headers() {
+        let (mut rt, mut sink) = runtime(100.0);
+        let mut host = FakeHost::with(&[("x-user-id", "u1"), ("x-request-id", "req-1")]);
+        let st = rt.on_request_headers(&mut host, &mut sink);
+        assert_eq!(st.stack, Some(Stack::New));
+        assert_eq!(host.header("x-augur-stack"), Some("new"));
+        assert_eq!(host.header("x-augur-features"), Some("a,c"));
+        assert_eq!(host.header("x-augur-decision"), Some("req-1"));
+        assert!(host.route_cache_cleared);
+        let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
+        assert_eq!(rec["id"], "req-1");
+        assert_eq!(rec["stack"], "new");
+    }
+
+    #[test]
+    fn old_stack_request_gets_no_feature_headers() {
+        let (mut rt, mut sink) = runtime(0.0);
+        let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+        rt.on_request_headers(&mut host, &mut sink);
+        assert_eq!(host.header("x-augur-stack"), Some("old"));
+        assert_eq!(host.header("x-augur-features"), None);
+        assert_eq!(host.header("x-augur-decision"), None);
+        let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
+        assert_eq!(rec["id"], "augur-1", "a request without x-request-id still gets an id");
+    }
+
+    #[test]
+    fn spoofed_control_headers_are_stripped_and_counted() {
+        let (mut rt, mut sink) = runtime(0.0);
+        let mut host = FakeHost::with(&[
+            ("x-user-id", "u1"),
+            ("x-augur-stack", "new"),
+            ("x-augur-features", "b,admin"),
+            ("x-augur-decision", "forged"),
+            ("x-augur-anything", "1"),
+        ]);
+        let st = rt.on_request_headers(&mut host, &mut sink);
+        assert_eq!(st.stack, Some(Stack::Old));
+        assert_eq!(host.header("x-augur-stack"), Some("old"));
+        assert_eq!(host.header("x-augur-features"), None);
+        assert_eq!(host.header("x-augur-decision"), None);
+        assert_eq!(host.header("x-augur-anything"), None);
+        assert_eq!(sink.counter("augur.spoofed_requests"), 1);
+
+        // On the new stack the forged list is replaced by the real one.
+        let (mut rt, mut sink) = runtime(100.0);
+        let mut host = FakeHost::with(&[("x-user-id", "u1"), ("x-augur-features", "b,admin")]);
+        rt.on_request_headers(&mut host, &mut sink);
+        assert_eq!(host.header("x-augur-features"), Some("a,c"));
+    }
+
+    #[test]
+    fn response_is_counted_per_stack_with_latency() {
+        let (mut rt, mut sink) = runtime(100.0);
+        let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+        host.now = 1_000_000_000;
+        let st = rt.on_request_headers(&mut host, &mut sink);
+        host.now += 7_500_000;
+        host.status = Some(502);
+        rt.on_response_headers(&st, &mut host, &mut sink);
+        assert_eq!(sink.counter("augur.responses.stack.new.class.5xx"), 1);
+        assert_eq!(sink.histograms["augur.latency_ms.stack.new"], vec![7]);
+    }
+}

@@ -1,0 +1,228 @@
+//! Metrics: the Envoy stats augur keeps for every decision.
+//!
+//! Names are dotted with `name.value` label pairs, e.g.
+//! `augur.requests.stack.new` or `augur.feature.search_v2.reason.security_risk`.
+//! Envoy's `stats_tags` (see `envoy/envoy.yaml`) turn each pair into a Prometheus
+//! label, so `/stats/prometheus` shows `augur_requests{stack="new"}`. The full
+//! list is in README ("Reading the stats").
+//!
+//! Host access is behind [`MetricSink`] so this module is tested natively.
+
+use crate::config::Config;
+use crate::engine::Decision;
+use crate::flags::Reason;
+use crate::routing::Stack;
+
+/// Kind of an Envoy stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Histogram,
+}
+
+/// Where stats go: Envoy's stats store in the filter, a map in tests.
+pub trait MetricSink {
+    /// Defines (or looks up) a stat; `None` if the host refused it.
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
+    fn increment(&mut self, id: u32, by: i64);
+    fn record(&mut self, id: u32, value: u64);
+}
+
+const STACKS: [Stack; 2] = [Stack::Old, Stack::New];
+/// Response status classes: 1xx..5xx, then "other" for anything unparsable.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+fn stack_ix(s: Stack) -> usize {
+    match s {
+        Stack::Old => 0,
+        Stack::New => 1,
+    }
+}
+
+/// Stat ids for one configuration. All stats are defined up front in
+/// `on_configure`, so the request path only increments.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: [Option<u32>; 2],
+    model_errors: Option<u32>,
+    spoofed: Option<u32>,
+    /// Per feature: on / off counters.
+    feature_state: Vec<[Option<u32>; 2]>,
+    /// Per feature × reason.
+    feature_reason: Vec<[Option<u32>; Reason::ALL.len()]>,
+    /// Per feature: score histogram (0-100).
+    feature_score: Vec<Option<u32>>,
+    /// Per stack × status class.
+    responses: [[Option<u32>; CLASSES.len()]; 2],
+    /// Per stack: time from request headers to response headers, in ms.
+    latency_ms: [Option<u32>; 2],
+}
+
+impl Metrics {
+    /// Defines every stat for `config`.
+    pub fn define(config: &Config, sink: &mut impl MetricSink) -> Metrics {
+        let mut c = |name: String| sink.define(MetricKind::Counter, &name);
+        let requests = STACKS.map(|s| c(format!("augur.requests.stack.{}", s.as_str())));
+        let model_errors = c("augur.model_errors".into());
+        let spoofed = c("augur.spoofed_requests".into());
+        let responses =
+            STACKS.map(|s| CLASSES.map(|k| c(format!("augur.responses.stack.{}.class.{k}", s.as_str()))));
+        let mut feature_state = Vec::new();
+        let mut feature_reason = Vec::new();
+        for f in config.feature_names() {
+            feature_state.push(["on", "off"].map(|st| c(format!("augur.feature.{f}.state.{st}"))));
+            feature_reason.push(Reason::ALL.map(|r| c(format!("augur.feature.{f}.reason.{}", r.as_str()))));
+        }
+        let mut h = |name: String| sink.define(MetricKind::Histogram, &name);
+        let feature_score = config.feature_names().map(|f| h(format!("augur.score.feature.{f}"))).collect();
+        let latency_ms = STACKS.map(|s| h(format!("augur.latency_ms.stack.{}", s.as_str())));
+        Metrics {
+            requests,
+            model_errors,
+            spoofed,
+            feature_state,
+            feature_reason,
+            feature_score,
+            responses,
+            latency_ms,
+        }
+    }
+
+    /// Counts one request's decision.
+    pub fn on_decision(&self, d: &Decision, spoofed: bool, sink: &mut impl MetricSink) {
+        let mut inc = |id: Option<u32>| {
+            if let Some(id) = id {
+                sink.increment(id, 1);
+            }
+        };
+        inc(self.requests[stack_ix(d.stack)]);
+        if !d.model_ok {
+            inc(self.model_errors);
+        }
+        if spoofed {
+            inc(self.spoofed);
+        }
+        for (i, flag) in d.flags.iter().enumerate() {
+            inc(self.feature_state.get(i).and_then(|s| s[usize::from(!flag.on)]));
+            let r = Reason::ALL.iter().position(|r| *r == flag.reason);
+            inc(self.feature_reason.get(i).and_then(|rs| r.and_then(|r| rs[r])));
+        }
+        for (i, flag) in d.flags.iter().enumerate() {
+            if let (Some(score), Some(Some(id))) = (flag.score, self.feature_score.get(i)) {
+                sink.record(*id, u64::from(score));
+            }
+        }
+    }
+
+    /// Counts a response from `stack`: status class and latency.
+    pub fn on_response(
+        &self,
+        stack: Stack,
+        status: Option<u16>,
+        latency_ms: u64,
+        sink: &mut impl MetricSink,
+    ) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => CLASSES.len() - 1,
+        };
+        if let Some(id) = self.responses[stack_ix(stack)][class] {
+            sink.increment(id, 1);
+        }
+        if let Some(id) = self.latency_ms[stack_ix(stack)] {
+            sink.record(id, latency_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_sink {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Records stats by name, like Envoy's store would.
+    #[derive(Default, Debug)]
+    pub struct MapSink {
+        pub names: Vec<(MetricKind, String)>,
+        pub counters: BTreeMap<String, i64>,
+        pub histograms: BTreeMap<String, Vec<u64>>,
+    }
+
+    impl MetricSink for MapSink {
+        fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+            if let Some(i) = self.names.iter().position(|(_, n)| n == name) {
+                return Some(i as u32);
+            }
+            self.names.push((kind, name.to_string()));
+            Some(self.names.len() as u32 - 1)
+        }
+        fn increment(&mut self, id: u32, by: i64) {
+            let name = self.names[id as usize].1.clone();
+            *self.counters.entry(name).or_default() += by;
+        }
+        fn record(&mut self, id: u32, value: u64) {
+            let name = self.names[id as usize].1.clone();
+            self.histograms.entry(name).or_default().push(value);
+        }
+    }
+
+    impl MapSink {
+        pub fn counter(&self, name: &str) -> i64 {
+            self.counters.get(name).copied().unwrap_or(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_sink::MapSink;
+    use super::*;
+    use crate::config::compile;
+    use crate::engine::{decide, Worker};
+
+    #[test]
+    fn every_decision_is_counted_once_per_stack_and_feature() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 50},
+                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"}]}"#,
+        )
+        .unwrap();
+        let mut sink = MapSink::default();
+        let m = Metrics::define(&c, &mut sink);
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let n = 400;
+        for i in 0..n {
+            let req: Vec<(String, String)> = vec![("x-user-id".into(), format!("u{i}"))];
+            decide(&c, &mut w, &req, &mut d);
+            m.on_decision(&d, i % 10 == 0, &mut sink);
+            m.on_response(d.stack, Some(if i % 4 == 0 { 503 } else { 200 }), 3, &mut sink);
+        }
+        let old = sink.counter("augur.requests.stack.old");
+        let new = sink.counter("augur.requests.stack.new");
+        assert_eq!(old + new, n);
+        assert!(new > 150 && old > 150);
+        assert_eq!(sink.counter("augur.feature.a.state.on"), new);
+        assert_eq!(sink.counter("augur.feature.a.reason.forced_on"), new);
+        assert_eq!(sink.counter("augur.feature.a.reason.old_stack"), old);
+        assert_eq!(sink.counter("augur.feature.b.reason.kill_switch"), n);
+        assert_eq!(sink.counter("augur.spoofed_requests"), n / 10);
+        assert_eq!(sink.counter("augur.model_errors"), 0);
+        let errors = sink.counter("augur.responses.stack.old.class.5xx")
+            + sink.counter("augur.responses.stack.new.class.5xx");
+        assert_eq!(errors, n / 4);
+        assert_eq!(sink.histograms["augur.latency_ms.stack.new"].len() as i64, new);
+    }
+
+    #[test]
+    fn odd_status_is_other() {
+        let c = compile(br#"{"rollout": {"percentage": 50}, "features": [{"name": "a", "override": "on"}]}"#)
+            .unwrap();
+        let mut sink = MapSink::default();
+        let m = Metrics::define(&c, &mut sink);
+        m.on_response(Stack::Old, None, 1, &mut sink);
+        m.on_response(Stack::Old, Some(999), 1, &mut sink);
+        m.on_response(Stack::Old, Some(0), 1, &mut sink);
+        assert_eq!(sink.counter("augur.responses.stack.old.class.other"), 3);
+    }
+}

@@ -1,0 +1,431 @@
+//! Profile: turns a request's headers into the model's input vector and the set of
+//! segments the request belongs to.
+//!
+//! This module is the *one* definition of the feature-vector encoding. The filter
+//! calls [`encode`] per request; the trainer in `models/` gets its vectors from
+//! `augur encode`, which calls the same function, so the two can never drift.
+//! Every slot is documented in [`SLOTS`] (printed by `augur schema`).
+
+use crate::headers::Headers;
+
+/// Identifies this encoding. A model carries it in its ONNX metadata
+/// (`augur.schema`) and the filter refuses a model trained for another one.
+pub const SCHEMA_ID: &str = "augur-profile-v1";
+/// Length of the input vector.
+pub const INPUT_DIM: usize = 20;
+/// Maximum number of configurable locations (one-hot slots).
+pub const MAX_LOCATIONS: usize = 4;
+/// Maximum number of configurable path classes (one-hot slots).
+pub const MAX_PATH_CLASSES: usize = 4;
+/// Maximum number of configurable history signals.
+pub const MAX_HISTORY: usize = 4;
+/// Maximum number of segments (membership is a 64-bit mask).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// Payload sizes are log-scaled against this size (10 MB → 1.0).
+const PAYLOAD_SCALE_BYTES: f32 = 10_000_000.0;
+
+/// The model's input vector.
+pub type Vector = [f32; INPUT_DIM];
+
+/// One slot of the input vector.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
+    pub name: &'static str,
+    pub doc: &'static str,
+}
+
+const fn slot(name: &'static str, doc: &'static str) -> Slot {
+    Slot { name, doc }
+}
+
+/// The encoding, slot by slot. `SLOTS[i]` describes `vector[i]`.
+pub const SLOTS: [Slot; INPUT_DIM] = [
+    slot("user_bucket", "hash of the user id mapped to [0,1); 0 when absent"),
+    slot("user_present", "1 when the user-id header is present"),
+    slot("device_mobile", "1 when the User-Agent is a phone"),
+    slot("device_tablet", "1 when the User-Agent is a tablet"),
+    slot("device_desktop", "1 when the User-Agent is a desktop browser"),
+    slot("device_bot", "1 when the User-Agent is a crawler or bot"),
+    slot("location_0", "1 when the geo header equals profile.locations[0]"),
+    slot("location_1", "1 when the geo header equals profile.locations[1]"),
+    slot("location_2", "1 when the geo header equals profile.locations[2]"),
+    slot("location_3", "1 when the geo header equals profile.locations[3]"),
+    slot("method_write", "1 for POST, PUT, PATCH, DELETE"),
+    slot("path_class_0", "1 when the path starts with profile.path_classes[0]"),
+    slot("path_class_1", "1 when the first matching class is profile.path_classes[1]"),
+    slot("path_class_2", "1 when the first matching class is profile.path_classes[2]"),
+    slot("path_class_3", "1 when the first matching class is profile.path_classes[3]"),
+    slot("payload_size", "ln(1+content-length)/ln(1+10MB), clamped to [0,1]"),
+    slot("history_0", "profile.history[0] header value / its max, clamped to [0,1]"),
+    slot("history_1", "profile.history[1] header value / its max, clamped to [0,1]"),
+    slot("history_2", "profile.history[2] header value / its max, clamped to [0,1]"),
+    slot("history_3", "profile.history[3] header value / its max, clamped to [0,1]"),
+];
+
+const SLOT_USER_BUCKET: usize = 0;
+const SLOT_USER_PRESENT: usize = 1;
+const SLOT_DEVICE: usize = 2;
+const SLOT_LOCATION: usize = 6;
+const SLOT_METHOD_WRITE: usize = 10;
+const SLOT_PATH_CLASS: usize = 11;
+const SLOT_PAYLOAD: usize = 15;
+const SLOT_HISTORY: usize = 16;
+
+/// Device class derived from the User-Agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    Mobile,
+    Tablet,
+    Desktop,
+    Bot,
+    Unknown,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Mobile => "mobile",
+            Device::Tablet => "tablet",
+            Device::Desktop => "desktop",
+            Device::Bot => "bot",
+            Device::Unknown => "unknown",
+        }
+    }
+
+    /// Index into the four device slots; `None` for unknown devices.
+    fn slot(self) -> Option<usize> {
+        match self {
+            Device::Mobile => Some(0),
+            Device::Tablet => Some(1),
+            Device::Desktop => Some(2),
+            Device::Bot => Some(3),
+            Device::Unknown => None,
+        }
+    }
+}
+
+/// Classifies a User-Agent. Bots first (many bot UAs also say "Mobile"), then
+/// tablets (iPads and Android without "Mobile"), then phones, then desktops.
+pub fn classify_device(user_agent: Option<&str>) -> Device {
+    let Some(ua) = user_agent else {
+        return Device::Unknown;
+    };
+    let has = |needle: &str| contains_ignore_ascii_case(ua, needle);
+    if has("bot") || has("spider") || has("crawl") || has("slurp") {
+        Device::Bot
+    } else if has("ipad") || has("tablet") || (has("android") && !has("mobile")) {
+        Device::Tablet
+    } else if has("mobile") || has("iphone") || has("android") {
+        Device::Mobile
+    } else if has("windows") || has("macintosh") || has("x11") || has("linux") || has("cros") {
+        Device::Desktop
+    } else {
+        Device::Unknown
+    }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// A history signal: a trusted header carrying a number, scaled by `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySignal {
+    pub header: String,
+    pub max: f32,
+}
+
+/// What the profile reads, compiled from `profile` in the plugin configuration.
+/// Header names are lowercase (Envoy hands headers over lowercased).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileSpec {
+    pub user_header: String,
+    pub location_header: String,
+    pub locations: Vec<String>,
+    pub path_classes: Vec<String>,
+    pub history: Vec<HistorySignal>,
+}
+
+/// A named group of requests: every criterion that is set must match
+/// (criteria are ANDed, values inside one criterion are ORed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub name: String,
+    pub users: Vec<String>,
+    pub devices: Vec<Device>,
+    pub locations: Vec<String>,
+    pub header: Option<(String, Vec<String>)>,
+}
+
+/// The profile of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub vector: Vector,
+    pub device: Device,
+    /// Bit `i` set when the request is in `segments[i]`.
+    pub segments: u64,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile { vector: [0.0; INPUT_DIM], device: Device::Unknown, segments: 0 }
+    }
+}
+
+/// Stable 64-bit hash (FNV-1a then a SplitMix64 finaliser for avalanche).
+/// Stable across workers, restarts and architectures: never use std's
+/// randomly seeded hasher for anything that must be sticky.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            // Separator so ("ab","c") and ("a","bc") differ.
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        for &b in part.iter() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Encodes a request into `profile`. Pure: reads headers only.
+pub fn encode(
+    spec: &ProfileSpec,
+    segments: &[Segment],
+    req: &(impl Headers + ?Sized),
+    profile: &mut Profile,
+) {
+    let v = &mut profile.vector;
+    *v = [0.0; INPUT_DIM];
+
+    let user = req.header(&spec.user_header).filter(|u| !u.is_empty());
+    if let Some(user) = user {
+        // 24 bits are plenty for a [0,1) bucket and exact in f32.
+        let h = stable_hash(&[user.as_bytes()]) >> 40;
+        v[SLOT_USER_BUCKET] = h as f32 / (1u64 << 24) as f32;
+        v[SLOT_USER_PRESENT] = 1.0;
+    }
+
+    let device = classify_device(req.header("user-agent"));
+    if let Some(i) = device.slot() {
+        v[SLOT_DEVICE + i] = 1.0;
+    }
+    profile.device = device;
+
+    let location = req.header(&spec.location_header).map(str::trim);
+    if let Some(loc) = location {
+        if let Some(i) = spec.locations.iter().position(|l| l.eq_ignore_ascii_case(loc)) {
+            v[SLOT_LOCATION + i] = 1.0;
+        }
+    }
+
+    if let Some(m) = req.header(":method") {
+        if ["POST", "PUT", "PATCH", "DELETE"].iter().any(|w| w.eq_ignore_ascii_case(m)) {
+            v[SLOT_METHOD_WRITE] = 1.0;
+        }
+    }
+
+    if let Some(path) = req.header(":path") {
+        if let Some(i) = spec.path_classes.iter().position(|p| path.starts_with(p.as_str())) {
+            v[SLOT_PATH_CLASS + i] = 1.0;
+        }
+    }
+
+    if let Some(len) = req.header("content-length").and_then(|s| s.trim().parse::<f64>().ok()) {
+        if len.is_finite() && len > 0.0 {
+            let scaled = (len.ln_1p() / f64::from(PAYLOAD_SCALE_BYTES).ln_1p()) as f32;
+            v[SLOT_PAYLOAD] = scaled.clamp(0.0, 1.0);
+        }
+    }
+
+    for (i, signal) in spec.history.iter().enumerate().take(MAX_HISTORY) {
+        let value = req.header(&signal.header).and_then(|s| s.trim().parse::<f32>().ok());
+        if let Some(x) = value.filter(|x| x.is_finite()) {
+            v[SLOT_HISTORY + i] = (x / signal.max).clamp(0.0, 1.0);
+        }
+    }
+
+    profile.segments = 0;
+    for (i, seg) in segments.iter().enumerate().take(MAX_SEGMENTS) {
+        if segment_matches(seg, user, device, location, req) {
+            profile.segments |= 1 << i;
+        }
+    }
+}
+
+fn segment_matches(
+    seg: &Segment,
+    user: Option<&str>,
+    device: Device,
+    location: Option<&str>,
+    req: &(impl Headers + ?Sized),
+) -> bool {
+    let users_ok = seg.users.is_empty() || user.is_some_and(|u| seg.users.iter().any(|s| s == u));
+    let devices_ok = seg.devices.is_empty() || seg.devices.contains(&device);
+    let locations_ok = seg.locations.is_empty()
+        || location.is_some_and(|l| seg.locations.iter().any(|s| s.eq_ignore_ascii_case(l)));
+    let header_ok = match &seg.header {
+        None => true,
+        Some((name, values)) => {
+            req.header(name).is_some_and(|got| values.iter().any(|v| v.eq_ignore_ascii_case(got.trim())))
+        }
+    };
+    users_ok && devices_ok && locations_ok && header_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ProfileSpec {
+        ProfileSpec {
+            user_header: "x-user-id".into(),
+            location_header: "x-geo".into(),
+            locations: vec!["us".into(), "eu".into()],
+            path_classes: vec!["/api/checkout".into(), "/api".into()],
+            history: vec![HistorySignal { header: "x-sessions".into(), max: 50.0 }],
+        }
+    }
+
+    fn req(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn profile_of(pairs: &[(&str, &str)], segments: &[Segment]) -> Profile {
+        let mut p = Profile::default();
+        encode(&spec(), segments, &req(pairs), &mut p);
+        p
+    }
+
+    #[test]
+    fn schema_has_one_named_slot_per_dimension() {
+        let mut names: Vec<_> = SLOTS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), INPUT_DIM);
+    }
+
+    #[test]
+    fn empty_request_is_all_zero() {
+        let p = profile_of(&[], &[]);
+        assert_eq!(p.vector, [0.0; INPUT_DIM]);
+        assert_eq!(p.device, Device::Unknown);
+    }
+
+    #[test]
+    fn encodes_every_slot_group() {
+        let p = profile_of(
+            &[
+                ("x-user-id", "alice"),
+                ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile"),
+                ("x-geo", "EU"),
+                (":method", "post"),
+                (":path", "/api/checkout/pay?x=1"),
+                ("content-length", "10000000"),
+                ("x-sessions", "25"),
+            ],
+            &[],
+        );
+        let v = p.vector;
+        assert!(v[0] > 0.0 && v[0] < 1.0);
+        assert_eq!(v[1], 1.0);
+        assert_eq!(&v[2..6], &[1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&v[6..10], &[0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(v[10], 1.0);
+        assert_eq!(&v[11..15], &[1.0, 0.0, 0.0, 0.0], "first matching prefix wins");
+        assert!((v[15] - 1.0).abs() < 1e-6);
+        assert!((v[16] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn user_bucket_is_stable_and_spread() {
+        let a = profile_of(&[("x-user-id", "alice")], &[]).vector[0];
+        let a2 = profile_of(&[("x-user-id", "alice")], &[]).vector[0];
+        let b = profile_of(&[("x-user-id", "bob")], &[]).vector[0];
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn garbage_values_encode_as_zero_not_panic() {
+        let p = profile_of(
+            &[
+                ("content-length", "-5"),
+                ("x-sessions", "NaN"),
+                ("x-geo", "\u{1F600}"),
+                (":path", ""),
+                ("x-user-id", ""),
+            ],
+            &[],
+        );
+        assert_eq!(p.vector, [0.0; INPUT_DIM]);
+        let p = profile_of(&[("x-sessions", "1e30")], &[]);
+        assert_eq!(p.vector[16], 1.0, "clamped to 1");
+    }
+
+    #[test]
+    fn devices_are_classified() {
+        let cases = [
+            ("Googlebot/2.1 (+http://www.google.com/bot.html) Mobile", Device::Bot),
+            ("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X)", Device::Tablet),
+            ("Mozilla/5.0 (Linux; Android 14; SM-X710)", Device::Tablet),
+            ("Mozilla/5.0 (Linux; Android 14; Pixel 8) Mobile Safari", Device::Mobile),
+            ("Mozilla/5.0 (Windows NT 10.0; Win64; x64)", Device::Desktop),
+            ("curl/8.0", Device::Unknown),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(classify_device(Some(ua)), want, "{ua}");
+        }
+        assert_eq!(classify_device(None), Device::Unknown);
+    }
+
+    #[test]
+    fn segments_and_criteria_and_together() {
+        let segs = vec![
+            Segment {
+                name: "beta".into(),
+                users: vec![],
+                devices: vec![],
+                locations: vec![],
+                header: Some(("x-tier".into(), vec!["beta".into()])),
+            },
+            Segment {
+                name: "eu_mobile".into(),
+                users: vec![],
+                devices: vec![Device::Mobile],
+                locations: vec!["eu".into()],
+                header: None,
+            },
+            Segment {
+                name: "staff".into(),
+                users: vec!["alice".into()],
+                devices: vec![],
+                locations: vec![],
+                header: None,
+            },
+        ];
+        let p = profile_of(&[("x-tier", "Beta"), ("x-user-id", "alice")], &segs);
+        assert_eq!(p.segments, 0b101);
+        let p = profile_of(&[("x-geo", "eu"), ("user-agent", "Android Mobile")], &segs);
+        assert_eq!(p.segments, 0b010);
+        let p = profile_of(&[("x-geo", "eu"), ("user-agent", "Windows")], &segs);
+        assert_eq!(p.segments, 0);
+    }
+
+    #[test]
+    fn stable_hash_separates_parts() {
+        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
+        // Pinned value: the bucketing must never change between releases.
+        assert_eq!(stable_hash(&[b"augur"]), stable_hash(&[b"augur"]));
+    }
+}

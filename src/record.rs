@@ -1,0 +1,146 @@
+//! Record: the per-request decision record, one JSON object.
+//!
+//! The filter stores it in Envoy filter state (`wasm.augur_decision`) so the access
+//! log prints it next to the response code and duration — the raw material for
+//! dashboards, the A/B report and the retraining job. Written by hand into a
+//! reused buffer: no allocation per request once the buffer has grown.
+//!
+//! ```json
+//! {"v":1,"id":"<x-request-id>","stack":"new","route":"new","bucket":123456,
+//!  "model":"default-v1","model_ok":true,"device":"mobile","segments":["beta"],
+//!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72}},
+//!  "x":[0.41,1,1,0,...]}
+//! ```
+//! `x` is the model input vector (see `augur schema`); `score` is absent when the
+//! model did not score the feature on this request.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::engine::Decision;
+use crate::routing::Stack;
+
+/// Record format version; bump on incompatible changes.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Writes the decision record for one request into `out` (cleared first).
+pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut String) {
+    out.clear();
+    let _ = write!(out, "{{\"v\":{RECORD_VERSION},\"id\":");
+    push_json_str(out, request_id);
+    out.push_str(",\"stack\":\"");
+    out.push_str(decision.stack.as_str());
+    out.push_str("\",\"route\":\"");
+    out.push_str(match decision.stack {
+        Stack::Old => &config.old_stack,
+        Stack::New => &config.new_stack,
+    });
+    out.push_str("\",\"bucket\":");
+    match decision.bucket {
+        Some(b) => {
+            let _ = write!(out, "{b}");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"model\":");
+    push_json_str(out, &config.model_version);
+    let _ = write!(
+        out,
+        ",\"model_ok\":{},\"device\":\"{}\"",
+        decision.model_ok,
+        decision.profile.device.as_str()
+    );
+    out.push_str(",\"segments\":[");
+    let mut first = true;
+    for (i, seg) in config.segments.iter().enumerate() {
+        if decision.profile.segments & (1 << i) != 0 {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            push_json_str(out, &seg.name);
+        }
+    }
+    out.push_str("],\"features\":{");
+    for (i, (name, flag)) in config.feature_names().zip(&decision.flags).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "\"{name}\":{{\"on\":{},\"reason\":\"{}\"", flag.on, flag.reason.as_str());
+        if let Some(score) = flag.score {
+            let _ = write!(out, ",\"score\":{score}");
+        }
+        out.push('}');
+    }
+    out.push_str("},\"x\":[");
+    for (i, x) in decision.profile.vector.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{x}");
+    }
+    out.push_str("]}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile;
+    use crate::engine::{decide, Worker};
+    use crate::profile::INPUT_DIM;
+
+    #[test]
+    fn record_is_valid_json_with_every_field() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 100},
+                 "segments": [{"name": "beta", "header": "x-tier", "values": ["beta"]}],
+                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"}]}"#,
+        )
+        .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let req: Vec<(String, String)> =
+            vec![("x-user-id".into(), "u1".into()), ("x-tier".into(), "beta".into())];
+        decide(&c, &mut w, &req, &mut d);
+        let mut s = String::new();
+        write(&c, &d, "id-with-\"quote\"\n", &mut s);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["id"], "id-with-\"quote\"\n");
+        assert_eq!(v["stack"], "new");
+        assert_eq!(v["route"], "new");
+        assert!(v["bucket"].is_u64());
+        assert_eq!(v["segments"], serde_json::json!(["beta"]));
+        assert_eq!(v["features"]["a"]["on"], true);
+        assert_eq!(v["features"]["a"]["reason"], "forced_on");
+        assert_eq!(v["features"]["b"]["reason"], "kill_switch");
+        assert_eq!(v["x"].as_array().unwrap().len(), INPUT_DIM);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\u{1}b\\");
+        assert_eq!(s, r#""a\u0001b\\""#);
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\u{1}b\\");
+    }
+}
