@@ -71,6 +71,8 @@ pub enum Fallback {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    #[serde(default = "default_name")]
+    name: String,
     #[serde(rename = "override", default)]
     global_override: GlobalOverride,
     rollout: RawRollout,
@@ -87,6 +89,10 @@ struct RawConfig {
     model: RawModel,
     #[serde(default)]
     scoring: RawScoring,
+}
+
+fn default_name() -> String {
+    "default".into()
 }
 
 fn default_prefix() -> String {
@@ -254,6 +260,8 @@ pub struct ControlHeaders {
 /// The compiled configuration: everything the request path needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The rollout's name: the `rollout` label of every stat and record.
+    pub name: String,
     pub global_off: bool,
     pub rollout: Rollout,
     pub percentage: f64,
@@ -322,6 +330,12 @@ pub fn compile(json: &[u8]) -> Result<Config, ConfigError> {
 /// [`compile`] with an explicit default model (tests, the CLI).
 pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, ConfigError> {
     let raw = parse(json)?;
+    if !is_token(&raw.name) || raw.name.contains('.') {
+        return Err(ConfigError::new(
+            "name",
+            format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it labels every stat)", raw.name),
+        ));
+    }
     let prefix = raw.control_header_prefix.trim().to_ascii_lowercase();
     if !is_token(&prefix) || !prefix.ends_with('-') {
         return Err(ConfigError::new(
@@ -401,6 +415,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
     let rules = compile_features(&raw.features, &segments, &model, weights)?;
 
     Ok(Config {
+        name: raw.name,
         global_off: raw.global_override == GlobalOverride::Off,
         rollout,
         percentage: pct,
@@ -703,6 +718,7 @@ mod tests {
         assert_eq!(c.headers.stack, "x-augur-stack");
         assert_eq!(c.profile.user_header, "x-user-id");
         assert_eq!(c.old_stack, "old");
+        assert_eq!(c.name, "default");
         assert!(!c.global_off);
         assert!(c.rules.features.iter().all(|f| f.model_slot.is_some()));
     }
@@ -710,9 +726,9 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused_with_their_path() {
         let e = err(r#"{"rollout": {"percentage": 5, "pct": 1}, "features": []}"#);
-        assert!(e.starts_with("rollout: unknown field `pct`"), "{e}");
+        assert!(e.starts_with("rollout.pct: unknown field `pct`, expected one of `percentage`"), "{e}");
         let e = err(&base(r#"[{"name": "a", "min_scor": 3}]"#));
-        assert!(e.starts_with("features[0]: unknown field `min_scor`"), "{e}");
+        assert!(e.starts_with("features[0].min_scor: unknown field `min_scor`"), "{e}");
         let e = err(&base(r#"[{"name": "a", "min_score": "high"}]"#));
         assert!(e.starts_with("features[0].min_score: invalid type"), "{e}");
     }

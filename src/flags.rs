@@ -288,16 +288,16 @@ mod tests {
 
     #[test]
     fn prerequisite_off_propagates_in_dependency_order() {
-        // b requires a, c requires b; listed out of order, ordered a, b, c.
+        // Listed as [c, b, a] (indices 0, 1, 2); c requires b, b requires a, so
+        // the order is a(2), b(1), c(0). Model slots: a 0, b 1, c 2.
+        let mut c = rule("c", 2);
+        c.requires = vec![1];
         let mut b = rule("b", 1);
         b.requires = vec![2];
-        let mut c = rule("c", 2);
-        c.requires = vec![0];
         let a = rule("a", 0);
-        // features: [c, b, a] → indices c=0, b=1, a=2; order a(2), b(1), c(0).
         let r = rules(vec![c, b, a], vec![2, 1, 0]);
         let bad = Impact { error_risk: 0.9, ..GOOD };
-        let d = decide(&r, Some(&[GOOD, GOOD, bad]), 0);
+        let d = decide(&r, Some(&[bad, GOOD, GOOD]), 0);
         assert_eq!(d[2].reason, Reason::ErrorRisk);
         assert_eq!(d[1].reason, Reason::PrerequisiteOff);
         assert_eq!(d[0].reason, Reason::PrerequisiteOff);

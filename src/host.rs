@@ -257,7 +257,7 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-features"), None);
         assert_eq!(host.header("x-augur-decision"), None);
         assert_eq!(host.header("x-augur-anything"), None);
-        assert_eq!(sink.counter("augur.spoofed_requests"), 1);
+        assert_eq!(sink.counter("augur_spoofed_requests.rollout.default"), 1);
 
         // On the new stack the forged list is replaced by the real one.
         let (mut rt, mut sink) = runtime(100.0);
@@ -275,7 +275,7 @@ pub(crate) mod tests {
         host.now += 7_500_000;
         host.status = Some(502);
         rt.on_response_headers(&st, &mut host, &mut sink);
-        assert_eq!(sink.counter("augur.responses.stack.new.class.5xx"), 1);
-        assert_eq!(sink.histograms["augur.latency_ms.stack.new"], vec![7]);
+        assert_eq!(sink.counter("augur_responses.rollout.default.stack.new.class.5xx"), 1);
+        assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"], vec![7]);
     }
 }

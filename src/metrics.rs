@@ -1,10 +1,12 @@
 //! Metrics: the Envoy stats augur keeps for every decision.
 //!
-//! Names are dotted with `name.value` label pairs, e.g.
-//! `augur.requests.stack.new` or `augur.feature.search_v2.reason.security_risk`.
-//! Envoy's `stats_tags` (see `envoy/envoy.yaml`) turn each pair into a Prometheus
-//! label, so `/stats/prometheus` shows `augur_requests{stack="new"}`. The full
-//! list is in README ("Reading the stats").
+//! A name is a base name followed by `.label.value` pairs, e.g.
+//! `augur_requests.rollout.checkout.stack.new` or
+//! `augur_feature_decisions.rollout.checkout.feature.search_v2.state.off.reason.security_risk`.
+//! Envoy prefixes wasm stats with `wasmcustom.`; the `stats_tags` in
+//! `envoy/envoy.yaml` cut each pair out of the name into a label, so
+//! `/stats/prometheus` shows `augur_requests{stack="new"}`. The full list is in
+//! README ("Reading the stats").
 //!
 //! Host access is behind [`MetricSink`] so this module is tested natively.
 
@@ -32,6 +34,15 @@ const STACKS: [Stack; 2] = [Stack::Old, Stack::New];
 /// Response status classes: 1xx..5xx, then "other" for anything unparsable.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// Name of the counter for `feature` of rollout `rollout` decided with `reason`.
+pub fn decision_stat(rollout: &str, feature: &str, reason: Reason) -> String {
+    let state = if reason.is_on() { "on" } else { "off" };
+    format!(
+        "augur_feature_decisions.rollout.{rollout}.feature.{feature}.state.{state}.reason.{}",
+        reason.as_str()
+    )
+}
+
 fn stack_ix(s: Stack) -> usize {
     match s {
         Stack::Old => 0,
@@ -46,10 +57,8 @@ pub struct Metrics {
     requests: [Option<u32>; 2],
     model_errors: Option<u32>,
     spoofed: Option<u32>,
-    /// Per feature: on / off counters.
-    feature_state: Vec<[Option<u32>; 2]>,
-    /// Per feature × reason.
-    feature_reason: Vec<[Option<u32>; Reason::ALL.len()]>,
+    /// Per feature × reason (the reason implies the on/off state).
+    feature_decisions: Vec<[Option<u32>; Reason::ALL.len()]>,
     /// Per feature: score histogram (0-100).
     feature_score: Vec<Option<u32>>,
     /// Per stack × status class.
@@ -61,31 +70,25 @@ pub struct Metrics {
 impl Metrics {
     /// Defines every stat for `config`.
     pub fn define(config: &Config, sink: &mut impl MetricSink) -> Metrics {
+        let r = config.name.as_str();
         let mut c = |name: String| sink.define(MetricKind::Counter, &name);
-        let requests = STACKS.map(|s| c(format!("augur.requests.stack.{}", s.as_str())));
-        let model_errors = c("augur.model_errors".into());
-        let spoofed = c("augur.spoofed_requests".into());
-        let responses =
-            STACKS.map(|s| CLASSES.map(|k| c(format!("augur.responses.stack.{}.class.{k}", s.as_str()))));
-        let mut feature_state = Vec::new();
-        let mut feature_reason = Vec::new();
-        for f in config.feature_names() {
-            feature_state.push(["on", "off"].map(|st| c(format!("augur.feature.{f}.state.{st}"))));
-            feature_reason.push(Reason::ALL.map(|r| c(format!("augur.feature.{f}.reason.{}", r.as_str()))));
-        }
+        let requests = STACKS.map(|s| c(format!("augur_requests.rollout.{r}.stack.{}", s.as_str())));
+        let model_errors = c(format!("augur_model_errors.rollout.{r}"));
+        let spoofed = c(format!("augur_spoofed_requests.rollout.{r}"));
+        let responses = STACKS.map(|s| {
+            CLASSES.map(|k| c(format!("augur_responses.rollout.{r}.stack.{}.class.{k}", s.as_str())))
+        });
+        let feature_decisions = config
+            .feature_names()
+            .map(|f| Reason::ALL.map(|reason| c(decision_stat(r, f, reason))))
+            .collect();
         let mut h = |name: String| sink.define(MetricKind::Histogram, &name);
-        let feature_score = config.feature_names().map(|f| h(format!("augur.score.feature.{f}"))).collect();
-        let latency_ms = STACKS.map(|s| h(format!("augur.latency_ms.stack.{}", s.as_str())));
-        Metrics {
-            requests,
-            model_errors,
-            spoofed,
-            feature_state,
-            feature_reason,
-            feature_score,
-            responses,
-            latency_ms,
-        }
+        let feature_score = config
+            .feature_names()
+            .map(|f| h(format!("augur_feature_score.rollout.{r}.feature.{f}")))
+            .collect();
+        let latency_ms = STACKS.map(|s| h(format!("augur_latency_ms.rollout.{r}.stack.{}", s.as_str())));
+        Metrics { requests, model_errors, spoofed, feature_decisions, feature_score, responses, latency_ms }
     }
 
     /// Counts one request's decision.
@@ -103,9 +106,8 @@ impl Metrics {
             inc(self.spoofed);
         }
         for (i, flag) in d.flags.iter().enumerate() {
-            inc(self.feature_state.get(i).and_then(|s| s[usize::from(!flag.on)]));
             let r = Reason::ALL.iter().position(|r| *r == flag.reason);
-            inc(self.feature_reason.get(i).and_then(|rs| r.and_then(|r| rs[r])));
+            inc(self.feature_decisions.get(i).and_then(|rs| r.and_then(|r| rs[r])));
         }
         for (i, flag) in d.flags.iter().enumerate() {
             if let (Some(score), Some(Some(id))) = (flag.score, self.feature_score.get(i)) {
@@ -198,20 +200,26 @@ mod tests {
             m.on_decision(&d, i % 10 == 0, &mut sink);
             m.on_response(d.stack, Some(if i % 4 == 0 { 503 } else { 200 }), 3, &mut sink);
         }
-        let old = sink.counter("augur.requests.stack.old");
-        let new = sink.counter("augur.requests.stack.new");
+        let old = sink.counter("augur_requests.rollout.default.stack.old");
+        let new = sink.counter("augur_requests.rollout.default.stack.new");
         assert_eq!(old + new, n);
         assert!(new > 150 && old > 150);
-        assert_eq!(sink.counter("augur.feature.a.state.on"), new);
-        assert_eq!(sink.counter("augur.feature.a.reason.forced_on"), new);
-        assert_eq!(sink.counter("augur.feature.a.reason.old_stack"), old);
-        assert_eq!(sink.counter("augur.feature.b.reason.kill_switch"), n);
-        assert_eq!(sink.counter("augur.spoofed_requests"), n / 10);
-        assert_eq!(sink.counter("augur.model_errors"), 0);
-        let errors = sink.counter("augur.responses.stack.old.class.5xx")
-            + sink.counter("augur.responses.stack.new.class.5xx");
+        assert_eq!(
+            sink.counter("augur_feature_decisions.rollout.default.feature.a.state.on.reason.forced_on"),
+            new
+        );
+        assert_eq!(sink.counter(&decision_stat("default", "a", Reason::OldStack)), old);
+        assert_eq!(
+            sink.counter(&decision_stat("default", "b", Reason::KillSwitch)),
+            new,
+            "old stack: reason old_stack"
+        );
+        assert_eq!(sink.counter("augur_spoofed_requests.rollout.default"), n / 10);
+        assert_eq!(sink.counter("augur_model_errors.rollout.default"), 0);
+        let errors = sink.counter("augur_responses.rollout.default.stack.old.class.5xx")
+            + sink.counter("augur_responses.rollout.default.stack.new.class.5xx");
         assert_eq!(errors, n / 4);
-        assert_eq!(sink.histograms["augur.latency_ms.stack.new"].len() as i64, new);
+        assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"].len() as i64, new);
     }
 
     #[test]
@@ -223,6 +231,6 @@ mod tests {
         m.on_response(Stack::Old, None, 1, &mut sink);
         m.on_response(Stack::Old, Some(999), 1, &mut sink);
         m.on_response(Stack::Old, Some(0), 1, &mut sink);
-        assert_eq!(sink.counter("augur.responses.stack.old.class.other"), 3);
+        assert_eq!(sink.counter("augur_responses.rollout.default.stack.old.class.other"), 3);
     }
 }

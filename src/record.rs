@@ -6,7 +6,7 @@
 //! reused buffer: no allocation per request once the buffer has grown.
 //!
 //! ```json
-//! {"v":1,"id":"<x-request-id>","stack":"new","route":"new","bucket":123456,
+//! {"v":1,"rollout":"default","id":"<x-request-id>","stack":"new","route":"new","bucket":123456,
 //!  "model":"default-v1","model_ok":true,"device":"mobile","segments":["beta"],
 //!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72}},
 //!  "x":[0.41,1,1,0,...]}
@@ -45,7 +45,7 @@ pub fn push_json_str(out: &mut String, s: &str) {
 /// Writes the decision record for one request into `out` (cleared first).
 pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut String) {
     out.clear();
-    let _ = write!(out, "{{\"v\":{RECORD_VERSION},\"id\":");
+    let _ = write!(out, "{{\"v\":{RECORD_VERSION},\"rollout\":\"{}\",\"id\":", config.name);
     push_json_str(out, request_id);
     out.push_str(",\"stack\":\"");
     out.push_str(decision.stack.as_str());
@@ -125,6 +125,7 @@ mod tests {
         write(&c, &d, "id-with-\"quote\"\n", &mut s);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["v"], 1);
+        assert_eq!(v["rollout"], "default");
         assert_eq!(v["id"], "id-with-\"quote\"\n");
         assert_eq!(v["stack"], "new");
         assert_eq!(v["route"], "new");

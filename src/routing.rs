@@ -129,5 +129,5 @@ mod tests {
         assert_eq!(r.bucket("user-1"), PINNED_USER_1);
     }
 
-    const PINNED_USER_1: u32 = 0;
+    const PINNED_USER_1: u32 = 931_032;
 }

@@ -1,0 +1,77 @@
+"""Special ONNX models for tests, built with the `onnx` package.
+
+    python integration/fixtures.py tests/fixtures     # (re)writes the committed fixtures
+
+- `nan_model.onnx`: scores the demo features, but every output is
+  sqrt(0.5 - x[16]) — NaN once the first history signal exceeds half its max.
+  Drives the fail-open path (model error on one request → fallbacks, stat).
+- `wrong_shape.onnx`: claims the demo features but outputs 12 values instead
+  of 5 × 4 = 20. Must be refused at configure time.
+"""
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
+INPUT_DIM = 20
+
+
+def schema_id():
+    out = subprocess.run(
+        [str(ROOT / "target" / "release" / "augur"), "schema"], capture_output=True, text=True, check=True
+    ).stdout
+    import json
+
+    return json.loads(out)["schema"]
+
+
+def _model(outputs, features, schema, nan_on_history):
+    w = np.zeros((INPUT_DIM, outputs), dtype=np.float32)
+    w[16, :] = 1.0  # every output reads history_0
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    inits = [numpy_helper.from_array(w, "w")]
+    if nan_on_history:
+        inits.append(numpy_helper.from_array(np.array([0.5], dtype=np.float32), "half"))
+        nodes += [helper.make_node("Sub", ["half", "h"], ["d"]), helper.make_node("Sqrt", ["d"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["h"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "augur_fixture",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", INPUT_DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", outputs])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for k, v in {"augur.schema": schema, "augur.features": ",".join(features), "augur.version": "fixture"}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def nan_model(schema=None):
+    return _model(4 * len(DEMO_FEATURES), DEMO_FEATURES, schema or schema_id(), nan_on_history=True)
+
+
+def wrong_shape_model(schema=None):
+    return _model(12, DEMO_FEATURES, schema or schema_id(), nan_on_history=False)
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "tests" / "fixtures")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nan_model.onnx").write_bytes(nan_model())
+    (out / "wrong_shape.onnx").write_bytes(wrong_shape_model())
+    print(f"wrote fixtures to {out}")

@@ -1,0 +1,234 @@
+"""Runs the real parts on loopback: the pip-installed Envoy 1.40 with the augur
+wasm, and the demo upstreams. Used by the integration tests and the demo.
+
+Every wait is bounded; every process is stopped by `close()` (or the context
+manager), also on failure.
+"""
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY = ROOT / ".venv" / "bin" / "envoy"
+WASM = ROOT / "target" / "augur.wasm"
+AUGUR_CLI = ROOT / "target" / "release" / "augur"
+sys.path.insert(0, str(ROOT / "integration"))
+sys.path.insert(0, str(ROOT / "models"))
+
+import envoyconf  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Upstreams:
+    """The two demo stacks, each its own process on a free loopback port."""
+
+    def __init__(self, old_port=None, new_port=None):
+        self.ports = {"old": old_port or free_port(), "new": new_port or free_port()}
+        self.procs = []
+        for name, port in self.ports.items():
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(ROOT / "integration" / "upstream.py"), "--name", name, "--port", str(port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports.values():
+            wait_until(lambda: port_open(port), 10, f"upstream on {port}")
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class Envoy:
+    """One Envoy process, from a bootstrap dict (see envoyconf) or a config file."""
+
+    def __init__(self, config=None, workdir=None, concurrency=2, ready_timeout=90, config_path=None, admin_port=None):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="augur-envoy-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if config_path is None:
+            config_path = self.workdir / "envoy.json"
+            config_path.write_text(json.dumps(config, indent=1))
+            admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        self.config_path = Path(config_path)
+        self.log_path = self.workdir / "envoy.log"
+        self.admin_port = admin_port
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
+                "--disable-hot-restart", "--log-path", str(self.log_path), "-l", "info",
+            ],
+            cwd=str(ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(self._ready, ready_timeout, "envoy /ready")
+        except Exception:
+            self.close()
+            raise RuntimeError(f"envoy did not become ready; log:\n{self.log()[-4000:]}")
+        self.ready_seconds = time.monotonic() - started
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {self.proc.returncode}; log:\n{self.log()[-4000:]}")
+        status, body = self.admin("/ready")
+        return status == 200 and body.strip() == "LIVE"
+
+    def admin(self, path, method="GET"):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            conn.close()
+
+    def counters(self):
+        """All counters as {name: value} (full names, e.g. wasmcustom.augur_requests...)."""
+        _, body = self.admin("/stats?format=json&type=Counters")
+        return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "value" in s}
+
+    def prometheus(self):
+        return self.admin("/stats/prometheus")[1]
+
+    def log(self):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def validate(config_path, cwd=ROOT, timeout=120):
+    """`envoy --mode validate`: also runs the filter's on_configure."""
+    r = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart", "-l", "info"],
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return r.returncode, r.stdout + r.stderr
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client to one listener."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def request(self, headers, path=None, method=None, body=None):
+        headers = dict(headers)
+        path = path or headers.pop(":path", "/")
+        method = method or headers.pop(":method", "GET")
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b"x" * int(headers.pop("content-length", 0) or 0)
+        else:
+            headers.pop("content-length", None)
+        for attempt in range(2):
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                r = self.conn.getresponse()
+                data = r.read()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                if attempt:
+                    raise
+
+    def close(self):
+        self.conn.close()
+
+
+def read_records(path):
+    """Parsed access-log lines (skips lines that are not JSON, see envoyconf)."""
+    out = []
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def wait_for_records(path, count, timeout=15):
+    """Envoy flushes access logs asynchronously (about every second)."""
+    wait_until(lambda: len(read_records(path)) >= count, timeout, f"{count} access-log records in {path}")
+    return read_records(path)
+
+
+def cli_decide(config_path, header_dicts):
+    """The native library's decision for each request (same code as the filter)."""
+    lines = "\n".join(json.dumps(h) for h in header_dicts) + "\n"
+    r = subprocess.run(
+        [str(AUGUR_CLI), "decide", "--config", str(config_path)],
+        input=lines, capture_output=True, text=True, timeout=120, check=True,
+    )
+    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+
+
+def prom_sum(text, name, **labels):
+    """Sum of the Prometheus samples of `name` whose labels include `labels`; None if none."""
+    total = None
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total = (total or 0.0) + float(m.group(3))
+    return total
+
+
+def env_flag(name):
+    return os.environ.get(name, "") not in ("", "0", "false")

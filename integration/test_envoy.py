@@ -1,0 +1,326 @@
+"""augur end to end in a real Envoy 1.40 (V8), on loopback.
+
+One Envoy runs four listeners, each with its own augur plugin configuration
+(they share one VM per worker) and its own access log; the `rollout` label
+keeps their stats apart. Requests go through Envoy to the two demo upstreams,
+which echo what they received.
+"""
+
+import json
+import random
+import sys
+
+import pytest
+
+import harness
+from harness import Client, Envoy, Upstreams, ROOT
+
+sys.path.insert(0, str(ROOT / "models"))
+import synthetic  # noqa: E402
+import fixtures  # noqa: E402
+
+DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
+
+RULES = {
+    "name": "rules",
+    "rollout": {"percentage": 100},
+    "segments": [
+        {"name": "beta", "header": "x-user-tier", "values": ["beta"]},
+        {"name": "bots", "devices": ["bot"]},
+    ],
+    "features": [
+        {"name": "always", "override": "on"},
+        {"name": "killed", "override": "off"},
+        {"name": "needs_killed", "override": "on", "requires": ["killed"]},
+        {"name": "needs_always", "override": "on", "requires": ["always"]},
+        {"name": "beta_only", "override": "on", "allow_segments": ["beta"]},
+        {"name": "no_bots", "override": "on", "deny_segments": ["bots"]},
+    ],
+}
+
+OFF = {"name": "off", "override": "off", "rollout": {"percentage": 100}, "features": [{"name": "x", "override": "on"}]}
+
+FAILOPEN = {
+    "name": "failopen",
+    "rollout": {"percentage": 100},
+    "model": {"onnx_base64": fixtures.b64(fixtures.nan_model()), "version": "nan-fixture"},
+    "features": [
+        {"name": "new_checkout", "fallback": "on"},
+        {"name": "search_v2", "fallback": "off"},
+    ],
+}
+
+LISTENERS = {"demo": DEMO, "rules": RULES, "off": OFF, "failopen": FAILOPEN}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    work = tmp_path_factory.mktemp("envoy")
+    ups = Upstreams()
+    ports = {name: harness.free_port() for name in LISTENERS}
+    logs = {name: work / f"{name}.log" for name in LISTENERS}
+    listeners = [
+        harness.envoyconf.listener(name, ports[name], cfg, harness.WASM, logs[name])
+        for name, cfg in LISTENERS.items()
+    ]
+    config = harness.envoyconf.bootstrap(harness.free_port(), listeners, ups.ports["old"], ups.ports["new"])
+    envoy = None
+    try:
+        envoy = Envoy(config, workdir=work)
+        yield {"envoy": envoy, "ports": ports, "logs": logs, "work": work}
+    finally:
+        if envoy:
+            envoy.close()
+        ups.close()
+
+
+def send(port, requests):
+    """Sends header dicts; returns (status, response headers, echoed body) per request."""
+    c = Client(port)
+    try:
+        out = []
+        for h in requests:
+            status, rh, body = c.request(h)
+            out.append((status, rh, json.loads(body) if rh.get("content-type") == "application/json" else None))
+        return out
+    finally:
+        c.close()
+
+
+def records_for(env, name, ids):
+    """Waits until the access log of listener `name` holds every id; returns {id: line}."""
+    ids = set(ids)
+
+    def by_id():
+        return {r["decision"]["id"]: r for r in harness.read_records(env["logs"][name])}
+
+    harness.wait_until(lambda: ids <= by_id().keys(), 15, f"{len(ids)} records in {name}.log")
+    return by_id()
+
+
+def synthetic_requests(n, seed, prefix):
+    rng = random.Random(seed)
+    users = synthetic.make_users(max(1, n // 3), seed)
+    reqs = []
+    for i in range(n):
+        h = synthetic.request_headers(users[i % len(users)], rng)
+        h["x-request-id"] = f"{prefix}-{i}"
+        reqs.append(h)
+    return reqs
+
+
+def test_split_tracks_percentage_and_is_sticky(env):
+    n = 2000
+    first = [{"x-user-id": f"split-user-{i}", "x-request-id": f"split-{i}"} for i in range(n)]
+    again = [{"x-user-id": f"split-user-{i}", "x-request-id": f"split-again-{i}"} for i in range(n)]
+    r1 = send(env["ports"]["demo"], first)
+    r2 = send(env["ports"]["demo"], again)
+    assert all(s == 200 for s, _, _ in r1 + r2)
+    stacks1 = [rh["x-served-by"] for _, rh, _ in r1]
+    stacks2 = [rh["x-served-by"] for _, rh, _ in r2]
+    assert stacks1 == stacks2, "stickiness: every user gets the same stack on every request"
+    share = 100.0 * stacks1.count("new") / n
+    pct = DEMO["rollout"]["percentage"]
+    assert abs(share - pct) < 3.0, f"new-stack share {share:.1f}% vs deployment {pct}%"
+    # The bucket is a pure function of user and salt: the native library agrees request by request.
+    native = harness.cli_decide(ROOT / "envoy" / "augur-demo.json", first)
+    assert [d["stack"] for d in native] == stacks1
+
+
+def test_feature_headers_reach_new_stack_only(env):
+    reqs = synthetic_requests(400, seed=11, prefix="hdr")
+    results = send(env["ports"]["demo"], reqs)
+    by_id = records_for(env, "demo", [r["x-request-id"] for r in reqs])
+    seen = {"old": 0, "new": 0}
+    for req, (status, rh, body) in zip(reqs, results):
+        assert status == 200
+        echoed = body["headers"]
+        stack = rh["x-served-by"]
+        seen[stack] += 1
+        assert echoed["x-augur-stack"] == stack
+        if stack == "old":
+            assert "x-augur-features" not in echoed and "x-augur-decision" not in echoed
+        else:
+            rec = by_id[req["x-request-id"]]
+            enabled = [f for f, d in rec["decision"]["features"].items() if d["on"]]
+            assert echoed["x-augur-features"] == ",".join(enabled)
+            assert echoed["x-augur-decision"] == req["x-request-id"]
+    assert seen["old"] > 0 and seen["new"] > 0
+
+
+def test_filter_decides_exactly_like_the_native_library(env):
+    reqs = synthetic_requests(300, seed=23, prefix="parity")
+    send(env["ports"]["demo"], reqs)
+    native = {d["id"]: d for d in harness.cli_decide(ROOT / "envoy" / "augur-demo.json", reqs)}
+    want = {r["x-request-id"] for r in reqs}
+    got = {rid: r["decision"] for rid, r in records_for(env, "demo", want).items()}
+    for rid in want:
+        g, n = got[rid], native[rid]
+        for key in ("stack", "bucket", "features", "segments", "device", "model", "model_ok"):
+            assert g[key] == n[key], f"{rid} {key}: envoy {g[key]} vs native {n[key]}"
+        assert g["x"] == pytest.approx(n["x"], abs=1e-6)
+    # The model and the thresholds are visible: some features are on for some
+    # new-stack requests and off for others, for a model reason.
+    new = [got[r] for r in want if got[r]["stack"] == "new"]
+    assert new
+    model_reasons = {"performance_cost", "error_risk", "security_risk", "low_engagement", "low_score"}
+    reasons = {d["reason"] for rec in new for d in rec["features"].values()}
+    assert "enabled" in reasons and reasons & model_reasons, reasons
+    # Bots are denied search_v2 by segment whatever the model says.
+    for rec in new:
+        if rec["device"] == "bot":
+            assert rec["features"]["search_v2"]["reason"] == "denied_segment"
+
+
+def test_overrides_dependencies_and_segment_lists(env):
+    cases = [
+        ({"x-user-id": "plain", "user-agent": "Mozilla/5.0 (Windows NT 10.0)"}, "always,needs_always,no_bots"),
+        ({"x-user-id": "tester", "x-user-tier": "beta"}, "always,needs_always,beta_only,no_bots"),
+        ({"x-user-id": "crawler", "user-agent": "Googlebot/2.1"}, "always,needs_always"),
+    ]
+    results = send(env["ports"]["rules"], [h for h, _ in cases])
+    for (h, want), (status, rh, body) in zip(cases, results):
+        assert status == 200 and rh["x-served-by"] == "new"
+        assert body["headers"]["x-augur-features"] == want, h
+    recs = harness.wait_for_records(env["logs"]["rules"], len(cases))
+    f = recs[0]["decision"]["features"]
+    assert f["killed"]["reason"] == "kill_switch"
+    assert f["needs_killed"]["reason"] == "prerequisite_off"
+    assert f["beta_only"]["reason"] == "not_in_allowed_segment"
+    assert recs[2]["decision"]["features"]["no_bots"]["reason"] == "denied_segment"
+
+
+def test_global_override_off_sends_everyone_to_old_with_no_features(env):
+    results = send(env["ports"]["off"], [{"x-user-id": f"u{i}"} for i in range(50)])
+    for status, rh, body in results:
+        assert status == 200 and rh["x-served-by"] == "old"
+        assert "x-augur-features" not in body["headers"]
+    recs = harness.wait_for_records(env["logs"]["off"], 50)
+    assert all(r["decision"]["features"]["x"]["reason"] == "global_off" for r in recs)
+
+
+def test_spoofed_control_headers_change_nothing(env):
+    users = [f"spoof-{i}" for i in range(200)]
+    honest = [{"x-user-id": u} for u in users]
+    native = harness.cli_decide(ROOT / "envoy" / "augur-demo.json", honest)
+    forged = [
+        dict(h, **{"x-augur-stack": "new", "x-augur-features": "evil,admin", "x-augur-decision": "forged"})
+        for h in honest
+    ]
+    before = env["envoy"].counters().get("wasmcustom.augur_spoofed_requests.rollout.demo", 0)
+    results = send(env["ports"]["demo"], forged)
+    for d, (status, rh, body) in zip(native, results):
+        assert status == 200
+        assert rh["x-served-by"] == d["stack"], "a forged x-augur-stack must not move the user"
+        echoed = body["headers"]
+        if d["stack"] == "old":
+            assert "x-augur-features" not in echoed and "x-augur-decision" not in echoed
+        else:
+            enabled = [f for f, v in d["features"].items() if v["on"]]
+            assert echoed["x-augur-features"] == ",".join(enabled)
+            assert echoed["x-augur-decision"] != "forged"
+    after = env["envoy"].counters()["wasmcustom.augur_spoofed_requests.rollout.demo"]
+    assert after - before == len(forged)
+
+
+def test_stats_count_every_request_and_decision(env):
+    n = 120
+    reqs = [{"x-user-id": f"stats-{i}", "x-user-tier": "beta" if i % 3 == 0 else "standard"} for i in range(n)]
+    results = send(env["ports"]["rules"], reqs)
+    assert all(s == 200 for s, _, _ in results)
+    total = n + 3  # the overrides test sent 3 requests to this listener earlier
+    envoy = env["envoy"]
+
+    def settled():
+        prom = envoy.prometheus()
+        return harness.prom_sum(prom, "augur_requests", rollout="rules") == total
+
+    harness.wait_until(settled, 10, "request counters")
+    prom = envoy.prometheus()
+    assert harness.prom_sum(prom, "augur_requests", rollout="rules", stack="new") == total
+    assert harness.prom_sum(prom, "augur_responses", rollout="rules", stack="new", **{"class": "2xx"}) == total
+    for feature in [f["name"] for f in RULES["features"]]:
+        assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature=feature) == total
+    assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature="beta_only", state="on") == 1 + n // 3
+    assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature="killed", reason="kill_switch") == total
+
+    # Histograms appear after a stats flush (5 s by default).
+    def histograms():
+        p = envoy.prometheus()
+        return (harness.prom_sum(p, "augur_latency_ms_count", rollout="rules", stack="new") or 0) >= total
+
+    harness.wait_until(histograms, 15, "latency histogram")
+    prom = envoy.prometheus()
+    demo_scores = harness.prom_sum(prom, "augur_feature_score_count", rollout="demo", feature="search_v2")
+    assert demo_scores and demo_scores > 0
+
+
+def test_model_failure_fails_open_and_is_counted(env):
+    reqs = [{"x-user-id": f"fo-{i}", "x-user-sessions-30d": "50" if i % 2 else "5"} for i in range(40)]
+    results = send(env["ports"]["failopen"], reqs)
+    assert all(s == 200 for s, _, _ in results), "a model error never fails the request"
+    for i, (_, _, body) in enumerate(results):
+        want = "new_checkout" if i % 2 else body["headers"]["x-augur-features"]
+        assert body["headers"]["x-augur-features"] == want
+    recs = harness.wait_for_records(env["logs"]["failopen"], 40)
+    failed = [r for r in recs if not r["decision"]["model_ok"]]
+    assert len(failed) == 20
+    for r in failed:
+        assert r["decision"]["features"]["new_checkout"]["reason"] == "fallback_on"
+        assert r["decision"]["features"]["search_v2"]["reason"] == "fallback_off"
+    harness.wait_until(
+        lambda: harness.prom_sum(env["envoy"].prometheus(), "augur_model_errors", rollout="failopen") == 20,
+        10,
+        "model error counter",
+    )
+
+
+def test_access_log_lines_are_decision_records_with_outcomes(env):
+    recs = harness.read_records(env["logs"]["demo"])
+    lines = env["logs"]["demo"].read_text().splitlines()
+    assert recs and len(recs) == len(lines), "every access-log line is one JSON record"
+    for r in recs:
+        d = r["decision"]
+        assert d["v"] == 1 and d["rollout"] == "demo"
+        assert d["stack"] in ("old", "new") and isinstance(r["status"], int)
+        assert r["cluster"] == f"{d['stack']}_stack"
+        assert len(d["x"]) == 20
+
+
+@pytest.mark.parametrize(
+    "plugin, message",
+    [
+        (
+            {"rollout": {"percentage": 5}, "features": [{"name": "a", "override": "on", "requires": ["checkout_v2"]}]},
+            'augur: configuration refused: features[0].requires: unknown feature "checkout_v2"',
+        ),
+        (
+            {"rollout": {"percentage": 5, "sticky": True}, "features": [{"name": "a", "override": "on"}]},
+            "augur: configuration refused: rollout.sticky: unknown field `sticky`",
+        ),
+        (
+            {
+                "rollout": {"percentage": 5},
+                "model": {"onnx_base64": fixtures.b64(fixtures.wrong_shape_model())},
+                "features": [{"name": "new_checkout"}],
+            },
+            "augur: configuration refused: model.onnx_base64: shape: output has shape 1,12",
+        ),
+    ],
+)
+def test_bad_config_is_refused_with_the_error_in_envoys_log(tmp_path, plugin, message):
+    listener = harness.envoyconf.listener("bad", harness.free_port(), plugin, harness.WASM, tmp_path / "a.log")
+    config = harness.envoyconf.bootstrap(harness.free_port(), [listener], harness.free_port(), harness.free_port())
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    rc, out = harness.validate(path)
+    assert rc != 0
+    assert message in out, out[-3000:]
+
+
+def test_committed_envoy_config_is_current_and_valid():
+    assert (ROOT / "envoy" / "envoy.yaml").read_text() == harness.envoyconf.to_yaml(harness.envoyconf.demo()), (
+        "envoy/envoy.yaml is stale: run `python integration/envoyconf.py > envoy/envoy.yaml`"
+    )
+    rc, out = harness.validate(ROOT / "envoy" / "envoy.yaml")
+    assert rc == 0, out[-3000:]

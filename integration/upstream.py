@@ -1,0 +1,62 @@
+"""Demo upstream: one process plays one stack ("old" or "new").
+
+It answers every request with a JSON body echoing the request headers it
+received, so tests and the demo can see exactly what augur sent upstream
+(routing header, feature flags, decision id), and tags the response with
+`x-served-by: <stack>`.
+
+    python integration/upstream.py --name new --port 18081
+
+Listens on 127.0.0.1 only.
+"""
+
+import argparse
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def make_handler(name):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self):
+            length = int(self.headers.get("content-length") or 0)
+            if length:
+                self.rfile.read(length)
+            body = json.dumps(
+                {
+                    "served_by": name,
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.send_header("x-served-by", name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args(argv)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.name))
+    server.daemon_threads = True
+    print(f"upstream {args.name} on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
