@@ -7,7 +7,6 @@ Ports: Envoy 10000 (admin 9901), old stack 18081, new stack 18082.
 
 import collections
 import json
-import random
 import sys
 import time
 
@@ -40,13 +39,8 @@ def main():
         envoy = Envoy(config_path=ROOT / "envoy" / "envoy.yaml", admin_port=9901, workdir=RUN)
         print(f"Envoy ready with the filter in {envoy.ready_seconds:.1f} s  (config envoy/envoy.yaml, log .run/envoy.log)")
 
-        rng = random.Random(SEED)
         users = synthetic.make_users(USERS, SEED)
-        reqs = []
-        for i in range(REQUESTS):
-            h = synthetic.request_headers(rng.choice(users), rng)
-            h["x-request-id"] = f"demo-{i:04d}"
-            reqs.append(h)
+        reqs = harness.synthetic_requests(REQUESTS, SEED, "demo", users)
         # A few clients try to pick their own stack and features.
         for i in range(10):
             h = dict(reqs[i], **{"x-augur-stack": "new", "x-augur-features": "everything"})
@@ -73,9 +67,10 @@ def main():
         prom = envoy.prometheus()
         print("\n/stats/prometheus (excerpt):")
         for line in prom.splitlines():
-            if line.startswith(("augur_requests", "augur_spoofed", "augur_model_errors")) or (
+            wanted = line.startswith(("augur_requests", "augur_spoofed", "augur_model_errors")) or (
                 line.startswith("augur_feature_decisions") and 'feature="hd_images"' in line
-            ):
+            )
+            if wanted and not line.endswith(" 0"):
                 print("  " + line)
         print("\nfull decision log: .run/decisions.log   (one JSON line per request)")
     finally:
@@ -100,7 +95,7 @@ def report(plugin, decisions, users):
 
     new = [d for d in decisions if d["stack"] == "new"]
     features = [f["name"] for f in plugin["features"]]
-    groups = ["all", "mobile", "desktop", "bot", "beta", "staff"]
+    groups = ["all", "mobile", "desktop", "bot", "beta"]
 
     def in_group(d, g):
         return g == "all" or d["device"] == g or g in d["segments"] or (g == "mobile" and d["device"] == "tablet")

@@ -8,6 +8,7 @@ manager), also on failure.
 import http.client
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -95,6 +96,8 @@ class Envoy:
             [
                 str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
                 "--disable-hot-restart", "--log-path", str(self.log_path), "-l", "info",
+                # Access logs are flushed every 10 s by default; tests read them sooner.
+                "--file-flush-interval-msec", "250",
             ],
             cwd=str(ROOT),
             stdout=subprocess.DEVNULL,
@@ -228,6 +231,26 @@ def prom_sum(text, name, **labels):
         if all(got.get(k) == v for k, v in labels.items()):
             total = (total or 0.0) + float(m.group(3))
     return total
+
+
+MAX_BODY = 64 * 1024
+
+
+def synthetic_requests(n, seed, prefix, users=None):
+    """`n` requests from synthetic users (models/synthetic.py), each with its own
+    x-request-id. Bodies are capped at 64 KB to keep loopback runs quick."""
+    import synthetic
+
+    rng = random.Random(seed)
+    users = users or synthetic.make_users(max(1, n // 3), seed)
+    reqs = []
+    for i in range(n):
+        h = synthetic.request_headers(rng.choice(users), rng)
+        if "content-length" in h:
+            h["content-length"] = str(min(int(h["content-length"]), MAX_BODY))
+        h["x-request-id"] = f"{prefix}-{i:05d}"
+        reqs.append(h)
+    return reqs
 
 
 def env_flag(name):
