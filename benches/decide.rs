@@ -1,0 +1,82 @@
+//! Native hot-path benchmarks: each stage alone and the whole per-request
+//! decision with the default model and the demo configuration.
+//!
+//!     cargo bench --bench decide
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use augur::config::compile;
+use augur::engine::{decide, Decision, Worker};
+use augur::profile::{encode, Profile};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const DEMO: &[u8] = include_bytes!("../envoy/augur-demo.json");
+
+fn request() -> Vec<(String, String)> {
+    [
+        (":method", "POST"),
+        (":path", "/api/checkout/confirm"),
+        ("x-request-id", "0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+        ),
+        ("x-user-id", "u00042"),
+        ("x-geo-region", "eu"),
+        ("x-user-tier", "beta"),
+        ("content-length", "512"),
+        ("x-user-sessions-30d", "23"),
+        ("x-user-purchases-90d", "4"),
+        ("x-user-tenure-days", "400"),
+        ("x-user-errors-7d", "0"),
+        ("accept", "application/json"),
+        ("host", "shop.example.com"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn stages(c: &mut Criterion) {
+    let config = compile(DEMO).expect("demo config");
+    let req = request();
+    let mut worker = Worker::new(&config);
+    let mut d = Decision::default();
+    decide(&config, &mut worker, req.as_slice(), &mut d);
+
+    c.bench_function("profile/encode", |b| {
+        let mut p = Profile::default();
+        b.iter(|| encode(&config.profile, &config.segments, black_box(req.as_slice()), &mut p))
+    });
+    c.bench_function("model/predict", |b| {
+        let mut s = config.model.session().unwrap();
+        let mut out = Vec::new();
+        b.iter(|| s.predict(black_box(&d.profile.vector), &mut out).unwrap())
+    });
+    c.bench_function("model/predict_fresh_state", |b| {
+        let mut out = Vec::new();
+        b.iter(|| config.model.session().unwrap().predict(black_box(&d.profile.vector), &mut out).unwrap())
+    });
+    c.bench_function("flags/decide", |b| {
+        let mut s = config.model.session().unwrap();
+        let mut impacts = Vec::new();
+        s.predict(&d.profile.vector, &mut impacts).unwrap();
+        let mut out = Vec::new();
+        b.iter(|| config.rules.decide(false, Some(black_box(&impacts)), d.profile.segments, &mut out))
+    });
+    c.bench_function("routing/choose", |b| b.iter(|| config.rollout.choose(black_box(Some("u00042")), None)));
+    c.bench_function("record/write", |b| {
+        let mut s = String::new();
+        b.iter(|| {
+            augur::record::write(&config, black_box(&d), "0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10", &mut s)
+        })
+    });
+    c.bench_function("decide/whole", |b| {
+        b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
+    });
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);
