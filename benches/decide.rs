@@ -7,8 +7,9 @@
 
 use std::hint::black_box;
 
-use augur::config::compile;
+use augur::config::{compile, compile_with_model};
 use augur::engine::{decide, Decision, Worker};
+use augur::flags::FlagInputs;
 use augur::profile::{encode, Profile};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -64,7 +65,9 @@ fn stages(c: &mut Criterion) {
         let mut impacts = Vec::new();
         s.predict(&d.profile.vector, &mut impacts).unwrap();
         let mut out = Vec::new();
-        b.iter(|| config.rules.decide(false, Some(black_box(&impacts)), d.profile.segments, &mut out))
+        let input =
+            FlagInputs { impacts: Some(&impacts), segments: d.profile.segments, ..FlagInputs::default() };
+        b.iter(|| config.rules.decide(black_box(input), &mut out))
     });
     c.bench_function("routing/choose", |b| b.iter(|| config.rollout.choose(black_box(Some("u00042")), None)));
     c.bench_function("record/write", |b| {
@@ -78,5 +81,39 @@ fn stages(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, stages);
+/// A config with features f0..f{n-1}, all scored by the model, all `auto`.
+fn scaled_config(n: usize) -> String {
+    let features: Vec<String> = (0..n)
+        .map(|i| {
+            let requires =
+                if i > 0 && i % 5 == 0 { format!(r#", "requires": ["f{}"]"#, i - 1) } else { String::new() };
+            format!(r#"{{"name": "f{i}", "min_score": 40{requires}}}"#)
+        })
+        .collect();
+    format!(r#"{{"rollout": {{"percentage": 100}}, "features": [{}]}}"#, features.join(","))
+}
+
+fn scaling(c: &mut Criterion) {
+    let req = request();
+    let models: [(usize, usize, &[u8]); 6] = [
+        (1, 32, include_bytes!("models/mlp_f1_h32.onnx")),
+        (10, 32, include_bytes!("models/mlp_f10_h32.onnx")),
+        (50, 32, include_bytes!("models/mlp_f50_h32.onnx")),
+        (10, 16, include_bytes!("models/mlp_f10_h16.onnx")),
+        (10, 64, include_bytes!("models/mlp_f10_h64.onnx")),
+        (10, 256, include_bytes!("models/mlp_f10_h256.onnx")),
+    ];
+    let mut group = c.benchmark_group("decide/scaling");
+    for (features, hidden, model) in models {
+        let config = compile_with_model(scaled_config(features).as_bytes(), model).expect("scaled config");
+        let mut worker = Worker::new(&config);
+        let mut d = Decision::default();
+        group.bench_function(format!("features={features}/hidden={hidden}"), |b| {
+            b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stages, scaling);
 criterion_main!(benches);

@@ -17,7 +17,7 @@ DEMO_WASM = "target/augur.wasm"
 
 # Labels cut out of wasm stat names (`augur_x.label.value...`) by Envoy's tag
 # extraction: the first group is removed from the name, the second is the value.
-STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason"]
+STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome"]
 
 # The access-log line: augur's decision record next to Envoy's own view of the
 # outcome. Lines whose "decision" is `-` come from requests the filter never saw
@@ -26,6 +26,7 @@ ACCESS_LOG_FORMAT = (
     '{"decision":%FILTER_STATE(wasm.augur_decision:PLAIN)%,'
     '"status":%RESPONSE_CODE%,"duration_ms":%DURATION%,'
     '"upstream_ms":"%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",'
+    '"signals":"%FILTER_STATE(wasm.augur_outcome:PLAIN)%",'
     '"cluster":"%UPSTREAM_CLUSTER%","flags":"%RESPONSE_FLAGS%","start":"%START_TIME%"}\n'
 )
 
@@ -47,6 +48,10 @@ def stats_config():
             },
             {
                 "match": {"prefix": "wasmcustom.augur_latency_ms"},
+                "buckets": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
+            },
+            {
+                "match": {"prefix": "wasmcustom.augur_feature_latency_ms"},
                 "buckets": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
             },
         ],
@@ -212,3 +217,195 @@ def to_yaml(config):
 
 if __name__ == "__main__":
     sys.stdout.write(to_yaml(demo()))
+
+
+# ---- Building blocks for the end-to-end benchmark and for ECDS delivery --------
+#
+# Everything below is additive: the functions above (and so envoy/envoy.yaml and
+# the integration tests) do not use it. `integration/bench_e2e.py` builds its
+# three configurations from these, and a model-push job can reuse the ECDS ones:
+#
+#     filt = ecds_http_filter("augur", "/etc/augur/ecds/augur.json")
+#     ...listener with http_filters=[filt, router_filter()]...
+#     write_atomically(path, json.dumps(ecds_resource(plugin, wasm, "v2")))
+
+WASM_FILTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+TYPED_EXTENSION_CONFIG_TYPE_URL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+
+def router_filter():
+    """The terminal HTTP filter every listener here ends with."""
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+
+
+def http_listener(name, port, route_config, http_filters, access_log_path=None, access_log_format=ACCESS_LOG_FORMAT):
+    """A loopback HTTP/1.1 listener: one HCM with the given route table and filter
+    chain (which must end with `router_filter()`), and optionally a file access
+    log in `access_log_format` (for a listener without augur the `decision`
+    field is `-`, as for requests augur never saw)."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "route_config": route_config,
+        "http_filters": http_filters,
+    }
+    if access_log_path is not None:
+        hcm["access_log"] = [
+            {
+                "name": "access_log",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": str(access_log_path),
+                    "log_format": {"text_format_source": {"inline_string": access_log_format}},
+                },
+            }
+        ]
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def single_cluster_route_config(cluster="old_stack"):
+    """Passthrough: every request to one cluster, no decision at all."""
+    return {
+        "name": "passthrough",
+        "virtual_hosts": [
+            {"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+        ],
+    }
+
+
+def weighted_clusters_route_config(new_weight=30, pin_header="x-user-tier", pin_values=("beta",), stack_header="x-stack"):
+    """What users build with Envoy alone instead of augur: requests carrying
+    `pin_header` with one of `pin_values` always go to the new stack (the usual
+    header-based stickiness/opt-in), everything else is split `new_weight`% new /
+    rest old by `weighted_clusters` (per request, not sticky per user). Each
+    route tells the upstream its stack in `stack_header`, as augur does."""
+    import re
+
+    if len(pin_values) == 1:
+        matcher = {"exact": pin_values[0]}
+    else:
+        matcher = {"safe_regex": {"regex": "|".join(re.escape(v) for v in pin_values)}}
+    pinned = {
+        "name": "pinned_new",
+        "match": {"prefix": "/", "headers": [{"name": pin_header, "string_match": matcher}]},
+        "route": {"cluster": "new_stack"},
+        "request_headers_to_add": [
+            {"header": {"key": stack_header, "value": "new"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+    def weighted(cluster, stack, weight):
+        return {
+            "name": cluster,
+            "weight": weight,
+            "request_headers_to_add": [
+                {"header": {"key": stack_header, "value": stack}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+        }
+
+    split = {
+        "name": "split",
+        "match": {"prefix": "/"},
+        "route": {
+            "weighted_clusters": {
+                "clusters": [weighted("new_stack", "new", new_weight), weighted("old_stack", "old", 100 - new_weight)]
+            }
+        },
+    }
+    return {"name": "weighted", "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [pinned, split]}]}
+
+
+def direct_response_bootstrap(admin_port, port, body="ok"):
+    """A minimal, fast upstream: one Envoy listener answering every request
+    itself (`direct_response` 200 with a small body), no clusters."""
+    route = {
+        "name": "direct",
+        "virtual_hosts": [
+            {
+                "name": "direct",
+                "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": body}}}],
+            }
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [http_listener("upstream", port, route, [router_filter()])]},
+    }
+
+
+def ecds_http_filter(name, watched_path, type_urls=(WASM_FILTER_TYPE_URL,)):
+    """An http_filters entry whose configuration comes from ECDS, read from the
+    file `watched_path` (a DiscoveryResponse, see `ecds_resource`).
+
+    Envoy re-reads the file whenever a file is moved into its directory, so
+    update it with `write_atomically` (write elsewhere in the directory, then
+    rename). `name` must equal the resource name inside the file. Until a first
+    valid resource has been read, listeners using the filter do not warm (no
+    traffic); a refused update leaves the last good configuration serving.
+    The bootstrap needs a `node` (`bootstrap()` sets one)."""
+    watched_path = Path(watched_path).resolve()
+    return {
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": str(watched_path),
+                    "watched_directory": {"path": str(watched_path.parent)},
+                },
+            },
+            "type_urls": list(type_urls),
+        },
+    }
+
+
+def ecds_resource(plugin_config, wasm_path, version, name="augur", failure_policy="FAIL_CLOSED"):
+    """The content of an ECDS file: a DiscoveryResponse holding one
+    TypedExtensionConfig named `name` whose typed_config is the augur Wasm
+    filter (exactly what `wasm_filter` builds) with `plugin_config` (dict or JSON
+    string). `version` is the DiscoveryResponse's version_info (any string;
+    shown in /config_dump). Serialise with json.dumps: JSON is also YAML."""
+    return {
+        "version_info": str(version),
+        "resources": [
+            {
+                "@type": TYPED_EXTENSION_CONFIG_TYPE_URL,
+                "name": name,
+                "typed_config": wasm_filter(plugin_config, wasm_path, failure_policy)["typed_config"],
+            }
+        ],
+    }
+
+
+def write_atomically(path, text):
+    """Replaces `path` with `text` in one rename: a reader (Envoy watching the
+    directory) sees the old file or the new one, never a partial write. The
+    temporary file is in the same directory (same filesystem) and is fsync'd
+    before the rename."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

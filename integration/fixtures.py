@@ -7,6 +7,8 @@
   Drives the fail-open path (model error on one request → fallbacks, stat).
 - `wrong_shape.onnx`: claims the demo features but outputs 12 values instead
   of 5 × 4 = 20. Must be refused at configure time.
+- `benches/models/mlp_f{F}_h{H}.onnx`: random MLPs scoring F features with
+  hidden width H, for the scaling benchmarks.
 """
 
 import base64
@@ -65,6 +67,44 @@ def wrong_shape_model(schema=None):
     return _model(12, DEMO_FEATURES, schema or schema_id(), nan_on_history=False)
 
 
+def mlp_model(n_features, hidden, seed=0, schema=None):
+    """A random two-hidden-layer MLP (20 → hidden → hidden → 4·F, sigmoid) scoring
+    features f0..f{F-1}: for benchmarks of how decide() grows with F and model size."""
+    rng = np.random.default_rng(seed)
+    dims = [INPUT_DIM, hidden, hidden, 4 * n_features]
+    nodes, inits, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        inits += [
+            numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array((rng.standard_normal(b) * 0.1).astype(np.float32), f"b{i}"),
+        ]
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"])]
+        last = i == len(dims) - 2
+        nodes.append(helper.make_node("Sigmoid" if last else "Relu", [f"a{i}"], ["y" if last else f"h{i}"]))
+        prev = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "augur_bench_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", INPUT_DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dims[-1]])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    meta = {
+        "augur.schema": schema or schema_id(),
+        "augur.features": ",".join(f"f{i}" for i in range(n_features)),
+        "augur.version": f"bench-f{n_features}-h{hidden}",
+    }
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+BENCH_MODELS = [(1, 32), (10, 32), (50, 32), (10, 16), (10, 64), (10, 256)]
+
+
 def b64(data):
     return base64.b64encode(data).decode()
 
@@ -74,4 +114,9 @@ if __name__ == "__main__":
     out.mkdir(parents=True, exist_ok=True)
     (out / "nan_model.onnx").write_bytes(nan_model())
     (out / "wrong_shape.onnx").write_bytes(wrong_shape_model())
-    print(f"wrote fixtures to {out}")
+    bench = ROOT / "benches" / "models"
+    bench.mkdir(parents=True, exist_ok=True)
+    schema = schema_id()
+    for f, h in BENCH_MODELS:
+        (bench / f"mlp_f{f}_h{h}.onnx").write_bytes(mlp_model(f, h, seed=f * 1000 + h, schema=schema))
+    print(f"wrote fixtures to {out} and benchmark models to {bench}")

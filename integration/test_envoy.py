@@ -210,35 +210,73 @@ def test_spoofed_control_headers_change_nothing(env):
 
 
 def test_stats_count_every_request_and_decision(env):
+    envoy = env["envoy"]
+    features = [f["name"] for f in RULES["features"]]
+
+    def snapshot():
+        p = envoy.prometheus()
+        get = lambda name, **labels: harness.prom_sum(p, name, rollout="rules", **labels) or 0  # noqa: E731
+        snap = {
+            "requests": get("augur_requests"),
+            "new": get("augur_requests", stack="new"),
+            "2xx": get("augur_responses", stack="new", **{"class": "2xx"}),
+            "beta_only_on": get("augur_feature_decisions", feature="beta_only", state="on"),
+            "killed": get("augur_feature_decisions", feature="killed", reason="kill_switch"),
+        }
+        snap.update({f: get("augur_feature_decisions", feature=f) for f in features})
+        return snap
+
     n = 120
+    before = snapshot()
     reqs = [{"x-user-id": f"stats-{i}", "x-user-tier": "beta" if i % 3 == 0 else "standard"} for i in range(n)]
     results = send(env["ports"]["rules"], reqs)
     assert all(s == 200 for s, _, _ in results)
-    total = n + 3  # the overrides test sent 3 requests to this listener earlier
-    envoy = env["envoy"]
-
-    def settled():
-        prom = envoy.prometheus()
-        return harness.prom_sum(prom, "augur_requests", rollout="rules") == total
-
-    harness.wait_until(settled, 10, "request counters")
-    prom = envoy.prometheus()
-    assert harness.prom_sum(prom, "augur_requests", rollout="rules", stack="new") == total
-    assert harness.prom_sum(prom, "augur_responses", rollout="rules", stack="new", **{"class": "2xx"}) == total
-    for feature in [f["name"] for f in RULES["features"]]:
-        assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature=feature) == total
-    assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature="beta_only", state="on") == 1 + n // 3
-    assert harness.prom_sum(prom, "augur_feature_decisions", rollout="rules", feature="killed", reason="kill_switch") == total
+    harness.wait_until(lambda: snapshot()["2xx"] - before["2xx"] == n, 10, "response counters")
+    after = snapshot()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["requests"] == delta["new"] == delta["2xx"] == n
+    for f in features:
+        assert delta[f] == n, f"{f}: one decision per request"
+    assert delta["beta_only_on"] == n // 3
+    assert delta["killed"] == n
 
     # Histograms appear after a stats flush (5 s by default).
     def histograms():
         p = envoy.prometheus()
-        return (harness.prom_sum(p, "augur_latency_ms_count", rollout="rules", stack="new") or 0) >= total
+        return (harness.prom_sum(p, "augur_latency_ms_count", rollout="rules", stack="new") or 0) >= n
 
     harness.wait_until(histograms, 15, "latency histogram")
     prom = envoy.prometheus()
     demo_scores = harness.prom_sum(prom, "augur_feature_score_count", rollout="demo", feature="search_v2")
     assert demo_scores and demo_scores > 0
+
+
+def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env):
+    # "rules" listener: every user is on the new stack; `always` is on, `killed` is off.
+    reqs = [
+        {"x-user-id": f"kpi-{i}", "x-request-id": f"kpi-{i}", "x-demo-engage": "1" if i < 6 else "0",
+         "x-demo-security": "1" if i == 0 else "0", "x-demo-status": "503" if 6 <= i < 9 else "200"}
+        for i in range(12)
+    ]
+    before = env["envoy"].counters()
+    results = send(env["ports"]["rules"], reqs)
+    for status, rh, _ in results:
+        assert not any(k.startswith("x-augur-") for k in rh), f"control header leaked to the client: {rh}"
+    assert [s for s, _, _ in results] == [200] * 6 + [503] * 3 + [200] * 3
+    recs = records_for(env, "rules", [r["x-request-id"] for r in reqs])
+    signals = [recs[r["x-request-id"]]["signals"] for r in reqs]
+    assert signals == ["engaged+security"] + ["engaged"] * 5 + ["none"] * 6
+    base = "wasmcustom.augur_feature_outcomes.rollout.rules.feature"
+
+    def delta(name):
+        return env["envoy"].counters().get(name, 0) - before.get(name, 0)
+
+    harness.wait_until(lambda: delta(f"{base}.always.arm.on.outcome.requests") == 12, 10, "outcome counters")
+    assert delta(f"{base}.always.arm.on.outcome.engagements") == 6
+    assert delta(f"{base}.always.arm.on.outcome.errors") == 3
+    assert delta(f"{base}.always.arm.on.outcome.security") == 1
+    assert delta(f"{base}.killed.arm.off.outcome.engagements") == 6
+    assert delta("wasmcustom.augur_engagements.rollout.rules.stack.new") == 6
 
 
 def test_model_failure_fails_open_and_is_counted(env):

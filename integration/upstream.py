@@ -3,7 +3,10 @@
 It answers every request with a JSON body echoing the request headers it
 received, so tests and the demo can see exactly what augur sent upstream
 (routing header, feature flags, decision id), and tags the response with
-`x-served-by: <stack>`.
+`x-served-by: <stack>`. Test knobs, sent by the client: `x-demo-status: 503`
+answers with that status; `x-demo-engage: 1` / `x-demo-security: 1` make the
+app report an engagement / security event in `x-augur-engagement` /
+`x-augur-security`.
 
     python integration/upstream.py --name new --port 18081
 
@@ -39,10 +42,16 @@ def make_handler(name):
                     "headers": {k.lower(): v for k, v in self.headers.items()},
                 }
             ).encode()
-            self.send_response(200)
+            self.send_response(int(self.headers.get("x-demo-status") or 200))
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.send_header("x-served-by", name)
+            # The app's side of the KPI contract: it reports engagements and
+            # security events to augur in response headers (augur strips them).
+            if self.headers.get("x-demo-engage") == "1":
+                self.send_header("x-augur-engagement", "1")
+            if self.headers.get("x-demo-security") == "1":
+                self.send_header("x-augur-security", "1")
             self.end_headers()
             self.wfile.write(body)
 

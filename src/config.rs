@@ -17,7 +17,7 @@ use crate::model::{Model, ModelError, ScoreWeights, DEFAULT_MODEL};
 use crate::profile::{
     Device, HistorySignal, ProfileSpec, Segment, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES, MAX_SEGMENTS,
 };
-use crate::routing::{Rollout, WhenAbsent};
+use crate::routing::{Rollout, WhenAbsent, BUCKETS};
 
 /// Largest accepted feature count (flag decisions are kept per request).
 pub const MAX_FEATURES: usize = 64;
@@ -204,6 +204,8 @@ struct RawFeature {
     deny_segments: Vec<String>,
     #[serde(default)]
     fallback: Fallback,
+    #[serde(default)]
+    holdout: f64,
 }
 
 fn default_min_score() -> u8 {
@@ -255,6 +257,10 @@ pub struct ControlHeaders {
     pub features: String,
     /// `<prefix>decision`: the decision id (new stack only).
     pub decision: String,
+    /// `<prefix>engagement`: response header the app sets on an engagement.
+    pub engagement: String,
+    /// `<prefix>security`: response header the app sets on a security event.
+    pub security: String,
 }
 
 /// The compiled configuration: everything the request path needs, validated.
@@ -350,6 +356,8 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         stack: format!("{prefix}stack"),
         features: format!("{prefix}features"),
         decision: format!("{prefix}decision"),
+        engagement: format!("{prefix}engagement"),
+        security: format!("{prefix}security"),
         prefix,
     };
 
@@ -545,6 +553,17 @@ fn segment_mask(field: &str, names: &[String], segments: &[Segment]) -> Result<u
     Ok(mask)
 }
 
+/// Holdout share (percent, 0-50) as a bucket threshold.
+fn holdout_buckets(field: &str, pct: f64) -> Result<u32, ConfigError> {
+    if !(0.0..=50.0).contains(&pct) {
+        return Err(ConfigError::new(
+            format!("{field}.holdout"),
+            format!("{pct} is outside 0-50 (percent of eligible users held out)"),
+        ));
+    }
+    Ok((pct * f64::from(BUCKETS) / 100.0).round() as u32)
+}
+
 fn unit(field: String, v: f32) -> Result<f32, ConfigError> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
@@ -635,6 +654,7 @@ fn compile_features(
             deny_segments: segment_mask(&format!("{field}.deny_segments"), &f.deny_segments, segments)?,
             fallback: f.fallback == Fallback::On,
             model_slot,
+            holdout: holdout_buckets(&field, f.holdout)?,
         });
     }
     let order = dependency_order(&features)?;
@@ -781,6 +801,8 @@ mod tests {
         assert_eq!(e, "features[0].min_score: 101 is outside 0-100");
         let e = err(&base(r#"[{"name": "A b", "override": "on"}]"#));
         assert!(e.starts_with("features[0].name:"), "{e}");
+        let e = err(&base(r#"[{"name": "a", "override": "on", "holdout": 60}]"#));
+        assert_eq!(e, "features[0].holdout: 60 is outside 0-50 (percent of eligible users held out)");
         let e = err(&base("[]"));
         assert_eq!(e, "features: at least one feature is required");
     }

@@ -6,11 +6,11 @@
 //! and [`Decision::model_ok`] is false so the filter counts it.
 
 use crate::config::Config;
-use crate::flags::{FlagDecision, Reason};
+use crate::flags::{FlagDecision, FlagInputs, Reason};
 use crate::headers::Headers;
 use crate::model::{Impact, Session};
-use crate::profile::{self, Profile};
-use crate::routing::Stack;
+use crate::profile::{self, stable_hash, Profile};
+use crate::routing::{Stack, BUCKETS};
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,8 @@ pub struct Decision {
     pub model_ok: bool,
     /// One entry per configured feature, in configuration order.
     pub flags: Vec<FlagDecision>,
+    /// Bit `i` set when the user is in feature `i`'s A/B holdout (new stack only).
+    pub holdout: u64,
 }
 
 impl Default for Decision {
@@ -33,11 +35,17 @@ impl Default for Decision {
             profile: Profile::default(),
             model_ok: false,
             flags: Vec::new(),
+            holdout: 0,
         }
     }
 }
 
 impl Decision {
+    /// Bit `i` set when feature `i` is on.
+    pub fn enabled_mask(&self) -> u64 {
+        self.flags.iter().enumerate().filter(|(_, f)| f.on).fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     /// Names of the features that are on, in configuration order.
     pub fn enabled<'a>(&'a self, config: &'a Config) -> impl Iterator<Item = &'a str> + 'a {
         config.feature_names().zip(&self.flags).filter(|(_, d)| d.on).map(|(n, _)| n)
@@ -63,6 +71,26 @@ impl Worker {
     }
 }
 
+/// Bit `i` set when `user` is in feature `i`'s holdout. Sticky: a stable hash of
+/// the rollout salt, the feature name and the user, independent of the stack bucket.
+fn holdout_mask(config: &Config, user: &str) -> u64 {
+    let mut mask = 0;
+    for (i, rule) in config.rules.features.iter().enumerate() {
+        if rule.holdout > 0 {
+            let h = stable_hash(&[
+                config.rollout.salt.as_bytes(),
+                b"holdout",
+                rule.name.as_bytes(),
+                user.as_bytes(),
+            ]);
+            if (h % u64::from(BUCKETS)) < u64::from(rule.holdout) {
+                mask |= 1 << i;
+            }
+        }
+    }
+    mask
+}
+
 /// Decides one request into `out` (reusing its allocations).
 pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized), out: &mut Decision) {
     profile::encode(&config.profile, &config.segments, req, &mut out.profile);
@@ -79,7 +107,14 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         None => false,
     };
     let impacts = out.model_ok.then_some(worker.impacts.as_slice());
-    config.rules.decide(config.global_off, impacts, out.profile.segments, &mut out.flags);
+    let holdout = match req.header(&config.profile.user_header).filter(|u| !u.is_empty()) {
+        Some(user) if out.stack == Stack::New => holdout_mask(config, user),
+        _ => 0,
+    };
+    out.holdout = holdout;
+    let input =
+        FlagInputs { global_off: config.global_off, impacts, segments: out.profile.segments, holdout };
+    config.rules.decide(input, &mut out.flags);
 
     if out.stack == Stack::Old && !config.global_off {
         for f in out.flags.iter_mut() {
@@ -148,5 +183,32 @@ mod tests {
         let mut d = Decision::default();
         decide(&c, &mut w, &vec![("x-request-id".to_string(), "r1".to_string())], &mut d);
         assert_eq!((d.stack, d.bucket), (Stack::Old, None));
+    }
+
+    #[test]
+    fn holdout_is_sticky_and_close_to_its_share() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 100},
+                 "features": [{"name": "a", "override": "on", "holdout": 20}, {"name": "b", "override": "on"}]}"#,
+        )
+        .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let n = 5000;
+        let mut held = 0;
+        for i in 0..n {
+            let user = format!("h{i}");
+            decide(&c, &mut w, &headers(&user), &mut d);
+            let first = d.flags[0].reason;
+            decide(&c, &mut w, &headers(&user), &mut d);
+            assert_eq!(d.flags[0].reason, first, "sticky per user");
+            assert_eq!(d.flags[1].reason, Reason::ForcedOn, "no holdout configured for b");
+            if first == Reason::Holdout {
+                held += 1;
+                assert_eq!(d.holdout, 1);
+            }
+        }
+        let share = 100.0 * held as f64 / n as f64;
+        assert!((share - 20.0).abs() < 2.0, "holdout share {share}");
     }
 }

@@ -17,6 +17,9 @@ use crate::metrics::{MetricKind, MetricSink};
 /// Filter-state key of the decision record; the access log reads it as
 /// `%FILTER_STATE(wasm.augur_decision:PLAIN)%`.
 const RECORD_PROPERTY: &str = "augur_decision";
+/// Filter-state key of the app signals seen on the response
+/// (`%FILTER_STATE(wasm.augur_outcome:PLAIN)%`).
+const OUTCOME_PROPERTY: &str = "augur_outcome";
 /// Prefix stripped when no configuration was ever accepted (defence in depth:
 /// Envoy does not start a filter whose configuration was refused).
 const DEFAULT_CONTROL_PREFIX: &str = "x-augur-";
@@ -53,8 +56,20 @@ impl Host for ProxyHost {
         }
     }
 
-    fn response_status(&self) -> Option<u16> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten()?.parse().ok()
+    fn response_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+            log::warn!("augur: cannot set response header {name}: {e:?}");
+        }
+    }
+
+    fn set_outcome_record(&mut self, signals: &str) {
+        if let Err(e) = hostcalls::set_property(vec![OUTCOME_PROPERTY], Some(signals.as_bytes())) {
+            log::warn!("augur: cannot store outcome: {e:?}");
+        }
     }
 
     fn now_nanos(&self) -> u64 {

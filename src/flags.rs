@@ -15,6 +15,10 @@
 //! 9. score below `min_score`                   → off (`low_score`)
 //! 10. otherwise                                 → on  (`enabled`)
 //!
+//! A feature that came out on (rules 6, 7 or 10) is turned off with reason
+//! `holdout` when the user is in the feature's sticky A/B holdout, so its effect
+//! can be measured against comparable users.
+//!
 //! Flags are decided for every request; on the old stack the engine then turns
 //! every feature off with reason `old_stack` (scores are kept for the record).
 
@@ -52,10 +56,12 @@ pub enum Reason {
     LowScore,
     /// The request went to the old stack: no feature is emitted.
     OldStack,
+    /// Would be on, but the user is in the feature's A/B holdout.
+    Holdout,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Enabled,
         Reason::ForcedOn,
         Reason::FallbackOn,
@@ -71,6 +77,7 @@ impl Reason {
         Reason::LowEngagement,
         Reason::LowScore,
         Reason::OldStack,
+        Reason::Holdout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +97,7 @@ impl Reason {
             Reason::LowEngagement => "low_engagement",
             Reason::LowScore => "low_score",
             Reason::OldStack => "old_stack",
+            Reason::Holdout => "holdout",
         }
     }
 
@@ -134,6 +142,8 @@ pub struct FeatureRule {
     pub fallback: bool,
     /// Index of this feature's prediction in the model output, if the model scores it.
     pub model_slot: Option<usize>,
+    /// Holdout share in buckets (`0..=routing::BUCKETS`); 0 = no holdout.
+    pub holdout: u32,
 }
 
 /// All feature rules plus the order to evaluate them in.
@@ -174,17 +184,23 @@ fn threshold_reason(t: &Thresholds, i: &Impact) -> Option<Reason> {
     }
 }
 
+/// What the flag rules need to know about one request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlagInputs<'a> {
+    pub global_off: bool,
+    /// The model output (indexed by `model_slot`); `None` when the model failed.
+    pub impacts: Option<&'a [Impact]>,
+    /// Segment membership bitmask.
+    pub segments: u64,
+    /// Bit `i` set when the user is in feature `i`'s holdout.
+    pub holdout: u64,
+}
+
 impl FlagRules {
-    /// Decides every feature. `impacts` is the model output (indexed by
-    /// `model_slot`), `None` when the model failed on this request.
-    /// `out` is resized to the number of features, reusing its allocation.
-    pub fn decide(
-        &self,
-        global_off: bool,
-        impacts: Option<&[Impact]>,
-        segments: u64,
-        out: &mut Vec<FlagDecision>,
-    ) {
+    /// Decides every feature into `out`, resized to the number of features
+    /// (reusing its allocation).
+    pub fn decide(&self, input: FlagInputs<'_>, out: &mut Vec<FlagDecision>) {
+        let FlagInputs { global_off, impacts, segments, holdout } = input;
         out.clear();
         out.resize(self.features.len(), FlagDecision::default());
         for &ix in &self.order {
@@ -214,6 +230,7 @@ impl FlagRules {
             } else {
                 Reason::FallbackOff
             };
+            let reason = if reason.is_on() && holdout & (1 << ix) != 0 { Reason::Holdout } else { reason };
             if let Some(slot) = out.get_mut(ix) {
                 *slot = FlagDecision { on: reason.is_on(), reason, score };
             }
@@ -236,6 +253,7 @@ mod tests {
             deny_segments: 0,
             fallback: false,
             model_slot: Some(slot),
+            holdout: 0,
         }
     }
 
@@ -248,7 +266,7 @@ mod tests {
 
     fn decide(r: &FlagRules, impacts: Option<&[Impact]>, seg: u64) -> Vec<FlagDecision> {
         let mut out = Vec::new();
-        r.decide(false, impacts, seg, &mut out);
+        r.decide(FlagInputs { impacts, segments: seg, ..FlagInputs::default() }, &mut out);
         out
     }
 
@@ -327,7 +345,8 @@ mod tests {
         assert_eq!(d[2].reason, Reason::Enabled, "allowed segment member is scored");
 
         let mut out = Vec::new();
-        r.decide(true, Some(&[GOOD]), 0b01, &mut out);
+        let input = FlagInputs { global_off: true, impacts: Some(&[GOOD]), segments: 0b01, holdout: 0 };
+        r.decide(input, &mut out);
         assert!(out.iter().all(|f| f.reason == Reason::GlobalOff && !f.on));
     }
 
@@ -341,5 +360,21 @@ mod tests {
         assert_eq!((d[0].on, d[0].reason), (true, Reason::FallbackOn));
         assert_eq!((d[1].on, d[1].reason), (false, Reason::FallbackOff));
         assert_eq!(d[0].score, None);
+    }
+
+    #[test]
+    fn holdout_turns_on_features_off_and_their_dependents_follow() {
+        let a = rule("a", 0);
+        let mut b = rule("b", 0);
+        b.requires = vec![0];
+        let mut killed = rule("killed", 0);
+        killed.override_ = Override::Off;
+        let r = rules(vec![a, b, killed], vec![0, 1, 2]);
+        let mut out = Vec::new();
+        r.decide(FlagInputs { impacts: Some(&[GOOD]), holdout: 0b101, ..FlagInputs::default() }, &mut out);
+        assert_eq!(out[0].reason, Reason::Holdout);
+        assert!(!out[0].on && out[0].score.is_some(), "held-out requests keep their score");
+        assert_eq!(out[1].reason, Reason::PrerequisiteOff);
+        assert_eq!(out[2].reason, Reason::KillSwitch, "holdout never turns anything on");
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::engine::{decide, Decision, Worker};
 use crate::headers::Headers;
-use crate::metrics::{MetricSink, Metrics};
+use crate::metrics::{MetricSink, Metrics, Outcome};
 use crate::record;
 use crate::routing::Stack;
 
@@ -26,8 +26,12 @@ pub trait Host {
     fn clear_route_cache(&mut self);
     /// Stores the decision record where the access log reads it.
     fn set_decision_record(&mut self, record: &str);
-    /// The response `:status`, once response headers arrived.
-    fn response_status(&self) -> Option<u16>;
+    /// All response headers (`:status` included).
+    fn response_headers(&self) -> Vec<(String, String)>;
+    /// Sets (`Some`) or removes (`None`) a response header.
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// Stores the app signals of the response where the access log reads them.
+    fn set_outcome_record(&mut self, signals: &str);
     /// Monotonic-enough wall clock, nanoseconds.
     fn now_nanos(&self) -> u64;
 }
@@ -38,6 +42,22 @@ pub struct StreamState {
     /// `None` until a decision was made.
     pub stack: Option<Stack>,
     pub started_nanos: u64,
+    /// Features on / held out for this request (bitmasks).
+    pub enabled: u64,
+    pub holdout: u64,
+}
+
+/// An app signal header is set when its value is `1`, `true`, `yes` or a
+/// positive number (e.g. a conversion value).
+fn signal(value: Option<&str>) -> bool {
+    match value.map(str::trim) {
+        None => false,
+        Some(v) => {
+            v.eq_ignore_ascii_case("true")
+                || v.eq_ignore_ascii_case("yes")
+                || v.parse::<f64>().is_ok_and(|x| x > 0.0)
+        }
+    }
 }
 
 /// One worker's augur: compiled configuration, model state, stat ids and the
@@ -131,20 +151,37 @@ impl Runtime {
         host.clear_route_cache();
         host.set_decision_record(&self.record);
         self.metrics.on_decision(d, spoofed, sink);
-        StreamState { stack: Some(d.stack), started_nanos }
+        StreamState { stack: Some(d.stack), started_nanos, enabled: d.enabled_mask(), holdout: d.holdout }
     }
 
-    /// Handles response headers: counts the status class and latency per stack.
+    /// Handles response headers: reads the status and the app's signal headers,
+    /// strips every control header before the response leaves Envoy, and counts
+    /// the outcome per stack and per feature arm.
     pub fn on_response_headers(
         &mut self,
         state: &StreamState,
         host: &mut impl Host,
         sink: &mut impl MetricSink,
     ) {
-        if let Some(stack) = state.stack {
-            let ms = host.now_nanos().saturating_sub(state.started_nanos) / 1_000_000;
-            self.metrics.on_response(stack, host.response_status(), ms, sink);
+        let Some(stack) = state.stack else { return };
+        let headers = host.response_headers();
+        let h = &self.config.headers;
+        let outcome = Outcome {
+            stack,
+            status: headers.as_slice().header(":status").and_then(|s| s.parse().ok()),
+            latency_ms: host.now_nanos().saturating_sub(state.started_nanos) / 1_000_000,
+            engaged: signal(headers.as_slice().header(&h.engagement)),
+            security: signal(headers.as_slice().header(&h.security)),
+            enabled: state.enabled,
+            holdout: state.holdout,
+        };
+        for (name, _) in &headers {
+            if name.starts_with(&h.prefix) {
+                host.set_response_header(name, None);
+            }
         }
+        host.set_outcome_record(outcome.signals());
+        self.metrics.on_response(&outcome, sink);
     }
 }
 
@@ -158,9 +195,10 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct FakeHost {
         pub headers: Vec<(String, String)>,
+        pub response: Vec<(String, String)>,
         pub record: Option<String>,
+        pub signals: Option<String>,
         pub route_cache_cleared: bool,
-        pub status: Option<u16>,
         pub now: u64,
     }
 
@@ -180,8 +218,17 @@ pub(crate) mod tests {
         fn set_decision_record(&mut self, record: &str) {
             self.record = Some(record.to_string());
         }
-        fn response_status(&self) -> Option<u16> {
-            self.status
+        fn response_headers(&self) -> Vec<(String, String)> {
+            self.response.clone()
+        }
+        fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+            self.response.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                self.response.push((name.to_string(), v.to_string()));
+            }
+        }
+        fn set_outcome_record(&mut self, signals: &str) {
+            self.signals = Some(signals.to_string());
         }
         fn now_nanos(&self) -> u64 {
             self.now
@@ -273,9 +320,43 @@ pub(crate) mod tests {
         host.now = 1_000_000_000;
         let st = rt.on_request_headers(&mut host, &mut sink);
         host.now += 7_500_000;
-        host.status = Some(502);
+        host.response =
+            [(":status", "502"), ("x-augur-engagement", "1"), ("x-augur-security", "0"), ("x-other", "k")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         rt.on_response_headers(&st, &mut host, &mut sink);
         assert_eq!(sink.counter("augur_responses.rollout.default.stack.new.class.5xx"), 1);
         assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"], vec![7]);
+        assert_eq!(sink.counter("augur_engagements.rollout.default.stack.new"), 1);
+        assert_eq!(sink.counter("augur_security_events.rollout.default.stack.new"), 0);
+        assert_eq!(host.signals.as_deref(), Some("engaged"));
+        assert_eq!(
+            host.response.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            [":status", "x-other"],
+            "control headers never reach the client"
+        );
+        let errors = |f: &str, arm: &str| {
+            sink.counter(&format!(
+                "augur_feature_outcomes.rollout.default.feature.{f}.arm.{arm}.outcome.errors"
+            ))
+        };
+        assert_eq!((errors("a", "on"), errors("b", "off"), errors("c", "on")), (1, 1, 1));
+    }
+
+    #[test]
+    fn signal_values() {
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            ("YES", true),
+            ("12.5", true),
+            ("0", false),
+            ("no", false),
+            ("", false),
+        ] {
+            assert_eq!(signal(Some(v)), want, "{v}");
+        }
+        assert!(!signal(None));
     }
 }

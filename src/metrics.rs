@@ -65,7 +65,18 @@ pub struct Metrics {
     responses: [[Option<u32>; CLASSES.len()]; 2],
     /// Per stack: time from request headers to response headers, in ms.
     latency_ms: [Option<u32>; 2],
+    /// Per stack: app-reported engagements and security events.
+    engagements: [Option<u32>; 2],
+    security: [Option<u32>; 2],
+    /// Per feature × arm (on, off, holdout) × outcome (requests, errors,
+    /// engagements, security), new stack only.
+    feature_outcomes: Vec<[[Option<u32>; 4]; 3]>,
+    /// Per feature × arm: latency histogram, new stack only.
+    feature_latency: Vec<[Option<u32>; 3]>,
 }
+
+const ARMS: [&str; 3] = ["on", "off", "holdout"];
+const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
 
 impl Metrics {
     /// Defines every stat for `config`.
@@ -82,13 +93,41 @@ impl Metrics {
             .feature_names()
             .map(|f| Reason::ALL.map(|reason| c(decision_stat(r, f, reason))))
             .collect();
+        let engagements = STACKS.map(|s| c(format!("augur_engagements.rollout.{r}.stack.{}", s.as_str())));
+        let security = STACKS.map(|s| c(format!("augur_security_events.rollout.{r}.stack.{}", s.as_str())));
+        let feature_outcomes = config
+            .feature_names()
+            .map(|f| {
+                ARMS.map(|a| {
+                    OUTCOMES.map(|o| {
+                        c(format!("augur_feature_outcomes.rollout.{r}.feature.{f}.arm.{a}.outcome.{o}"))
+                    })
+                })
+            })
+            .collect();
         let mut h = |name: String| sink.define(MetricKind::Histogram, &name);
         let feature_score = config
             .feature_names()
             .map(|f| h(format!("augur_feature_score.rollout.{r}.feature.{f}")))
             .collect();
         let latency_ms = STACKS.map(|s| h(format!("augur_latency_ms.rollout.{r}.stack.{}", s.as_str())));
-        Metrics { requests, model_errors, spoofed, feature_decisions, feature_score, responses, latency_ms }
+        let feature_latency = config
+            .feature_names()
+            .map(|f| ARMS.map(|a| h(format!("augur_feature_latency_ms.rollout.{r}.feature.{f}.arm.{a}"))))
+            .collect();
+        Metrics {
+            requests,
+            model_errors,
+            spoofed,
+            feature_decisions,
+            feature_score,
+            responses,
+            latency_ms,
+            engagements,
+            security,
+            feature_outcomes,
+            feature_latency,
+        }
     }
 
     /// Counts one request's decision.
@@ -116,23 +155,90 @@ impl Metrics {
         }
     }
 
-    /// Counts a response from `stack`: status class and latency.
-    pub fn on_response(
-        &self,
-        stack: Stack,
-        status: Option<u16>,
-        latency_ms: u64,
-        sink: &mut impl MetricSink,
-    ) {
-        let class = match status {
+    /// Counts a response: status class, latency and app signals per stack, and
+    /// per feature by arm (on / off / holdout) on the new stack.
+    pub fn on_response(&self, o: &Outcome, sink: &mut impl MetricSink) {
+        fn inc(sink: &mut impl MetricSink, id: Option<u32>) {
+            if let Some(id) = id {
+                sink.increment(id, 1);
+            }
+        }
+        let s = stack_ix(o.stack);
+        inc(sink, self.responses[s][o.class()]);
+        if o.engaged {
+            inc(sink, self.engagements[s]);
+        }
+        if o.security {
+            inc(sink, self.security[s]);
+        }
+        if o.stack == Stack::New {
+            let error = o.is_error();
+            for (i, cells) in self.feature_outcomes.iter().enumerate() {
+                let arm = if o.enabled & (1 << i) != 0 {
+                    0
+                } else if o.holdout & (1 << i) != 0 {
+                    2
+                } else {
+                    1
+                };
+                let c = &cells[arm];
+                inc(sink, c[0]);
+                if error {
+                    inc(sink, c[1]);
+                }
+                if o.engaged {
+                    inc(sink, c[2]);
+                }
+                if o.security {
+                    inc(sink, c[3]);
+                }
+                if let Some(Some(id)) = self.feature_latency.get(i).map(|l| l[arm]) {
+                    sink.record(id, o.latency_ms);
+                }
+            }
+        }
+        if let Some(id) = self.latency_ms[s] {
+            sink.record(id, o.latency_ms);
+        }
+    }
+}
+
+/// What augur learns about a request from its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub stack: Stack,
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// The app reported an engagement (`<prefix>engagement` response header).
+    pub engaged: bool,
+    /// The app reported a security event (`<prefix>security` response header).
+    pub security: bool,
+    /// Features on for this request / held out for this request (bitmasks).
+    pub enabled: u64,
+    pub holdout: u64,
+}
+
+impl Outcome {
+    /// Index into [`CLASSES`].
+    fn class(&self) -> usize {
+        match self.status {
             Some(s @ 100..=599) => usize::from(s / 100 - 1),
             _ => CLASSES.len() - 1,
-        };
-        if let Some(id) = self.responses[stack_ix(stack)][class] {
-            sink.increment(id, 1);
         }
-        if let Some(id) = self.latency_ms[stack_ix(stack)] {
-            sink.record(id, latency_ms);
+    }
+
+    /// 5xx, or no valid status at all (reset, timeout).
+    pub fn is_error(&self) -> bool {
+        !matches!(self.status, Some(100..=499))
+    }
+
+    /// The app signals as one token for the access log.
+    pub fn signals(&self) -> &'static str {
+        match (self.engaged, self.security) {
+            (false, false) => "none",
+            (true, false) => "engaged",
+            (false, true) => "security",
+            (true, true) => "engaged+security",
         }
     }
 }
@@ -198,7 +304,16 @@ mod tests {
             let req: Vec<(String, String)> = vec![("x-user-id".into(), format!("u{i}"))];
             decide(&c, &mut w, &req, &mut d);
             m.on_decision(&d, i % 10 == 0, &mut sink);
-            m.on_response(d.stack, Some(if i % 4 == 0 { 503 } else { 200 }), 3, &mut sink);
+            let o = Outcome {
+                stack: d.stack,
+                status: Some(if i % 4 == 0 { 503 } else { 200 }),
+                latency_ms: 3,
+                engaged: i % 5 == 0,
+                security: false,
+                enabled: d.enabled_mask(),
+                holdout: d.holdout,
+            };
+            m.on_response(&o, &mut sink);
         }
         let old = sink.counter("augur_requests.rollout.default.stack.old");
         let new = sink.counter("augur_requests.rollout.default.stack.new");
@@ -220,6 +335,19 @@ mod tests {
             + sink.counter("augur_responses.rollout.default.stack.new.class.5xx");
         assert_eq!(errors, n / 4);
         assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"].len() as i64, new);
+        let outcome = |arm: &str, o: &str| {
+            sink.counter(&format!("augur_feature_outcomes.rollout.default.feature.a.arm.{arm}.outcome.{o}"))
+        };
+        assert_eq!(outcome("on", "requests"), new, "a is on for every new-stack request");
+        assert_eq!(outcome("off", "requests") + outcome("holdout", "requests"), 0);
+        assert_eq!(
+            sink.counter("augur_feature_outcomes.rollout.default.feature.b.arm.off.outcome.requests"),
+            new,
+            "b is killed: every new-stack request is in its off arm"
+        );
+        let engaged = sink.counter("augur_engagements.rollout.default.stack.old")
+            + sink.counter("augur_engagements.rollout.default.stack.new");
+        assert_eq!(engaged, n / 5);
     }
 
     #[test]
@@ -228,9 +356,19 @@ mod tests {
             .unwrap();
         let mut sink = MapSink::default();
         let m = Metrics::define(&c, &mut sink);
-        m.on_response(Stack::Old, None, 1, &mut sink);
-        m.on_response(Stack::Old, Some(999), 1, &mut sink);
-        m.on_response(Stack::Old, Some(0), 1, &mut sink);
+        for status in [None, Some(999), Some(0)] {
+            let o = Outcome {
+                stack: Stack::Old,
+                status,
+                latency_ms: 1,
+                engaged: false,
+                security: false,
+                enabled: 0,
+                holdout: 0,
+            };
+            assert!(o.is_error());
+            m.on_response(&o, &mut sink);
+        }
         assert_eq!(sink.counter("augur_responses.rollout.default.stack.old.class.other"), 3);
     }
 }
