@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod profile;
 pub mod record;
+pub mod rollback;
 pub mod routing;
 
 #[cfg(target_arch = "wasm32")]
