@@ -17,7 +17,7 @@ DEMO_WASM = "target/augur.wasm"
 
 # Labels cut out of wasm stat names (`augur_x.label.value...`) by Envoy's tag
 # extraction: the first group is removed from the name, the second is the value.
-STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome"]
+STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind"]
 
 # The access-log line: augur's decision record next to Envoy's own view of the
 # outcome. Lines whose "decision" is `-` come from requests the filter never saw

@@ -8,6 +8,7 @@ which echo what they received.
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -47,7 +48,26 @@ FAILOPEN = {
     ],
 }
 
-LISTENERS = {"demo": DEMO, "rules": RULES, "off": OFF, "failopen": FAILOPEN}
+LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}
+
+
+def rollback_config(name):
+    return {
+        "name": name,
+        "rollout": {"percentage": 100},
+        "rollback": {"sync_ms": 200},
+        "features": [dict(name="new_checkout", **LENIENT), dict(name="search_v2", **LENIENT)],
+    }
+
+
+LISTENERS = {
+    "demo": DEMO,
+    "rules": RULES,
+    "off": OFF,
+    "failopen": FAILOPEN,
+    "harmed": rollback_config("harmed"),
+    "steady": rollback_config("steady"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +297,53 @@ def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env)
     assert delta(f"{base}.always.arm.on.outcome.security") == 1
     assert delta(f"{base}.killed.arm.off.outcome.engagements") == 6
     assert delta("wasmcustom.augur_engagements.rollout.rules.stack.new") == 6
+
+
+def rollback_traffic(n, harm):
+    uas = ["Mozilla/5.0 (iPhone) Mobile", "Mozilla/5.0 (iPad; CPU OS 17_0)", "Mozilla/5.0 (Windows NT 10.0)"]
+    reqs = []
+    for i in range(n):
+        h = {"x-user-id": f"rb-{i % 500}", "x-request-id": f"rb-{harm}-{i}", "user-agent": uas[i % 3]}
+        if harm and i % 3 == 1:
+            h["x-demo-harm"] = "new_checkout:0.6"
+        reqs.append(h)
+    return reqs
+
+
+def test_planted_regression_is_rolled_back_in_its_cell_within_seconds(env):
+    envoy = env["envoy"]
+    blocked = "wasmcustom.augur_rollback_events.rollout.harmed.kind.blocked"
+    reqs = rollback_traffic(3000, harm=True)
+    c = Client(env["ports"]["harmed"])
+    first_block = None
+    try:
+        for i, h in enumerate(reqs):
+            c.request(h)
+            if first_block is None and i % 50 == 0 and envoy.counters().get(blocked, 0) > 0:
+                first_block = i
+    finally:
+        c.close()
+    assert first_block is not None, "no rollback: " + envoy.log()[-2000:]
+    assert "augur: rollback: feature new_checkout rolled back in device=tablet" in envoy.log()
+    recs = records_for(env, "harmed", [reqs[-1]["x-request-id"]])
+    tail = [recs[h["x-request-id"]]["decision"] for h in reqs[-300:] if h["x-request-id"] in recs]
+    tablets = [d for d in tail if d["device"] == "tablet"]
+    others = [d for d in tail if d["device"] != "tablet"]
+    assert tablets and all(d["features"]["new_checkout"]["reason"] == "rolled_back" for d in tablets)
+    assert others and all(d["features"]["new_checkout"]["reason"] != "rolled_back" for d in others)
+    assert all(d["features"]["search_v2"]["reason"] != "rolled_back" for d in tail), "the innocent feature stays"
+
+
+def test_no_rollback_on_noise(env):
+    envoy = env["envoy"]
+    reqs = rollback_traffic(2000, harm=False)
+    for h in reqs[::7]:
+        h["x-demo-status"] = "503"  # 14% background errors, on every device and feature alike
+    send(env["ports"]["steady"], reqs)
+    time.sleep(0.6)  # three sync periods
+    counters = envoy.counters()
+    for kind in ("blocked", "killed", "reverted"):
+        assert counters.get(f"wasmcustom.augur_rollback_events.rollout.steady.kind.{kind}", 0) == 0, kind
 
 
 def test_model_failure_fails_open_and_is_counted(env):

@@ -4,7 +4,8 @@ It answers every request with a JSON body echoing the request headers it
 received, so tests and the demo can see exactly what augur sent upstream
 (routing header, feature flags, decision id), and tags the response with
 `x-served-by: <stack>`. Test knobs, sent by the client: `x-demo-status: 503`
-answers with that status; `x-demo-engage: 1` / `x-demo-security: 1` make the
+answers with that status; `x-demo-harm: <feature>:<rate>` answers 503 with
+that probability when <feature> is among the enabled features; `x-demo-engage: 1` / `x-demo-security: 1` make the
 app report an engagement / security event in `x-augur-engagement` /
 `x-augur-security`.
 
@@ -15,9 +16,13 @@ Listens on 127.0.0.1 only.
 
 import argparse
 import json
+import random
 import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+RNG = random.Random(7)
 
 
 def make_handler(name):
@@ -42,7 +47,16 @@ def make_handler(name):
                     "headers": {k.lower(): v for k, v in self.headers.items()},
                 }
             ).encode()
-            self.send_response(int(self.headers.get("x-demo-status") or 200))
+            status = int(self.headers.get("x-demo-status") or 200)
+            # x-demo-harm: <feature>:<rate> — fail with that probability when augur
+            # turned <feature> on for this request (a planted regression).
+            harm = self.headers.get("x-demo-harm")
+            if harm:
+                feature, _, rate = harm.partition(":")
+                enabled = (self.headers.get("x-augur-features") or "").split(",")
+                if feature in enabled and RNG.random() < float(rate or 1):
+                    status = 503
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.send_header("x-served-by", name)

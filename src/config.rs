@@ -17,6 +17,7 @@ use crate::model::{Model, ModelError, ScoreWeights, DEFAULT_MODEL};
 use crate::profile::{
     Device, HistorySignal, ProfileSpec, Segment, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES, MAX_SEGMENTS,
 };
+use crate::rollback::{Policy, Recovery};
 use crate::routing::{Rollout, WhenAbsent, BUCKETS};
 
 /// Largest accepted feature count (flag decisions are kept per request).
@@ -89,6 +90,39 @@ struct RawConfig {
     model: RawModel,
     #[serde(default)]
     scoring: RawScoring,
+    #[serde(default)]
+    rollback: RawRollback,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRollback {
+    enabled: bool,
+    slow_ms: u64,
+    z: f64,
+    z_suspect: f64,
+    min_samples: u32,
+    kill_after_cells: u32,
+    explore_share: f64,
+    probation_s: Option<u64>,
+    sync_ms: u64,
+}
+
+impl Default for RawRollback {
+    fn default() -> Self {
+        let p = Policy::default();
+        RawRollback {
+            enabled: p.enabled,
+            slow_ms: p.slow_ms,
+            z: p.z_block,
+            z_suspect: p.z_suspect,
+            min_samples: p.min_samples,
+            kill_after_cells: p.kill_after_cells,
+            explore_share: p.explore_share,
+            probation_s: None,
+            sync_ms: 1000,
+        }
+    }
 }
 
 fn default_name() -> String {
@@ -280,6 +314,9 @@ pub struct Config {
     pub rules: FlagRules,
     pub model: Model,
     pub model_version: String,
+    pub rollback: Policy,
+    /// How often workers merge outcomes into shared data and re-evaluate.
+    pub rollback_sync_ms: u64,
 }
 
 impl Config {
@@ -421,6 +458,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
     }
 
     let rules = compile_features(&raw.features, &segments, &model, weights)?;
+    let rollback = compile_rollback(&raw.rollback)?;
 
     Ok(Config {
         name: raw.name,
@@ -435,6 +473,54 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         rules,
         model,
         model_version,
+        rollback,
+        rollback_sync_ms: raw.rollback.sync_ms,
+    })
+}
+
+fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
+    if !(raw.z.is_finite() && raw.z >= 2.0) {
+        return Err(ConfigError::new(
+            "rollback.z",
+            format!("{} is too low: repeated looks need z ≥ 2 (default 4)", raw.z),
+        ));
+    }
+    if !(raw.z_suspect.is_finite() && raw.z_suspect > 0.0 && raw.z_suspect <= raw.z) {
+        return Err(ConfigError::new(
+            "rollback.z_suspect",
+            format!("{} must be in (0, rollback.z]", raw.z_suspect),
+        ));
+    }
+    if raw.min_samples < 10 {
+        return Err(ConfigError::new(
+            "rollback.min_samples",
+            format!("{} is below 10: a z-test on a handful of requests is noise", raw.min_samples),
+        ));
+    }
+    if !(0.0..=0.9).contains(&raw.explore_share) {
+        return Err(ConfigError::new(
+            "rollback.explore_share",
+            format!("{} is outside 0-0.9", raw.explore_share),
+        ));
+    }
+    if !(100..=60_000).contains(&raw.sync_ms) {
+        return Err(ConfigError::new("rollback.sync_ms", format!("{} is outside 100-60000", raw.sync_ms)));
+    }
+    if raw.kill_after_cells == 0 {
+        return Err(ConfigError::new("rollback.kill_after_cells", "must be at least 1"));
+    }
+    Ok(Policy {
+        enabled: raw.enabled,
+        slow_ms: raw.slow_ms,
+        z_block: raw.z,
+        z_suspect: raw.z_suspect,
+        min_samples: raw.min_samples,
+        kill_after_cells: raw.kill_after_cells,
+        explore_share: raw.explore_share,
+        recovery: match raw.probation_s {
+            None => Recovery::Manual,
+            Some(seconds) => Recovery::Probation { seconds },
+        },
     })
 }
 

@@ -6,10 +6,11 @@
 //! and [`Decision::model_ok`] is false so the filter counts it.
 
 use crate::config::Config;
-use crate::flags::{FlagDecision, FlagInputs, Reason};
+use crate::flags::{FlagDecision, FlagInputs, Override, Reason};
 use crate::headers::Headers;
 use crate::model::{Impact, Session};
 use crate::profile::{self, stable_hash, Profile};
+use crate::rollback::{self, Blocks, GROUPS};
 use crate::routing::{Stack, BUCKETS};
 
 /// The outcome for one request.
@@ -25,6 +26,13 @@ pub struct Decision {
     pub flags: Vec<FlagDecision>,
     /// Bit `i` set when the user is in feature `i`'s A/B holdout (new stack only).
     pub holdout: u64,
+    /// The request's rollback cells (see [`crate::rollback::cells`]).
+    pub cells: [u8; GROUPS],
+    /// Bit `i` set when feature `i`'s on/off state was random (holdout or
+    /// exploration): the request counts in the feature's on/off comparison.
+    pub randomised: u64,
+    /// Automated rollback has reverted the rollout to the old stack.
+    pub reverted: bool,
 }
 
 impl Default for Decision {
@@ -36,6 +44,9 @@ impl Default for Decision {
             model_ok: false,
             flags: Vec::new(),
             holdout: 0,
+            cells: [0; GROUPS],
+            randomised: 0,
+            reverted: false,
         }
     }
 }
@@ -57,6 +68,10 @@ impl Decision {
 pub struct Worker {
     session: Option<Session>,
     impacts: Vec<Impact>,
+    /// Automated-rollback state, refreshed from shared data on every tick.
+    pub blocks: Blocks,
+    /// Draws for requests without an `x-request-id`.
+    draws: u64,
 }
 
 impl Worker {
@@ -67,6 +82,8 @@ impl Worker {
         Worker {
             session: config.model.session().ok(),
             impacts: Vec::with_capacity(config.model.features().len()),
+            blocks: Blocks::new(config.rules.features.len()),
+            draws: 0,
         }
     }
 }
@@ -91,11 +108,29 @@ fn holdout_mask(config: &Config, user: &str) -> u64 {
     mask
 }
 
+/// Features drawn off for exploration: each `auto` feature independently with
+/// probability `share`, from a hash of the request id (or a per-worker counter).
+fn exploration_draw(config: &Config, draws: &mut u64, request_id: Option<&str>) -> u64 {
+    *draws += 1;
+    let counter = draws.to_le_bytes();
+    let key = request_id.map_or(&counter[..], str::as_bytes);
+    let cut = (config.rollback.explore_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let mut mask = 0;
+    for (i, rule) in config.rules.features.iter().enumerate() {
+        if stable_hash(&[b"explore", rule.name.as_bytes(), key]) < cut {
+            mask |= 1 << i;
+        }
+    }
+    mask
+}
+
 /// Decides one request into `out` (reusing its allocations).
 pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized), out: &mut Decision) {
     profile::encode(&config.profile, &config.segments, req, &mut out.profile);
 
-    (out.stack, out.bucket) = if config.global_off {
+    out.cells = rollback::cells(&out.profile);
+    out.reverted = worker.blocks.reverted;
+    (out.stack, out.bucket) = if config.global_off || out.reverted {
         (Stack::Old, None)
     } else {
         let user = req.header(&config.profile.user_header);
@@ -107,14 +142,39 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         None => false,
     };
     let impacts = out.model_ok.then_some(worker.impacts.as_slice());
-    let holdout = match req.header(&config.profile.user_header).filter(|u| !u.is_empty()) {
-        Some(user) if out.stack == Stack::New => holdout_mask(config, user),
-        _ => 0,
-    };
+    let holdout_user =
+        req.header(&config.profile.user_header).filter(|u| !u.is_empty() && out.stack == Stack::New);
+    let holdout = holdout_user.map_or(0, |user| holdout_mask(config, user));
     out.holdout = holdout;
-    let input =
-        FlagInputs { global_off: config.global_off, impacts, segments: out.profile.segments, holdout };
+    let (mut rolled_back, mut explore_off, mut exploring) = (0, 0, false);
+    if out.stack == Stack::New && config.rollback.enabled {
+        for f in 0..config.rules.features.len() {
+            if worker.blocks.blocks(f, &out.cells) {
+                rolled_back |= 1 << f;
+            }
+        }
+        exploring = worker.blocks.exploring(&out.cells);
+        if exploring {
+            explore_off = exploration_draw(config, &mut worker.draws, req.header("x-request-id"));
+        }
+    }
+    let input = FlagInputs {
+        global_off: config.global_off,
+        impacts,
+        segments: out.profile.segments,
+        holdout,
+        rolled_back,
+        explore_off,
+    };
     config.rules.decide(input, &mut out.flags);
+    out.randomised = 0;
+    for (i, (flag, rule)) in out.flags.iter().zip(&config.rules.features).enumerate() {
+        let random =
+            (exploring && rule.override_ == Override::Auto) || (rule.holdout > 0 && holdout_user.is_some());
+        if random && flag.reason.is_eligible() {
+            out.randomised |= 1 << i;
+        }
+    }
 
     if out.stack == Stack::Old && !config.global_off {
         for f in out.flags.iter_mut() {

@@ -4,14 +4,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config;
-use crate::host::{Host, Runtime, StreamState};
+use crate::host::{Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
 
 /// Filter-state key of the decision record; the access log reads it as
@@ -80,6 +80,19 @@ impl Host for ProxyHost {
     }
 }
 
+/// proxy-wasm shared data: one store per VM id, shared by every worker.
+struct ProxyShared;
+
+impl SharedStore for ProxyShared {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+}
+
 /// Envoy's stats store.
 struct ProxyMetrics;
 
@@ -123,6 +136,9 @@ impl RootContext for AugurRoot {
                     cfg.percentage,
                     cfg.new_stack
                 );
+                if cfg.rollback.enabled {
+                    self.set_tick_period(Duration::from_millis(cfg.rollback_sync_ms));
+                }
                 self.runtime = Some(Rc::new(RefCell::new(Runtime::new(cfg, &mut ProxyMetrics))));
                 true
             }
@@ -130,6 +146,13 @@ impl RootContext for AugurRoot {
                 log::error!("augur: configuration refused: {e}");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now_s = ProxyHost.now_nanos() / 1_000_000_000;
+        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
+            rt.on_tick(&mut ProxyShared, now_s, &mut ProxyMetrics);
         }
     }
 

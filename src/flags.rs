@@ -15,9 +15,12 @@
 //! 9. score below `min_score`                   → off (`low_score`)
 //! 10. otherwise                                 → on  (`enabled`)
 //!
-//! A feature that came out on (rules 6, 7 or 10) is turned off with reason
-//! `holdout` when the user is in the feature's sticky A/B holdout, so its effect
-//! can be measured against comparable users.
+//! A feature that came out on (rules 6, 7 or 10) is then turned off, in this
+//! order, with reason `rolled_back` when automated rollback blocked it for one
+//! of the request's cells (`auto` features only), `exploring` when it was drawn
+//! for exploration in a suspect cell (`auto` only), or `holdout` when the user is
+//! in the feature's sticky A/B holdout. Features that need it follow
+//! (`prerequisite_off`).
 //!
 //! Flags are decided for every request; on the old stack the engine then turns
 //! every feature off with reason `old_stack` (scores are kept for the record).
@@ -58,10 +61,15 @@ pub enum Reason {
     OldStack,
     /// Would be on, but the user is in the feature's A/B holdout.
     Holdout,
+    /// Automated rollback: significantly worse than control in one of the
+    /// request's cells (or everywhere).
+    RolledBack,
+    /// Would be on, turned off at random in a suspect cell to find the culprit.
+    Exploring,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Enabled,
         Reason::ForcedOn,
         Reason::FallbackOn,
@@ -78,6 +86,8 @@ impl Reason {
         Reason::LowScore,
         Reason::OldStack,
         Reason::Holdout,
+        Reason::RolledBack,
+        Reason::Exploring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,11 +108,19 @@ impl Reason {
             Reason::LowScore => "low_score",
             Reason::OldStack => "old_stack",
             Reason::Holdout => "holdout",
+            Reason::RolledBack => "rolled_back",
+            Reason::Exploring => "exploring",
         }
     }
 
     pub fn is_on(self) -> bool {
         matches!(self, Reason::Enabled | Reason::ForcedOn | Reason::FallbackOn)
+    }
+
+    /// The rules put the feature on, and a randomised or automated step may have
+    /// turned it off: the request belongs to the feature's on/off comparison.
+    pub fn is_eligible(self) -> bool {
+        matches!(self, Reason::Enabled | Reason::FallbackOn | Reason::Holdout | Reason::Exploring)
     }
 }
 
@@ -194,13 +212,17 @@ pub struct FlagInputs<'a> {
     pub segments: u64,
     /// Bit `i` set when the user is in feature `i`'s holdout.
     pub holdout: u64,
+    /// Bit `i` set when automated rollback blocks feature `i` for this request.
+    pub rolled_back: u64,
+    /// Bit `i` set when feature `i` was drawn off for exploration.
+    pub explore_off: u64,
 }
 
 impl FlagRules {
     /// Decides every feature into `out`, resized to the number of features
     /// (reusing its allocation).
     pub fn decide(&self, input: FlagInputs<'_>, out: &mut Vec<FlagDecision>) {
-        let FlagInputs { global_off, impacts, segments, holdout } = input;
+        let FlagInputs { global_off, impacts, segments, holdout, rolled_back, explore_off } = input;
         out.clear();
         out.resize(self.features.len(), FlagDecision::default());
         for &ix in &self.order {
@@ -230,7 +252,15 @@ impl FlagRules {
             } else {
                 Reason::FallbackOff
             };
-            let reason = if reason.is_on() && holdout & (1 << ix) != 0 { Reason::Holdout } else { reason };
+            let bit = 1u64 << ix;
+            let automatic = rule.override_ == Override::Auto;
+            let reason = match reason {
+                r if !r.is_on() => r,
+                _ if automatic && rolled_back & bit != 0 => Reason::RolledBack,
+                _ if automatic && explore_off & bit != 0 => Reason::Exploring,
+                _ if holdout & bit != 0 => Reason::Holdout,
+                r => r,
+            };
             if let Some(slot) = out.get_mut(ix) {
                 *slot = FlagDecision { on: reason.is_on(), reason, score };
             }
@@ -345,7 +375,8 @@ mod tests {
         assert_eq!(d[2].reason, Reason::Enabled, "allowed segment member is scored");
 
         let mut out = Vec::new();
-        let input = FlagInputs { global_off: true, impacts: Some(&[GOOD]), segments: 0b01, holdout: 0 };
+        let input =
+            FlagInputs { global_off: true, impacts: Some(&[GOOD]), segments: 0b01, ..FlagInputs::default() };
         r.decide(input, &mut out);
         assert!(out.iter().all(|f| f.reason == Reason::GlobalOff && !f.on));
     }
@@ -376,5 +407,27 @@ mod tests {
         assert!(!out[0].on && out[0].score.is_some(), "held-out requests keep their score");
         assert_eq!(out[1].reason, Reason::PrerequisiteOff);
         assert_eq!(out[2].reason, Reason::KillSwitch, "holdout never turns anything on");
+    }
+
+    #[test]
+    fn rollback_and_exploration_apply_to_auto_features_only() {
+        let a = rule("a", 0);
+        let mut b = rule("b", 0);
+        b.requires = vec![0];
+        let mut forced = rule("forced", 0);
+        forced.override_ = Override::On;
+        let r = rules(vec![a, b, forced], vec![0, 1, 2]);
+        let mut out = Vec::new();
+        let all = 0b111;
+        r.decide(FlagInputs { impacts: Some(&[GOOD]), rolled_back: all, ..FlagInputs::default() }, &mut out);
+        let reasons: Vec<Reason> = out.iter().map(|d| d.reason).collect();
+        assert_eq!(reasons, [Reason::RolledBack, Reason::PrerequisiteOff, Reason::ForcedOn]);
+        r.decide(
+            FlagInputs { impacts: Some(&[GOOD]), explore_off: 0b010, ..FlagInputs::default() },
+            &mut out,
+        );
+        let reasons: Vec<Reason> = out.iter().map(|d| d.reason).collect();
+        assert_eq!(reasons, [Reason::Enabled, Reason::Exploring, Reason::ForcedOn]);
+        assert!(Reason::Exploring.is_eligible() && !Reason::RolledBack.is_eligible());
     }
 }

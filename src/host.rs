@@ -14,6 +14,7 @@ use crate::engine::{decide, Decision, Worker};
 use crate::headers::Headers;
 use crate::metrics::{MetricSink, Metrics, Outcome};
 use crate::record;
+use crate::rollback::{self, Blocks, Counts, Event};
 use crate::routing::Stack;
 
 /// The proxy operations a stream needs.
@@ -36,6 +37,14 @@ pub trait Host {
     fn now_nanos(&self) -> u64;
 }
 
+/// Proxy-wide shared memory (proxy-wasm shared data): how workers pool outcomes.
+pub trait SharedStore {
+    /// The value and its compare-and-swap token.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes `value` if the token still matches; false on a CAS mismatch.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
 /// What is remembered between a stream's request and response.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StreamState {
@@ -45,6 +54,9 @@ pub struct StreamState {
     /// Features on / held out for this request (bitmasks).
     pub enabled: u64,
     pub holdout: u64,
+    /// Features whose on/off state was random (see `Decision::randomised`).
+    pub randomised: u64,
+    pub cells: [u8; rollback::GROUPS],
 }
 
 /// An app signal header is set when its value is `1`, `true`, `yes` or a
@@ -72,6 +84,10 @@ pub struct Runtime {
     /// Buffer for generated ids of requests that arrive without `x-request-id`.
     generated_id: String,
     anonymous_ids: u64,
+    /// Outcomes seen by this worker since its last merge into shared data.
+    pending: Counts,
+    shared_key: String,
+    shared_buf: Vec<u8>,
 }
 
 impl Runtime {
@@ -79,6 +95,8 @@ impl Runtime {
     pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
         let worker = Worker::new(&config);
         let metrics = Metrics::define(&config, sink);
+        let pending = Counts::new(config.rules.features.len());
+        let shared_key = format!("augur.rollback.{}.{}", config.name, config.rollout.salt);
         Runtime {
             config,
             worker,
@@ -88,6 +106,9 @@ impl Runtime {
             features: String::with_capacity(128),
             generated_id: String::with_capacity(32),
             anonymous_ids: 0,
+            pending,
+            shared_key,
+            shared_buf: Vec::new(),
         }
     }
 
@@ -151,7 +172,14 @@ impl Runtime {
         host.clear_route_cache();
         host.set_decision_record(&self.record);
         self.metrics.on_decision(d, spoofed, sink);
-        StreamState { stack: Some(d.stack), started_nanos, enabled: d.enabled_mask(), holdout: d.holdout }
+        StreamState {
+            stack: Some(d.stack),
+            started_nanos,
+            enabled: d.enabled_mask(),
+            holdout: d.holdout,
+            randomised: d.randomised,
+            cells: d.cells,
+        }
     }
 
     /// Handles response headers: reads the status and the app's signal headers,
@@ -182,7 +210,92 @@ impl Runtime {
         }
         host.set_outcome_record(outcome.signals());
         self.metrics.on_response(&outcome, sink);
+        if self.config.rollback.enabled {
+            let bad =
+                outcome.is_error() || outcome.security || outcome.latency_ms >= self.config.rollback.slow_ms;
+            self.pending.record(stack, &state.cells, bad, state.enabled, state.randomised);
+        }
     }
+
+    /// Every `rollback.sync_ms`: merges this worker's outcomes into shared data
+    /// (compare-and-swap, retried), runs the rollback tests on the pooled
+    /// counts, and adopts the resulting blocks. Returns what changed.
+    pub fn on_tick(
+        &mut self,
+        store: &mut impl SharedStore,
+        now_s: u64,
+        sink: &mut impl MetricSink,
+    ) -> Vec<Event> {
+        if !self.config.rollback.enabled {
+            return Vec::new();
+        }
+        let features = self.config.rules.features.len();
+        for _ in 0..8 {
+            let (bytes, cas) = store.get(&self.shared_key);
+            let (mut blocks, mut counts) = bytes
+                .as_deref()
+                .and_then(|b| decode_shared(b, features))
+                .unwrap_or_else(|| (Blocks::new(features), Counts::new(features)));
+            counts.merge(&self.pending);
+            let events = rollback::evaluate(&self.config.rollback, &mut counts, &mut blocks, now_s);
+            encode_shared(&blocks, &counts, &mut self.shared_buf);
+            if store.set(&self.shared_key, &self.shared_buf, cas) {
+                self.pending = Counts::new(features);
+                self.worker.blocks = blocks;
+                for e in &events {
+                    log::warn!("augur: rollback: {}", self.describe(e));
+                    self.metrics.on_rollback(e, sink);
+                }
+                return events;
+            }
+        }
+        log::warn!("augur: rollback: shared data stayed contended; will retry on the next tick");
+        Vec::new()
+    }
+
+    fn describe(&self, e: &Event) -> String {
+        let name = |f: &usize| self.config.rules.features.get(*f).map_or("?", |r| r.name.as_str());
+        match e {
+            Event::Suspect { cell, z } => {
+                format!("cell {} suspect (z={z:.1}): exploring", rollback::cell_name(*cell))
+            }
+            Event::Cleared { cell } => format!("cell {} cleared", rollback::cell_name(*cell)),
+            Event::Blocked { feature, cell, z } => {
+                format!("feature {} rolled back in {} (z={z:.1})", name(feature), rollback::cell_name(*cell))
+            }
+            Event::Killed { feature, z } => {
+                format!("feature {} rolled back everywhere (z={z:.1})", name(feature))
+            }
+            Event::Reverted { z } => {
+                format!("new stack regressed (z={z:.1}): all traffic reverts to the old stack")
+            }
+            Event::Recovered { feature } => format!("feature {} back on probation", name(feature)),
+        }
+    }
+
+    /// The rollback state this worker applies.
+    pub fn blocks(&self) -> &Blocks {
+        &self.worker.blocks
+    }
+}
+
+/// Shared value: blocks length (u32 LE), blocks, counts.
+fn encode_shared(blocks: &Blocks, counts: &Counts, out: &mut Vec<u8>) {
+    let mut b = Vec::new();
+    blocks.encode(&mut b);
+    let mut c = Vec::new();
+    counts.encode(&mut c);
+    out.clear();
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(&b);
+    out.extend_from_slice(&c);
+}
+
+fn decode_shared(bytes: &[u8], features: usize) -> Option<(Blocks, Counts)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let blocks = Blocks::decode(bytes.get(4..4 + len)?, features)?;
+    let counts = Counts::decode(bytes.get(4 + len..)?, features)?;
+    Some((blocks, counts))
 }
 
 #[cfg(test)]
@@ -358,5 +471,97 @@ pub(crate) mod tests {
             assert_eq!(signal(Some(v)), want, "{v}");
         }
         assert!(!signal(None));
+    }
+
+    #[derive(Default)]
+    struct FakeStore {
+        data: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    }
+
+    impl SharedStore for FakeStore {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.data.get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let current = self.data.get(key).map(|(_, c)| *c);
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            self.data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    /// Two workers share one store; `new_checkout` fails half the time for
+    /// tablets when `harm` is set. Returns the workers' final rollback state and
+    /// the harmed exposures.
+    fn two_workers(harm: bool, requests: usize) -> (Blocks, Blocks, usize, MapSink) {
+        let json = br#"{"rollout": {"percentage": 100},
+            "features": [
+              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
+              {"name": "search_v2", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let mut sink = MapSink::default();
+        let mut workers = [
+            Runtime::new(compile(json).unwrap(), &mut sink),
+            Runtime::new(compile(json).unwrap(), &mut sink),
+        ];
+        let mut store = FakeStore::default();
+        let mut harmed = 0;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..requests {
+            let ua = ["iPhone Mobile", "iPad", "Windows NT", "Macintosh"][i % 4];
+            let mut host = FakeHost::with(&[
+                ("x-user-id", &format!("u{}", i % 997)),
+                ("x-request-id", &format!("r{i}")),
+                ("user-agent", ua),
+            ]);
+            let w = &mut workers[i % 2];
+            let st = w.on_request_headers(&mut host, &mut sink);
+            let exposed = harm && st.enabled & 1 != 0 && ua == "iPad";
+            harmed += usize::from(exposed);
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let fail = if exposed { rng % 2 == 0 } else { rng % 50 == 0 };
+            host.response = vec![(":status".into(), if fail { "503" } else { "200" }.into())];
+            w.on_response_headers(&st, &mut host, &mut sink);
+            if i % 100 == 99 {
+                for w in workers.iter_mut() {
+                    w.on_tick(&mut store, i as u64, &mut sink);
+                }
+            }
+        }
+        let [a, b] = workers;
+        (a.blocks().clone(), b.blocks().clone(), harmed, sink)
+    }
+
+    #[test]
+    fn workers_pool_outcomes_and_roll_back_the_harmful_feature_in_its_cell() {
+        let (a, b, harmed, sink) = two_workers(true, 8000);
+        assert_eq!(a, b, "every worker applies the same blocks");
+        assert_eq!(a.cells[0], 1 << 1, "new_checkout rolled back for tablets only: {a:?}");
+        assert_eq!(a.cells[1], 0, "search_v2 untouched");
+        assert!(harmed < 200, "harmed {harmed} of ~2000 tablet requests");
+        assert!(sink.counter("augur_rollback_events.rollout.default.kind.blocked") >= 1);
+        assert!(
+            sink.counter(
+                "augur_feature_decisions.rollout.default.feature.new_checkout.state.off.reason.rolled_back"
+            ) > 0
+        );
+        assert!(
+            sink.counter(
+                "augur_feature_decisions.rollout.default.feature.search_v2.state.off.reason.exploring"
+            ) > 0
+        );
+    }
+
+    #[test]
+    fn no_rollback_without_harm() {
+        let (a, _, _, sink) = two_workers(false, 8000);
+        assert_eq!((a.cells.clone(), a.killed, a.reverted), (vec![0, 0], 0, false));
+        assert_eq!(sink.counter("augur_rollback_events.rollout.default.kind.blocked"), 0);
     }
 }

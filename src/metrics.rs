@@ -13,6 +13,7 @@
 use crate::config::Config;
 use crate::engine::Decision;
 use crate::flags::Reason;
+use crate::rollback::Event;
 use crate::routing::Stack;
 
 /// Kind of an Envoy stat.
@@ -73,7 +74,11 @@ pub struct Metrics {
     feature_outcomes: Vec<[[Option<u32>; 4]; 3]>,
     /// Per feature × arm: latency histogram, new stack only.
     feature_latency: Vec<[Option<u32>; 3]>,
+    /// Per rollback event kind.
+    rollback_events: [Option<u32>; ROLLBACK_EVENTS.len()],
 }
+
+const ROLLBACK_EVENTS: [&str; 6] = ["suspect", "cleared", "blocked", "killed", "reverted", "recovered"];
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
 const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
@@ -105,6 +110,8 @@ impl Metrics {
                 })
             })
             .collect();
+        let rollback_events =
+            ROLLBACK_EVENTS.map(|k| c(format!("augur_rollback_events.rollout.{r}.kind.{k}")));
         let mut h = |name: String| sink.define(MetricKind::Histogram, &name);
         let feature_score = config
             .feature_names()
@@ -127,6 +134,22 @@ impl Metrics {
             security,
             feature_outcomes,
             feature_latency,
+            rollback_events,
+        }
+    }
+
+    /// Counts one automated-rollback event.
+    pub fn on_rollback(&self, e: &Event, sink: &mut impl MetricSink) {
+        let kind = match e {
+            Event::Suspect { .. } => 0,
+            Event::Cleared { .. } => 1,
+            Event::Blocked { .. } => 2,
+            Event::Killed { .. } => 3,
+            Event::Reverted { .. } => 4,
+            Event::Recovered { .. } => 5,
+        };
+        if let Some(id) = self.rollback_events[kind] {
+            sink.increment(id, 1);
         }
     }
 

@@ -61,6 +61,9 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
         }
         None => out.push_str("null"),
     }
+    if decision.reverted {
+        out.push_str(",\"reverted\":true");
+    }
     out.push_str(",\"model\":");
     push_json_str(out, &config.model_version);
     let _ = write!(

@@ -6,7 +6,8 @@
 //! or above `slow_ms`, or an app-reported security event):
 //!
 //! - per stack and cell — a cell whose new-stack bad rate is significantly above
-//!   the old stack's becomes **suspect**;
+//!   the old stack's in the same cell, or above the rest of its group on the new
+//!   stack (which also works at 100% rollout), becomes **suspect**;
 //! - per feature, cell and arm (on / off), counting only *randomised* requests
 //!   (A/B holdout or exploration), so on and off are comparable groups.
 //!
@@ -415,8 +416,18 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     }
 
     for c in 0..CELLS {
+        // Worse than the old stack in the same cell, or (also at 100% rollout,
+        // with no old-stack traffic) worse than the rest of its group.
         let (old, new) = (counts.stack[0][c], counts.stack[1][c]);
-        let z = z_worse(new, old);
+        let g = GROUP_START.iter().rposition(|&start| start <= c).unwrap_or(0);
+        let end = GROUP_START.get(g + 1).copied().unwrap_or(CELLS);
+        let mut rest = Tally::default();
+        for other in (GROUP_START[g]..end).filter(|&o| o != c) {
+            rest.add(counts.stack[1][other]);
+        }
+        let (z_old, z_rest) = (z_worse(new, old), z_worse(new, rest));
+        let (z, base) = if z_old >= z_rest { (z_old, old) } else { (z_rest, rest) };
+        let (old, new) = (base, new);
         let suspect = blocks.suspect & (1 << c) != 0;
         if !suspect && enough(new, old) && z > policy.z_suspect {
             blocks.suspect |= 1 << c;

@@ -1,0 +1,778 @@
+"""End-to-end benchmark of augur in Envoy (`make bench-e2e`).
+
+One run, on loopback, with the same Envoy binary (.venv/bin/envoy), the same
+fast upstream and the same load generators for three configurations of the
+Envoy under test (`--concurrency 1`, one at a time):
+
+  passthrough        no wasm: one route to one cluster
+  weighted_clusters  what users build with Envoy alone: a header-match route
+                     (`x-user-tier: beta` → new) and a 30/70 `weighted_clusters`
+                     split, each route adding a stack header for the upstream
+  augur              the augur filter (target/augur.wasm, default model) with
+                     envoy/augur-demo.json, routing on the header it writes
+
+All three write the same access-log line (envoyconf.ACCESS_LOG_FORMAT; without
+augur its `decision` is `-`). The upstream is a separate Envoy answering every
+request itself (`direct_response`), so it is never the bottleneck.
+
+Measured per configuration:
+  * latency at a fixed, moderate, open-loop rate: `oha -q RATE` (requests are
+    issued on a timer whatever the responses do, up to `--latency-conns` in
+    flight), p50/p90/p99/p99.9 in microseconds;
+  * throughput at saturation with a fixed concurrency: `wrk -t1 -cN` with a
+    Lua script cycling through synthetic requests of many users;
+  * the first requests after start (V8 warm-up) against the steady state;
+  * Envoy's ready time: from exec to the first 200 through the listener.
+Then augur is delivered through ECDS (a watched file) and new plugin
+configurations with a re-encoded default model and a new `model.version` are
+pushed under light load: the time from the atomic rename to the first request
+decided with the new version (from the access log), and the failed requests.
+
+CPU layout (two cores): the Envoy under test alone on the last CPU, the
+upstream and the load generators on the others (`--layout`); the table shows
+how busy the Envoy under test was during saturation (near 100% = it was the
+bottleneck) and how much CPU other processes on the machine used (noise).
+
+Targets (goals, printed, never asserted): added p50 <= 25 us, added p99 <= 100
+us, rps ratio >= 0.85 vs passthrough, wasm <= 4 MB, Envoy ready <= 3 s, model
+push applied <= 1 s. The script exits 0 when it ran, 2 when a tool is missing.
+
+    .venv/bin/python integration/bench_e2e.py [--quick] [--layout split|shared|none]
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port, wait_until  # noqa: E402
+
+import envoyconf  # noqa: E402
+
+DEMO_PLUGIN = ROOT / "envoy" / "augur-demo.json"
+DEFAULT_MODEL = ROOT / "models" / "default.onnx"
+CONFIGS = ("passthrough", "weighted_clusters", "augur")
+TARGETS = {"added_p50_us": 25, "added_p99_us": 100, "rps_ratio": 0.85, "wasm_mb": 4, "ready_s": 3, "push_ms": 1000}
+HARD_LIMIT_S = 570  # the whole run stops itself before 10 minutes
+
+INSTALL_HINT = {
+    "wrk": "apt-get install -y wrk            (Debian/Ubuntu package `wrk`)",
+    "oha": "cargo install --locked oha        (crates.io; installs into ~/.cargo/bin)",
+    "taskset": "apt-get install -y util-linux",
+}
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# ---- tools -------------------------------------------------------------------
+
+
+def find_tool(name):
+    path = shutil.which(name)
+    if path is None and name == "oha":
+        cargo_bin = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / "oha"
+        if cargo_bin.exists():
+            path = str(cargo_bin)
+    return path
+
+
+def check_tools(need_taskset):
+    tools, missing = {}, []
+    for name in ("wrk", "oha") + (("taskset",) if need_taskset else ()):
+        tools[name] = find_tool(name)
+        if tools[name] is None:
+            missing.append(name)
+    problems = []
+    if not ENVOY.exists():
+        problems.append(f"Envoy not found at {ENVOY}: run `make venv`")
+    if not WASM.exists():
+        problems.append(f"{WASM} not found: run `make wasm`")
+    if missing or problems:
+        print("bench-e2e: cannot run:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        for name in missing:
+            print(f"  `{name}` not found; install it with: {INSTALL_HINT[name]}", file=sys.stderr)
+        sys.exit(2)
+    return tools
+
+
+def tool_version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        out = (r.stdout + r.stderr).strip().splitlines()
+        return out[0] if out else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+# ---- CPU layout and accounting -------------------------------------------------
+
+
+def cpu_layout(kind):
+    """(CPUs for the Envoy under test, CPUs for the upstream and load generators)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if kind == "none" or len(cpus) < 2:
+        return None, None
+    if kind == "shared":
+        return [cpus[-1]], [cpus[-1]]
+    return [cpus[-1]], cpus[:-1]
+
+
+def pinned(cmd, cpus):
+    if not cpus:
+        return list(cmd)
+    return ["taskset", "-c", ",".join(map(str, cpus))] + list(cmd)
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, all threads, in seconds (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds():
+    """(busy, total) CPU seconds of the whole machine, all CPUs (user+nice+system busy)."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    vals = [int(x) for x in parts[:8]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = vals[0] + vals[1] + vals[2]
+    return busy / hz, sum(vals) / hz
+
+
+class CpuWindow:
+    """CPU used during a measurement: by the given processes, and by everybody
+    else on the machine (`other`, which includes other users' builds: noise)."""
+
+    def __init__(self, pids):
+        self.pids = dict(pids)
+        self.t0 = time.monotonic()
+        self.p0 = {k: proc_cpu_seconds(p) for k, p in self.pids.items()}
+        self.m0 = machine_cpu_seconds()
+
+    def stop(self, child_seconds=0.0):
+        wall = time.monotonic() - self.t0
+        used = {}
+        for k, p in self.pids.items():
+            a, b = self.p0[k], proc_cpu_seconds(p)
+            used[k] = (b - a) if a is not None and b is not None else 0.0
+        m1 = machine_cpu_seconds()
+        busy = m1[0] - self.m0[0]
+        ours = sum(used.values()) + child_seconds
+        pct = {k: 100.0 * v / wall for k, v in used.items()}
+        pct["loadgen"] = 100.0 * child_seconds / wall
+        pct["other"] = max(0.0, 100.0 * (busy - ours) / wall)
+        return pct
+
+
+def run_child(cmd, timeout):
+    """Runs a load generator; returns (stdout, stderr, returncode, cpu seconds it used)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        rusage = None
+        while time.monotonic() < deadline:
+            pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.02)
+        else:
+            p.kill()
+            p.wait(5)
+            raise BenchError(f"{cmd[0]} did not finish in {timeout:.0f}s: {' '.join(cmd)}")
+        out.seek(0)
+        err.seek(0)
+        cpu = (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0
+        return out.read().decode(errors="replace"), err.read().decode(errors="replace"), p.returncode, cpu
+
+
+# ---- processes -------------------------------------------------------------------
+
+
+def http_get_ok(port, headers, timeout=0.5):
+    """One request on a fresh connection; True on a 200."""
+    lines = [f"GET /api/search?q=ready HTTP/1.1", "host: bench", "connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        head = s.recv(64)
+    return head.startswith(b"HTTP/1.1 200")
+
+
+class EnvoyProc:
+    """One Envoy process pinned to `cpus`; ready when a request through
+    `probe_port` returns 200 (that time, from exec, is `ready_s`)."""
+
+    def __init__(self, name, config, workdir, cpus, probe_port, probe_headers=None, ready_timeout=90, flush_ms=None):
+        self.name = name
+        self.workdir = Path(workdir)
+        self.config_path = self.workdir / f"{name}.json"
+        self.config_path.write_text(json.dumps(config, indent=1))
+        self.log_path = self.workdir / f"{name}.envoy.log"
+        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        cmd = [
+            str(ENVOY), "-c", str(self.config_path), "--concurrency", "1", "--disable-hot-restart",
+            "--log-path", str(self.log_path), "-l", "info",
+        ]
+        if flush_ms:
+            cmd += ["--file-flush-interval-msec", str(flush_ms)]
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            pinned(cmd, cpus), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.pid = self.proc.pid
+        probe_headers = probe_headers or {}
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise BenchError(f"envoy {name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                return http_get_ok(probe_port, probe_headers)
+            except OSError:
+                return False
+
+        try:
+            deadline = started + ready_timeout
+            while not ready():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"envoy {name} not ready after {ready_timeout}s:\n{self.log()[-3000:]}")
+                time.sleep(0.01)
+        except BaseException:
+            self.close()
+            raise
+        self.ready_s = time.monotonic() - started
+
+    def admin(self, path):
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            conn.close()
+
+    def stat(self, name):
+        _, body = self.admin(f"/stats?filter=^{re.escape(name)}$&format=json")
+        for s in json.loads(body).get("stats", []):
+            if s.get("name") == name:
+                return s.get("value")
+        return None
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# ---- requests --------------------------------------------------------------------
+
+
+def pick_new_stack_user(plugin_path):
+    """A user id the demo rollout puts on the new stack (so the fixed-header
+    latency runs take augur's longest path: features and decision headers
+    written). Asks the native CLI; falls back to a fixed id."""
+    candidates = [{"x-user-id": f"bench-user-{i:03d}"} for i in range(40)]
+    if AUGUR_CLI.exists():
+        try:
+            for c, d in zip(candidates, harness.cli_decide(plugin_path, candidates)):
+                if d.get("stack") == "new":
+                    return c["x-user-id"]
+        except (subprocess.SubprocessError, OSError, ValueError):
+            pass
+    return "bench-user-000"
+
+
+def fixed_request_headers(user_id):
+    """A realistic request for the latency runs: a returning mobile user in the
+    EU (standard tier), with the history headers the demo config reads."""
+    return {
+        "user-agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+        "accept": "application/json",
+        "accept-language": "en-GB,en;q=0.9",
+        "x-user-id": user_id,
+        "x-geo-region": "eu",
+        "x-user-tier": "standard",
+        "x-user-sessions-30d": "23",
+        "x-user-purchases-90d": "4",
+        "x-user-tenure-days": "400",
+        "x-user-errors-7d": "0",
+    }
+
+
+FIXED_PATH = "/api/search?q=running+shoes"
+
+
+def lua_str(s):
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
+
+
+def wrk_script(path, n=2000, seed=2026, max_body=1024):
+    """A wrk Lua script cycling through `n` synthetic requests (models/synthetic.py:
+    many users, devices, regions, tiers, history headers, ~20% POST with a body
+    of at most `max_body` bytes), and printing a JSON summary (latency in us)."""
+    reqs = harness.synthetic_requests(n, seed=seed, prefix="wrk")
+    lines = ["local reqs = {}"]
+    for i, h in enumerate(reqs):
+        h = dict(h)
+        method, p = h.pop(":method"), h.pop(":path")
+        h.pop("x-request-id", None)  # let Envoy generate one, as at an edge
+        h["Host"] = "shop.example.com"
+        body = "nil"
+        length = int(h.pop("content-length", 0) or 0)
+        if method in ("POST", "PUT", "PATCH"):
+            body = lua_str("x" * min(length, max_body))
+        hdrs = "{" + ", ".join(f"[{lua_str(k)}] = {lua_str(v)}" for k, v in h.items()) + "}"
+        lines.append(f"reqs[{i + 1}] = wrk.format({lua_str(method)}, {lua_str(p)}, {hdrs}, {body})")
+    lines += [
+        "local i = 0",
+        "function request()",
+        "  i = i % #reqs + 1",
+        "  return reqs[i]",
+        "end",
+        "function done(summary, latency, requests)",
+        "  local e = summary.errors",
+        '  io.write(string.format(\'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,'
+        '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,'
+        '"p50":%d,"p90":%d,"p99":%d,"p999":%d,"mean":%.1f,"max":%d}\\n\','
+        " summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,"
+        " latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),"
+        " latency.mean, latency.max))",
+        "end",
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return len(reqs)
+
+
+# ---- load generators ---------------------------------------------------------------
+
+
+class Oha:
+    def __init__(self, exe, cpus):
+        self.exe = exe
+        self.cpus = cpus
+        help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10).stdout
+        self.json_flag = ["--output-format", "json"] if "--output-format" in help_text else ["-j"]
+        self.tui_flag = ["--no-tui"] if "--no-tui" in help_text else []
+
+    def run(self, port, headers, rate=None, duration_s=None, count=None, conns=8):
+        """Open loop at `rate` req/s (requests scheduled on a timer, at most
+        `conns` in flight), for `duration_s` or `count` requests. Latencies in us."""
+        cmd = [self.exe, *self.tui_flag, *self.json_flag, "-c", str(conns)]
+        if rate:
+            cmd += ["-q", str(rate)]
+        if duration_s:
+            cmd += ["-z", f"{duration_s}s"]
+        else:
+            cmd += ["-n", str(count)]
+        for k, v in headers.items():
+            cmd += ["-H", f"{k}: {v}"]
+        cmd.append(f"http://127.0.0.1:{port}{FIXED_PATH}")
+        budget = (duration_s or (count / (rate or 1000.0))) + 30
+        out, err, rc, cpu = run_child(pinned(cmd, self.cpus), budget)
+        if rc != 0:
+            raise BenchError(f"oha failed ({rc}): {err[-2000:]}")
+        data = json.loads(out[out.index("{"):])
+        pct = data.get("latencyPercentiles", {})
+        codes = {str(k): v for k, v in (data.get("statusCodeDistribution") or {}).items()}
+        ok = sum(v for k, v in codes.items() if k.startswith("2"))
+        errors = sum((data.get("errorDistribution") or {}).values())
+        summ = data.get("summary", {})
+
+        def us(key):
+            v = pct.get(key)
+            return None if v is None else v * 1e6
+
+        return {
+            "p50": us("p50"), "p90": us("p90"), "p99": us("p99"), "p999": us("p99.9"),
+            "mean": (summ.get("average") or 0) * 1e6,
+            "rps": summ.get("requestsPerSec"), "ok": ok, "total": sum(codes.values()) + errors,
+            "failed": sum(v for k, v in codes.items() if not k.startswith("2")) + errors,
+            "cpu_s": cpu,
+        }
+
+
+class Wrk:
+    def __init__(self, exe, cpus, script):
+        self.exe, self.cpus, self.script = exe, cpus, script
+
+    def run(self, port, duration_s, conns):
+        cmd = [self.exe, "-t1", f"-c{conns}", f"-d{duration_s}s", "--timeout", "5s", "-s", str(self.script),
+               f"http://127.0.0.1:{port}/"]
+        out, err, rc, cpu = run_child(pinned(cmd, self.cpus), duration_s + 30)
+        m = re.search(r"BENCH_JSON (\{.*\})", out)
+        if rc != 0 or not m:
+            raise BenchError(f"wrk failed ({rc}): {out[-1500:]} {err[-1500:]}")
+        d = json.loads(m.group(1))
+        errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
+        return {
+            "rps": d["requests"] / (d["duration_us"] / 1e6), "requests": d["requests"], "errors": errors,
+            "p50": d["p50"], "p90": d["p90"], "p99": d["p99"], "p999": d["p999"], "cpu_s": cpu,
+        }
+
+
+# ---- configurations -----------------------------------------------------------------
+
+
+def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text):
+    if kind == "passthrough":
+        lst = envoyconf.http_listener(kind, port, envoyconf.single_cluster_route_config(),
+                                      [envoyconf.router_filter()], access_log)
+    elif kind == "weighted_clusters":
+        lst = envoyconf.http_listener(kind, port, envoyconf.weighted_clusters_route_config(new_weight=30),
+                                      [envoyconf.router_filter()], access_log)
+    elif kind == "augur":
+        lst = envoyconf.listener(kind, port, plugin_text, WASM.resolve(), access_log)
+    else:
+        raise ValueError(kind)
+    # Both clusters point at the one fast upstream.
+    return envoyconf.bootstrap(admin_port, [lst], upstream_port, upstream_port)
+
+
+# ---- phases ---------------------------------------------------------------------------
+
+
+def measure_config(kind, args, ctx):
+    work = ctx["work"]
+    port, admin = free_port(), free_port()
+    cfg = under_test_config(kind, port, admin, ctx["upstream_port"], work / f"{kind}.access.log", ctx["plugin_text"])
+    envoy = EnvoyProc(kind, cfg, work, ctx["envoy_cpus"], port, ctx["headers"])
+    res = {"ready_s": envoy.ready_s}
+    try:
+        # The first requests after start (V8 compiled the module at start; tract
+        # and the allocator warm up on first use): open loop at the same rate.
+        res["cold"] = ctx["oha"].run(port, ctx["headers"], rate=args.rate, count=args.cold_requests,
+                                     conns=args.latency_conns)
+        # Warm-up, not measured: a short saturation burst, then the rate.
+        ctx["wrk"].run(port, args.warmup_seconds, args.sat_conns)
+        ctx["oha"].run(port, ctx["headers"], rate=args.rate, duration_s=2, conns=args.latency_conns)
+        win = CpuWindow({"envoy": envoy.pid, "upstream": ctx["upstream"].pid})
+        lat = ctx["oha"].run(port, ctx["headers"], rate=args.rate, duration_s=args.latency_seconds,
+                             conns=args.latency_conns)
+        lat["cpu"] = win.stop(lat["cpu_s"])
+        res["latency"] = lat
+        win = CpuWindow({"envoy": envoy.pid, "upstream": ctx["upstream"].pid})
+        sat = ctx["wrk"].run(port, args.saturation_seconds, args.sat_conns)
+        sat["cpu"] = win.stop(sat["cpu_s"])
+        res["saturation"] = sat
+    finally:
+        envoy.close()
+    return res
+
+
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\].*configuration accepted: .*model (\S+),")
+
+
+def envoy_log_times(text, version):
+    """Wall-clock times (s since epoch) of the `configuration accepted ... model <version>`
+    lines (one per on_configure: main thread and the worker)."""
+    import datetime
+
+    out = []
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if m and m.group(3) == version:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f")
+            out.append(t.timestamp())  # Envoy logs local time
+    return out
+
+
+def parse_start(s):
+    """%START_TIME% (UTC, ms) → seconds since epoch."""
+    import datetime
+
+    t = datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return t.timestamp()
+
+
+def model_push(args, ctx):
+    """augur through ECDS: start, then push new plugin configurations (new model
+    bytes and version) under light load; when is each one applied?"""
+    work = ctx["work"]
+    ecds_dir = work / "ecds"
+    ecds_dir.mkdir()
+    watched = ecds_dir / "augur.json"
+    plugin = json.loads(ctx["plugin_text"])
+    wasm = WASM.resolve()
+    envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(plugin, wasm, "initial")))
+    port, admin = free_port(), free_port()
+    access_log = work / "ecds.access.log"
+    lst = envoyconf.http_listener(
+        "augur_ecds", port, envoyconf.route_config(),
+        [envoyconf.ecds_http_filter("augur", watched), envoyconf.router_filter()], access_log,
+    )
+    cfg = envoyconf.bootstrap(admin, [lst], ctx["upstream_port"], ctx["upstream_port"])
+    envoy = EnvoyProc("ecds", cfg, work, ctx["envoy_cpus"], port, ctx["headers"], flush_ms=100)
+    res = {"ready_s": envoy.ready_s, "pushes": []}
+    model_b64 = base64.b64encode(DEFAULT_MODEL.read_bytes()).decode()
+    reload_stat = "extension_config_discovery.http_filter.augur.config_reload"
+    try:
+        ctx["oha"].run(port, ctx["headers"], rate=args.rate, duration_s=2, conns=args.latency_conns)  # warm
+        # Light load for the whole push window, in the background.
+        window = 2 + args.pushes * args.push_spacing + 1
+        cmd_oha = ctx["oha"]
+        load = {}
+
+        import threading
+
+        def background():
+            try:
+                load["result"] = cmd_oha.run(port, ctx["headers"], rate=args.push_rate, duration_s=window, conns=4)
+            except BenchError as e:
+                load["error"] = str(e)
+
+        th = threading.Thread(target=background, daemon=True)
+        th.start()
+        time.sleep(2)
+        for i in range(args.pushes):
+            version = f"bench-push-{i + 1}"
+            p = dict(plugin, model={"onnx_base64": model_b64, "version": version})
+            text = json.dumps(envoyconf.ecds_resource(p, wasm, version))
+            before = envoy.stat(reload_stat) or 0
+            t_wall, t_mono = time.time(), time.monotonic()
+            envoyconf.write_atomically(watched, text)
+            accepted_ms = None
+            while time.monotonic() - t_mono < args.push_spacing - 0.1:
+                if (envoy.stat(reload_stat) or 0) > before:
+                    accepted_ms = (time.monotonic() - t_mono) * 1000
+                    break
+                time.sleep(0.005)
+            res["pushes"].append({"version": version, "wall": t_wall, "accepted_ms": accepted_ms})
+            time.sleep(max(0.0, args.push_spacing - (time.monotonic() - t_mono)))
+        th.join(window + 60)
+        if "error" in load or "result" not in load:
+            raise BenchError(f"light load during the pushes failed: {load.get('error', 'timed out')}")
+        res["load"] = load["result"]
+        time.sleep(0.5)  # access-log flush (100 ms)
+        records = [r for r in harness.read_records(access_log) if isinstance(r.get("decision"), dict)]
+        log_text = envoy.log()
+        # Model versions in push order: a request decided with an older one after
+        # the first request with the new one would be a worker lagging behind.
+        order = [plugin.get("model", {}).get("version", "")] + [p["version"] for p in res["pushes"]]
+        rank = {v: i for i, v in enumerate(order)}
+        for i, push in enumerate(res["pushes"]):
+            v, t = push["version"], push["wall"]
+            new = [parse_start(r["start"]) for r in records if r["decision"].get("model") == v]
+            push["first_request_ms"] = (min(new) - t) * 1000 if new else None
+            if new:
+                first = min(new) + 0.001  # START_TIME has ms resolution
+                push["stale_after"] = sum(
+                    1 for r in records
+                    if parse_start(r["start"]) > first and rank.get(r["decision"].get("model"), -1) < i + 1
+                )
+            times = envoy_log_times(log_text, v)
+            push["configured_ms"] = [(x - t) * 1000 for x in times]
+        res["records"] = len(records)
+    finally:
+        envoy.close()
+    return res
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+def fmt(v, nd=0, width=8):
+    if v is None:
+        return "-".rjust(width)
+    return f"{v:{width}.{nd}f}"
+
+
+def verdict(ok):
+    return "ok" if ok else "MISSED"
+
+
+def report(results, push, ctx, args, started):
+    P, W, A = (results[k] for k in CONFIGS)
+    print()
+    print(f"== augur end-to-end benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
+          f"layout {args.layout}: envoy under test on CPU {ctx['envoy_cpus'] or 'any'}, "
+          f"upstream+load generators on CPU {ctx['gen_cpus'] or 'any'})")
+    print(f"   envoy: {ctx['versions']['envoy']}")
+    print(f"   load: oha ({ctx['versions']['oha']}) open loop {args.rate} req/s, {args.latency_conns} conns, "
+          f"{args.latency_seconds}s, one realistic request ({len(ctx['headers'])} headers, {FIXED_PATH});")
+    print(f"         wrk ({ctx['versions']['wrk']}) saturation -t1 -c{args.sat_conns} {args.saturation_seconds}s, "
+          f"{ctx['wrk_requests']} synthetic requests of many users")
+    print()
+    print(f"{'config':<18} {'ready s':>7} | {'open-loop latency us':^35} | {'saturation':^31} | cpu% during sat")
+    print(f"{'':<18} {'':>7} | {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} | {'rps':>8} {'p50 us':>8} "
+          f"{'p99 us':>8} {'err':>4} | {'envoy':>5} {'other':>5}")
+    for k in CONFIGS:
+        r = results[k]
+        lat, sat = r["latency"], r["saturation"]
+        print(f"{k:<18} {r['ready_s']:7.2f} | {fmt(lat['p50'])} {fmt(lat['p90'])} {fmt(lat['p99'])} "
+              f"{fmt(lat['p999'])} | {fmt(sat['rps'])} {fmt(sat['p50'])} {fmt(sat['p99'])} {sat['errors']:4d} | "
+              f"{sat['cpu']['envoy']:5.0f} {sat['cpu']['other']:5.0f}")
+    print()
+    for k in CONFIGS:
+        lat = results[k]["latency"]
+        if lat["failed"]:
+            print(f"note: {k}: {lat['failed']} of {lat['total']} latency-run requests failed")
+    noisy = [k for k in CONFIGS if results[k]["saturation"]["cpu"]["other"] > 15
+             or results[k]["latency"]["cpu"]["other"] > 15]
+    if noisy:
+        print(f"note: other processes used CPU during {', '.join(noisy)} (column `other`): numbers are noisy")
+    busy = [k for k in CONFIGS if results[k]["saturation"]["cpu"]["envoy"] < 85]
+    if busy:
+        print(f"note: the Envoy under test was below 85% CPU at saturation for {', '.join(busy)}: "
+              "something else limited throughput there")
+
+    cold, steady = A["cold"], A["latency"]
+    pc = P["cold"]
+    print(f"warm-up: augur first {args.cold_requests} requests p50 {cold['p50']:.0f} us p99 {cold['p99']:.0f} us, "
+          f"steady p50 {steady['p50']:.0f} us p99 {steady['p99']:.0f} us "
+          f"(passthrough first {args.cold_requests}: p50 {pc['p50']:.0f} us p99 {pc['p99']:.0f} us)")
+    print(f"augur cost at saturation: {1e6 / A['saturation']['rps'] - 1e6 / P['saturation']['rps']:.1f} us of "
+          f"Envoy time per request more than passthrough "
+          f"({1e6 / A['saturation']['rps']:.1f} vs {1e6 / P['saturation']['rps']:.1f} us)")
+    print(f"envoy ready s without the filter: {P['ready_s']:.2f}; augur via ECDS: {push['ready_s']:.2f}")
+    for p in push["pushes"]:
+        conf = ", ".join(f"{x:.0f}" for x in p["configured_ms"]) or "-"
+        print(f"push {p['version']}: envoy accepted (config_reload) {fmt(p['accepted_ms'], 0, 1)} ms, "
+              f"on_configure done at {conf} ms, first request with the new model at "
+              f"{fmt(p['first_request_ms'], 0, 1)} ms, requests with an older model after it: "
+              f"{p.get('stale_after', '-')}")
+    load = push["load"]
+    print(f"light load during pushes: {load['total']} requests at {args.push_rate} req/s, "
+          f"{load['failed']} failed, p99 {load['p99']:.0f} us")
+    print()
+
+    added_p50 = A["latency"]["p50"] - P["latency"]["p50"]
+    added_p99 = A["latency"]["p99"] - P["latency"]["p99"]
+    ratio = A["saturation"]["rps"] / P["saturation"]["rps"]
+    w_p50 = A["latency"]["p50"] - W["latency"]["p50"]
+    w_p99 = A["latency"]["p99"] - W["latency"]["p99"]
+    w_ratio = A["saturation"]["rps"] / W["saturation"]["rps"]
+    wasm_mb = WASM.stat().st_size / 1e6
+    applied = [p["first_request_ms"] for p in push["pushes"]]
+    applied_ms = None if any(a is None for a in applied) else max(applied)
+    print(f"added p50 us: {added_p50:.0f}")
+    print(f"added p99 us: {added_p99:.0f}")
+    print(f"rps ratio: {ratio:.3f}")
+    print(f"vs weighted_clusters added p50 us: {w_p50:.0f}")
+    print(f"vs weighted_clusters added p99 us: {w_p99:.0f}")
+    print(f"vs weighted_clusters rps ratio: {w_ratio:.3f}")
+    print(f"wasm size MB: {wasm_mb:.2f}")
+    print(f"envoy ready s: {A['ready_s']:.2f}")
+    print(f"model push applied ms: {'-' if applied_ms is None else f'{applied_ms:.0f}'}")
+    print(f"requests failed during push: {load['failed']}")
+    print()
+    print("targets (goals, not asserted): "
+          f"added p50 <= {TARGETS['added_p50_us']} us {verdict(added_p50 <= TARGETS['added_p50_us'])}; "
+          f"added p99 <= {TARGETS['added_p99_us']} us {verdict(added_p99 <= TARGETS['added_p99_us'])}; "
+          f"rps ratio >= {TARGETS['rps_ratio']} {verdict(ratio >= TARGETS['rps_ratio'])}; "
+          f"wasm <= {TARGETS['wasm_mb']} MB {verdict(wasm_mb <= TARGETS['wasm_mb'])}; "
+          f"ready <= {TARGETS['ready_s']} s {verdict(A['ready_s'] <= TARGETS['ready_s'])}; "
+          f"push <= {TARGETS['push_ms']} ms {verdict(applied_ms is not None and applied_ms <= TARGETS['push_ms'])}")
+    print(f"(run took {time.monotonic() - started:.0f} s; logs and configs in {ctx['work']})")
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="augur end-to-end benchmark (make bench-e2e)")
+    p.add_argument("--rate", type=int, default=1000, help="open-loop rate for the latency runs (req/s)")
+    p.add_argument("--latency-seconds", type=int, default=20)
+    p.add_argument("--latency-conns", type=int, default=8, help="max requests in flight in the latency runs")
+    p.add_argument("--saturation-seconds", type=int, default=15)
+    p.add_argument("--sat-conns", type=int, default=32, help="wrk connections (fixed concurrency) at saturation")
+    p.add_argument("--warmup-seconds", type=int, default=3, help="saturation burst before measuring")
+    p.add_argument("--cold-requests", type=int, default=2000, help="first requests after start, reported apart")
+    p.add_argument("--pushes", type=int, default=3)
+    p.add_argument("--push-spacing", type=float, default=2.0, help="seconds between model pushes")
+    p.add_argument("--push-rate", type=int, default=250, help="light load during the pushes (req/s)")
+    p.add_argument("--layout", choices=("split", "shared", "none"), default="split",
+                   help="split: envoy under test alone on the last CPU; shared: everything on it; none: no pinning")
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
+    p.add_argument("--workdir", help="where configs and logs go (default .run/bench-e2e)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.latency_seconds, a.saturation_seconds, a.warmup_seconds = 4, 3, 1
+        a.cold_requests, a.pushes, a.push_spacing = 500, 2, 1.5
+    return a
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    envoy_cpus, gen_cpus = cpu_layout(args.layout)
+    tools = check_tools(need_taskset=envoy_cpus is not None)
+
+    def too_long(signum, frame):
+        raise BenchError(f"stopped: the benchmark ran past its {HARD_LIMIT_S}s limit")
+
+    signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(HARD_LIMIT_S)
+
+    work = Path(args.workdir or ROOT / ".run" / "bench-e2e")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    plugin_text = DEMO_PLUGIN.read_text()
+    script = work / "requests.lua"
+    ctx = {
+        "work": work,
+        "envoy_cpus": envoy_cpus,
+        "gen_cpus": gen_cpus,
+        "plugin_text": plugin_text,
+        "headers": fixed_request_headers(pick_new_stack_user(DEMO_PLUGIN)),
+        "wrk_requests": wrk_script(script),
+        "oha": Oha(tools["oha"], gen_cpus),
+        "wrk": Wrk(tools["wrk"], gen_cpus, script),
+        "versions": {
+            "envoy": tool_version([str(ENVOY), "--version"]).split("version:")[-1].strip(),
+            "oha": tool_version([tools["oha"], "--version"]),
+            "wrk": tool_version([tools["wrk"], "-v"]).split(" Copyright")[0],
+        },
+    }
+    up_port, up_admin = free_port(), free_port()
+    upstream = EnvoyProc("upstream", envoyconf.direct_response_bootstrap(up_admin, up_port, body="ok"), work,
+                         gen_cpus, up_port)
+    ctx["upstream"], ctx["upstream_port"] = upstream, up_port
+    results = {}
+    try:
+        for kind in CONFIGS:
+            print(f"bench-e2e: {kind} ...", flush=True)
+            results[kind] = measure_config(kind, args, ctx)
+        print("bench-e2e: model push through ECDS ...", flush=True)
+        push = model_push(args, ctx)
+    finally:
+        upstream.close()
+        signal.alarm(0)
+    report(results, push, ctx, args, started)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench-e2e: {e}", file=sys.stderr)
+        sys.exit(1)
