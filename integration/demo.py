@@ -92,10 +92,16 @@ def report(plugin, decisions, users):
     for stack in ("old", "new"):
         print(f"  {stack:4} {by_stack[stack]:4} requests  {100 * by_stack[stack] / n:5.1f}%")
     print(f"  users seen on exactly one stack: {sticky}/{len(user_stacks)}")
+    by_seg = {s["segment"]: s["percentage"] for s in plugin["rollout"].get("by_segment", [])}
+    for seg, seg_pct in by_seg.items():
+        members = [d for d in decisions if seg in d["segments"]]
+        if members:
+            share = 100 * sum(d["stack"] == "new" for d in members) / len(members)
+            print(f"  segment {seg} (predicted by the model, rollout {seg_pct}%): {len(members)} requests, {share:.0f}% new")
 
     new = [d for d in decisions if d["stack"] == "new"]
     features = [f["name"] for f in plugin["features"]]
-    groups = ["all", "mobile", "desktop", "bot", "beta"]
+    groups = ["all", "mobile", "desktop", "bot", "beta", "power_users"]
 
     def in_group(d, g):
         return g == "all" or d["device"] == g or g in d["segments"] or (g == "mobile" and d["device"] == "tablet")

@@ -13,12 +13,12 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::flags::{FeatureRule, FlagRules, Override, Thresholds};
-use crate::model::{Model, ModelError, ScoreWeights, DEFAULT_MODEL};
+use crate::model::{Impact, Model, ModelError, ScoreWeights, DEFAULT_MODEL};
 use crate::profile::{
     Device, HistorySignal, ProfileSpec, Segment, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES, MAX_SEGMENTS,
 };
 use crate::rollback::{Policy, Recovery};
-use crate::routing::{Rollout, WhenAbsent, BUCKETS};
+use crate::routing::{self, Rollout, WhenAbsent, BUCKETS};
 
 /// Largest accepted feature count (flag decisions are kept per request).
 pub const MAX_FEATURES: usize = 64;
@@ -137,10 +137,19 @@ fn default_prefix() -> String {
 #[serde(deny_unknown_fields)]
 struct RawRollout {
     percentage: f64,
+    #[serde(default)]
+    by_segment: Vec<RawSegmentRollout>,
     #[serde(default = "default_salt")]
     salt: String,
     #[serde(default)]
     when_absent: WhenAbsent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegmentRollout {
+    segment: String,
+    percentage: f64,
 }
 
 fn default_salt() -> String {
@@ -212,6 +221,59 @@ struct RawSegment {
     header: Option<String>,
     #[serde(default)]
     values: Vec<String>,
+    #[serde(default)]
+    predicted: Option<RawPredicted>,
+}
+
+/// Segment by predicted behaviour: the model's prediction for `feature` within
+/// `[min, max]` (an impact in 0-1, or `score` in 0-100).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPredicted {
+    feature: String,
+    impact: PredictedValue,
+    #[serde(default)]
+    min: Option<f32>,
+    #[serde(default)]
+    max: Option<f32>,
+}
+
+/// Which prediction a predicted segment reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictedValue {
+    PerformanceCost,
+    ErrorRisk,
+    Engagement,
+    SecurityRisk,
+    Score,
+}
+
+/// A segment whose membership also needs a prediction in range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictedSegment {
+    /// Index into `Config::segments`.
+    pub segment: usize,
+    /// The model output slot of the feature.
+    pub slot: usize,
+    pub value: PredictedValue,
+    pub min: f32,
+    pub max: f32,
+}
+
+impl PredictedSegment {
+    /// Whether the prediction for this request is in range.
+    pub fn matches(&self, impacts: &[Impact], weights: &ScoreWeights) -> bool {
+        let Some(i) = impacts.get(self.slot) else { return false };
+        let v = match self.value {
+            PredictedValue::PerformanceCost => i.performance_cost,
+            PredictedValue::ErrorRisk => i.error_risk,
+            PredictedValue::Engagement => i.engagement,
+            PredictedValue::SecurityRisk => i.security_risk,
+            PredictedValue::Score => f32::from(i.score(weights)),
+        };
+        (self.min..=self.max).contains(&v)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,6 +373,10 @@ pub struct Config {
     pub headers: ControlHeaders,
     pub profile: ProfileSpec,
     pub segments: Vec<Segment>,
+    /// Segments that also need a prediction (completed after inference).
+    pub predicted_segments: Vec<PredictedSegment>,
+    /// Per-segment deployment thresholds, first match wins (segment index, buckets).
+    pub rollout_by_segment: Vec<(usize, u32)>,
     pub rules: FlagRules,
     pub model: Model,
     pub model_version: String,
@@ -459,6 +525,24 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
 
     let rules = compile_features(&raw.features, &segments, &model, weights)?;
     let rollback = compile_rollback(&raw.rollback)?;
+    let predicted_segments = compile_predicted(&raw.segments, &model)?;
+    let mut rollout_by_segment = Vec::with_capacity(raw.rollout.by_segment.len());
+    for (i, r) in raw.rollout.by_segment.iter().enumerate() {
+        let field = format!("rollout.by_segment[{i}]");
+        let Some(ix) = segments.iter().position(|s| s.name == r.segment) else {
+            return Err(ConfigError::new(
+                format!("{field}.segment"),
+                format!("unknown segment \"{}\"; define it under \"segments\"", r.segment),
+            ));
+        };
+        if !(0.0..=100.0).contains(&r.percentage) {
+            return Err(ConfigError::new(
+                format!("{field}.percentage"),
+                format!("{} is outside 0-100", r.percentage),
+            ));
+        }
+        rollout_by_segment.push((ix, routing::threshold(r.percentage)));
+    }
 
     Ok(Config {
         name: raw.name,
@@ -470,6 +554,8 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         headers,
         profile,
         segments,
+        predicted_segments,
+        rollout_by_segment,
         rules,
         model,
         model_version,
@@ -608,10 +694,11 @@ fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, Co
                 ))
             }
         };
-        if s.users.is_empty() && s.devices.is_empty() && s.locations.is_empty() && header.is_none() {
+        let static_criteria = !(s.users.is_empty() && s.devices.is_empty() && s.locations.is_empty());
+        if !static_criteria && header.is_none() && s.predicted.is_none() {
             return Err(ConfigError::new(
                 &field,
-                "a segment needs at least one of users, devices, locations, header",
+                "a segment needs at least one of users, devices, locations, header, predicted",
             ));
         }
         out.push(Segment {
@@ -621,6 +708,34 @@ fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, Co
             locations: s.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
             header,
         });
+    }
+    Ok(out)
+}
+
+fn compile_predicted(raw: &[RawSegment], model: &Model) -> Result<Vec<PredictedSegment>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let Some(p) = &s.predicted else { continue };
+        let field = format!("segments[{i}].predicted");
+        let Some(slot) = model.features().iter().position(|f| f == &p.feature) else {
+            return Err(ConfigError::new(
+                format!("{field}.feature"),
+                format!(
+                    "the model does not score \"{}\" (it scores: {})",
+                    p.feature,
+                    model.features().join(", ")
+                ),
+            ));
+        };
+        let top = if p.impact == PredictedValue::Score { 100.0 } else { 1.0 };
+        let (min, max) = (p.min.unwrap_or(0.0), p.max.unwrap_or(top));
+        if !(0.0 <= min && min <= max && max <= top) {
+            return Err(ConfigError::new(
+                field,
+                format!("need 0 ≤ min ≤ max ≤ {top}, got min {min}, max {max}"),
+            ));
+        }
+        out.push(PredictedSegment { segment: i, slot, value: p.impact, min, max });
     }
     Ok(out)
 }

@@ -129,19 +129,33 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
     profile::encode(&config.profile, &config.segments, req, &mut out.profile);
 
     out.cells = rollback::cells(&out.profile);
-    out.reverted = worker.blocks.reverted;
-    (out.stack, out.bucket) = if config.global_off || out.reverted {
-        (Stack::Old, None)
-    } else {
-        let user = req.header(&config.profile.user_header);
-        config.rollout.choose(user, req.header("x-request-id"))
-    };
-
     out.model_ok = match worker.session.as_mut() {
         Some(s) => s.predict(&out.profile.vector, &mut worker.impacts).is_ok(),
         None => false,
     };
     let impacts = out.model_ok.then_some(worker.impacts.as_slice());
+    // Segments by predicted behaviour complete once the model has run.
+    for p in &config.predicted_segments {
+        let bit = 1u64 << p.segment;
+        if out.profile.segments & bit != 0 && !impacts.is_some_and(|i| p.matches(i, &config.rules.weights)) {
+            out.profile.segments &= !bit;
+        }
+    }
+
+    out.reverted = worker.blocks.reverted;
+    (out.stack, out.bucket) = if config.global_off || out.reverted {
+        (Stack::Old, None)
+    } else {
+        let user = req.header(&config.profile.user_header);
+        let segments = out.profile.segments;
+        let threshold = config
+            .rollout_by_segment
+            .iter()
+            .find(|(seg, _)| segments & (1 << seg) != 0)
+            .map_or(config.rollout.threshold, |(_, t)| *t);
+        config.rollout.choose_with(threshold, user, req.header("x-request-id"))
+    };
+
     let holdout_user =
         req.header(&config.profile.user_header).filter(|u| !u.is_empty() && out.stack == Stack::New);
     let holdout = holdout_user.map_or(0, |user| holdout_mask(config, user));
@@ -270,5 +284,47 @@ mod tests {
         }
         let share = 100.0 * held as f64 / n as f64;
         assert!((share - 20.0).abs() < 2.0, "holdout share {share}");
+    }
+
+    #[test]
+    fn predicted_segments_tailor_the_rollout() {
+        // Users the model predicts will engage with recommendations go to the new
+        // stack; everyone else stays on the old one.
+        let c = compile(
+            br#"{"rollout": {"percentage": 0, "by_segment": [{"segment": "engaged", "percentage": 100}]},
+                 "segments": [{"name": "engaged",
+                               "predicted": {"feature": "recommendations", "impact": "engagement", "min": 0.6}}],
+                 "features": [{"name": "recommendations", "allow_segments": ["engaged"], "min_score": 0}]}"#,
+        )
+        .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let req = |user: &str, sessions: &str| -> Vec<(String, String)> {
+            vec![("x-user-id".into(), user.into()), ("x-user-sessions-30d".into(), sessions.into())]
+        };
+        decide(&c, &mut w, &req("heavy", "50"), &mut d);
+        assert_eq!((d.stack, d.profile.segments), (Stack::New, 1), "heavy user predicted to engage");
+        assert!(d.flags[0].on);
+        decide(&c, &mut w, &req("light", "1"), &mut d);
+        assert_eq!((d.stack, d.profile.segments), (Stack::Old, 0), "light user is not in the segment");
+    }
+
+    #[test]
+    fn predicted_segment_needs_a_scored_feature() {
+        let e = compile(
+            br#"{"rollout": {"percentage": 0},
+                 "segments": [{"name": "x", "predicted": {"feature": "nope", "impact": "score", "min": 50}}],
+                 "features": [{"name": "a", "override": "on"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("segments[0].predicted.feature: the model does not score \"nope\""), "{e}");
+        let e = compile(
+            br#"{"rollout": {"percentage": 0, "by_segment": [{"segment": "ghost", "percentage": 5}]},
+                 "features": [{"name": "a", "override": "on"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("rollout.by_segment[0].segment: unknown segment \"ghost\""), "{e}");
     }
 }

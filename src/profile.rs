@@ -150,7 +150,9 @@ pub struct ProfileSpec {
 }
 
 /// A named group of requests: every criterion that is set must match
-/// (criteria are ANDed, values inside one criterion are ORed).
+/// (criteria are ANDed, values inside one criterion are ORed). A segment defined
+/// by predicted behaviour is completed by the engine after inference
+/// (`config::PredictedSegment`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
     pub name: String,

@@ -39,6 +39,11 @@ pub enum WhenAbsent {
     PerRequest,
 }
 
+/// A percentage (0-100) as a bucket threshold.
+pub fn threshold(percentage: f64) -> u32 {
+    (percentage.clamp(0.0, 100.0) * f64::from(BUCKETS) / 100.0).round() as u32
+}
+
 /// The compiled rollout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
@@ -50,8 +55,7 @@ pub struct Rollout {
 
 impl Rollout {
     pub fn new(percentage: f64, salt: &str, when_absent: WhenAbsent) -> Rollout {
-        let threshold = (percentage.clamp(0.0, 100.0) * f64::from(BUCKETS) / 100.0).round() as u32;
-        Rollout { threshold, salt: salt.to_string(), when_absent }
+        Rollout { threshold: threshold(percentage), salt: salt.to_string(), when_absent }
     }
 
     /// The user's bucket in `0..BUCKETS`.
@@ -61,6 +65,17 @@ impl Rollout {
 
     /// Chooses the stack. Returns the bucket used, if any.
     pub fn choose(&self, user: Option<&str>, request_id: Option<&str>) -> (Stack, Option<u32>) {
+        self.choose_with(self.threshold, user, request_id)
+    }
+
+    /// [`Rollout::choose`] with another threshold (a per-segment percentage):
+    /// the same bucket, so raising a group's percentage only moves users forward.
+    pub fn choose_with(
+        &self,
+        threshold: u32,
+        user: Option<&str>,
+        request_id: Option<&str>,
+    ) -> (Stack, Option<u32>) {
         let key = match (user.filter(|u| !u.is_empty()), self.when_absent) {
             (Some(u), _) => u,
             (None, WhenAbsent::PerRequest) => match request_id {
@@ -70,7 +85,7 @@ impl Rollout {
             (None, WhenAbsent::Old) => return (Stack::Old, None),
         };
         let b = self.bucket(key);
-        (if b < self.threshold { Stack::New } else { Stack::Old }, Some(b))
+        (if b < threshold { Stack::New } else { Stack::Old }, Some(b))
     }
 }
 
