@@ -244,7 +244,10 @@ class EnvoyProc:
 
         def ready():
             if self.proc.poll() is not None:
-                raise BenchError(f"envoy {name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                hint = ""
+                if "configuration refused" in self.log():
+                    hint = "(is target/augur.wasm older than the plugin configuration? `make wasm`)\n"
+                raise BenchError(f"envoy {name} exited with {self.proc.returncode}:\n{hint}{self.log()[-3000:]}")
             try:
                 return http_get_ok(probe_port, probe_headers)
             except OSError:
@@ -252,14 +255,19 @@ class EnvoyProc:
 
         try:
             deadline = started + ready_timeout
-            while not ready():
-                if time.monotonic() > deadline:
+            while True:
+                t = time.monotonic()
+                if ready():
+                    break
+                if t > deadline:
                     raise BenchError(f"envoy {name} not ready after {ready_timeout}s:\n{self.log()[-3000:]}")
                 time.sleep(0.01)
         except BaseException:
             self.close()
             raise
-        self.ready_s = time.monotonic() - started
+        now = time.monotonic()
+        self.ready_s = now - started
+        self.first_request_us = (now - t) * 1e6  # the probe that succeeded (fresh connection)
 
     def admin(self, path):
         import http.client
@@ -389,7 +397,8 @@ class Oha:
         if rate:
             cmd += ["-q", str(rate)]
         if duration_s:
-            cmd += ["-z", f"{duration_s}s"]
+            # -w: requests in flight at the deadline finish (else oha counts them as errors).
+            cmd += ["-z", f"{duration_s}s", "-w"]
         else:
             cmd += ["-n", str(count)]
         for k, v in headers.items():
@@ -440,16 +449,50 @@ class Wrk:
 
 # ---- configurations -----------------------------------------------------------------
 
+TINY_MODEL = ROOT / "benches" / "models" / "mlp_f1_h32.onnx"
+MODEL_THRESHOLDS = ("min_score", "max_performance_cost", "max_error_risk", "min_engagement", "max_security_risk")
 
-def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text):
+
+def tiny_model_plugin(plugin_text):
+    """The demo configuration with the model's work taken out, for `--breakdown`:
+    every demo feature `override: on` (no model thresholds), plus one feature
+    scored by a 20→32→4 model (benches/models/mlp_f1_h32.onnx), so the request
+    path is the same (profile, segments, flags, routing, headers, record, stats)
+    but inference is ~20x cheaper than the default 20→32→32→20 model. Segments
+    defined by model predictions are dropped. None when the model file is absent."""
+    if not TINY_MODEL.exists():
+        return None
+    c = json.loads(plugin_text)
+    predicted = {s["name"] for s in c.get("segments", []) if "predicted" in s}
+    c["segments"] = [s for s in c.get("segments", []) if s["name"] not in predicted]
+    rollout = c.get("rollout", {})
+    if "by_segment" in rollout:
+        rollout["by_segment"] = [b for b in rollout["by_segment"] if b.get("segment") not in predicted]
+        if not rollout["by_segment"]:
+            del rollout["by_segment"]
+    for f in c.get("features", []):
+        f["override"] = "on"
+        for k in MODEL_THRESHOLDS:
+            f.pop(k, None)
+        for k in ("allow_segments", "deny_segments"):
+            if k in f:
+                f[k] = [x for x in f[k] if x not in predicted]
+                if not f[k]:
+                    del f[k]
+    c["features"].append({"name": "f0"})
+    c["model"] = {"onnx_base64": base64.b64encode(TINY_MODEL.read_bytes()).decode(), "version": "tiny-f1-h32"}
+    return json.dumps(c)
+
+
+def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text, wasm):
     if kind == "passthrough":
         lst = envoyconf.http_listener(kind, port, envoyconf.single_cluster_route_config(),
                                       [envoyconf.router_filter()], access_log)
     elif kind == "weighted_clusters":
         lst = envoyconf.http_listener(kind, port, envoyconf.weighted_clusters_route_config(new_weight=30),
                                       [envoyconf.router_filter()], access_log)
-    elif kind == "augur":
-        lst = envoyconf.listener(kind, port, plugin_text, WASM.resolve(), access_log)
+    elif kind.startswith("augur"):
+        lst = envoyconf.listener(kind, port, plugin_text, wasm, access_log)
     else:
         raise ValueError(kind)
     # Both clusters point at the one fast upstream.
@@ -462,9 +505,10 @@ def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_
 def measure_config(kind, args, ctx):
     work = ctx["work"]
     port, admin = free_port(), free_port()
-    cfg = under_test_config(kind, port, admin, ctx["upstream_port"], work / f"{kind}.access.log", ctx["plugin_text"])
+    plugin = ctx["plugins"].get(kind, ctx["plugin_text"])
+    cfg = under_test_config(kind, port, admin, ctx["upstream_port"], work / f"{kind}.access.log", plugin, ctx["wasm"])
     envoy = EnvoyProc(kind, cfg, work, ctx["envoy_cpus"], port, ctx["headers"])
-    res = {"ready_s": envoy.ready_s}
+    res = {"ready_s": envoy.ready_s, "first_request_us": envoy.first_request_us}
     try:
         # The first requests after start (V8 compiled the module at start; tract
         # and the allocator warm up on first use): open loop at the same rate.
@@ -520,7 +564,7 @@ def model_push(args, ctx):
     ecds_dir.mkdir()
     watched = ecds_dir / "augur.json"
     plugin = json.loads(ctx["plugin_text"])
-    wasm = WASM.resolve()
+    wasm = ctx["wasm"]
     envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(plugin, wasm, "initial")))
     port, admin = free_port(), free_port()
     access_log = work / "ecds.access.log"
@@ -620,25 +664,29 @@ def report(results, push, ctx, args, started):
     print(f"         wrk ({ctx['versions']['wrk']}) saturation -t1 -c{args.sat_conns} {args.saturation_seconds}s, "
           f"{ctx['wrk_requests']} synthetic requests of many users")
     print()
+    print(f"   machine busy before start: {ctx['busy_before']:.0f}% of all CPUs (other processes)")
+    print(f"   wasm: {ctx['wasm_src']} ({ctx['wasm'].stat().st_size / 1e6:.2f} MB, sha256 {ctx['wasm_sha'][:12]}), "
+          f"plugin configuration {DEMO_PLUGIN.relative_to(ROOT)}")
+    print()
     print(f"{'config':<18} {'ready s':>7} | {'open-loop latency us':^35} | {'saturation':^31} | cpu% during sat")
     print(f"{'':<18} {'':>7} | {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} | {'rps':>8} {'p50 us':>8} "
           f"{'p99 us':>8} {'err':>4} | {'envoy':>5} {'other':>5}")
-    for k in CONFIGS:
+    for k in results:
         r = results[k]
         lat, sat = r["latency"], r["saturation"]
         print(f"{k:<18} {r['ready_s']:7.2f} | {fmt(lat['p50'])} {fmt(lat['p90'])} {fmt(lat['p99'])} "
               f"{fmt(lat['p999'])} | {fmt(sat['rps'])} {fmt(sat['p50'])} {fmt(sat['p99'])} {sat['errors']:4d} | "
               f"{sat['cpu']['envoy']:5.0f} {sat['cpu']['other']:5.0f}")
     print()
-    for k in CONFIGS:
+    for k in results:
         lat = results[k]["latency"]
         if lat["failed"]:
             print(f"note: {k}: {lat['failed']} of {lat['total']} latency-run requests failed")
-    noisy = [k for k in CONFIGS if results[k]["saturation"]["cpu"]["other"] > 15
+    noisy = [k for k in results if results[k]["saturation"]["cpu"]["other"] > 15
              or results[k]["latency"]["cpu"]["other"] > 15]
     if noisy:
         print(f"note: other processes used CPU during {', '.join(noisy)} (column `other`): numbers are noisy")
-    busy = [k for k in CONFIGS if results[k]["saturation"]["cpu"]["envoy"] < 85]
+    busy = [k for k in results if results[k]["saturation"]["cpu"]["envoy"] < 85]
     if busy:
         print(f"note: the Envoy under test was below 85% CPU at saturation for {', '.join(busy)}: "
               "something else limited throughput there")
@@ -651,6 +699,16 @@ def report(results, push, ctx, args, started):
     print(f"augur cost at saturation: {1e6 / A['saturation']['rps'] - 1e6 / P['saturation']['rps']:.1f} us of "
           f"Envoy time per request more than passthrough "
           f"({1e6 / A['saturation']['rps']:.1f} vs {1e6 / P['saturation']['rps']:.1f} us)")
+    print(f"first request after ready (fresh connection): augur {A['first_request_us']:.0f} us, "
+          f"passthrough {P['first_request_us']:.0f} us")
+    if "augur_tiny_model" in results:
+        T = results["augur_tiny_model"]
+        per = {k: 1e6 / results[k]["saturation"]["rps"] for k in ("passthrough", "augur_tiny_model", "augur")}
+        print(f"breakdown (Envoy time per request at saturation): default model - tiny model = "
+              f"{per['augur'] - per['augur_tiny_model']:.1f} us (inference in wasm, the part the model size drives); "
+              f"tiny model - passthrough = {per['augur_tiny_model'] - per['passthrough']:.1f} us (everything else: "
+              f"VM calls, headers, profile, flags, record, stats); open-loop p50 default vs tiny model "
+              f"{A['latency']['p50'] - T['latency']['p50']:.0f} us")
     print(f"envoy ready s without the filter: {P['ready_s']:.2f}; augur via ECDS: {push['ready_s']:.2f}")
     for p in push["pushes"]:
         conf = ", ".join(f"{x:.0f}" for x in p["configured_ms"]) or "-"
@@ -669,7 +727,7 @@ def report(results, push, ctx, args, started):
     w_p50 = A["latency"]["p50"] - W["latency"]["p50"]
     w_p99 = A["latency"]["p99"] - W["latency"]["p99"]
     w_ratio = A["saturation"]["rps"] / W["saturation"]["rps"]
-    wasm_mb = WASM.stat().st_size / 1e6
+    wasm_mb = ctx["wasm"].stat().st_size / 1e6
     applied = [p["first_request_ms"] for p in push["pushes"]]
     applied_ms = None if any(a is None for a in applied) else max(applied)
     print(f"added p50 us: {added_p50:.0f}")
@@ -711,6 +769,8 @@ def parse_args(argv):
     p.add_argument("--layout", choices=("split", "shared", "none"), default="split",
                    help="split: envoy under test alone on the last CPU; shared: everything on it; none: no pinning")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test of the script)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also run augur with a tiny model (how much of augur's cost is inference)")
     p.add_argument("--workdir", help="where configs and logs go (default .run/bench-e2e)")
     a = p.parse_args(argv)
     if a.quick:
@@ -731,13 +791,39 @@ def main(argv=None):
     signal.signal(signal.SIGALRM, too_long)
     signal.alarm(HARD_LIMIT_S)
 
+    b0, t0 = machine_cpu_seconds()
+    time.sleep(1.0)
+    b1, t1 = machine_cpu_seconds()
+    idle_busy = 100.0 * (b1 - b0) / max(t1 - t0, 1e-9)
+    if idle_busy > 20:
+        print(f"bench-e2e: warning: the machine is already {idle_busy:.0f}% busy before the benchmark starts "
+              "(other builds or tests?): results will be noisy", file=sys.stderr)
     work = Path(args.workdir or ROOT / ".run" / "bench-e2e")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     plugin_text = DEMO_PLUGIN.read_text()
     script = work / "requests.lua"
+    # A snapshot: a concurrent `make wasm` must not swap the module mid-run.
+    wasm = work / "augur.wasm"
+    shutil.copyfile(WASM, wasm)
+    import hashlib
+
+    configs = list(CONFIGS)
+    plugins = {}
+    if args.breakdown:
+        tiny = tiny_model_plugin(plugin_text)
+        if tiny is None:
+            print(f"bench-e2e: --breakdown needs {TINY_MODEL}; skipped", file=sys.stderr)
+        else:
+            plugins["augur_tiny_model"] = tiny
+            configs.append("augur_tiny_model")
     ctx = {
+        "wasm": wasm,
+        "wasm_src": WASM.relative_to(ROOT),
+        "wasm_sha": hashlib.sha256(wasm.read_bytes()).hexdigest(),
+        "plugins": plugins,
+        "busy_before": idle_busy,
         "work": work,
         "envoy_cpus": envoy_cpus,
         "gen_cpus": gen_cpus,
@@ -758,7 +844,7 @@ def main(argv=None):
     ctx["upstream"], ctx["upstream_port"] = upstream, up_port
     results = {}
     try:
-        for kind in CONFIGS:
+        for kind in configs:
             print(f"bench-e2e: {kind} ...", flush=True)
             results[kind] = measure_config(kind, args, ctx)
         print("bench-e2e: model push through ECDS ...", flush=True)

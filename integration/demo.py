@@ -107,12 +107,12 @@ def report(plugin, decisions, users):
         return g == "all" or d["device"] == g or g in d["segments"] or (g == "mobile" and d["device"] == "tablet")
 
     print(f"\nFeature on-rate on the new stack ({len(new)} requests), by group:")
-    print("  " + "feature".ljust(16) + "".join(g.rjust(9) for g in groups))
+    print("  " + "feature".ljust(16) + "".join(g.rjust(12) for g in groups))
     for f in features:
         row = []
         for g in groups:
             members = [d for d in new if in_group(d, g)]
-            row.append(f"{100 * sum(d['features'][f]['on'] for d in members) / len(members):8.0f}%" if members else "        -")
+            row.append(f"{100 * sum(d['features'][f]['on'] for d in members) / len(members):11.0f}%" if members else "-".rjust(12))
         print("  " + f.ljust(16) + "".join(row))
 
     print("\nWhy features were off on the new stack:")
