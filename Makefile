@@ -18,7 +18,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/conf
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench clean help
+.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-e2e loop-demo ab-report clean help
 
 all: wasm cli
 
@@ -26,6 +26,10 @@ help:
 	@echo "make demo         build, start Envoy + two upstreams on loopback, send traffic, show decisions"
 	@echo "make test         fmt, clippy, native unit tests, integration tests against real Envoy"
 	@echo "make wasm         build the filter: $(WASM)"
+	@echo "make loop-demo    closed loop vs static rollout through the real Envoy (~6 min); last line: harm reduction / beneficial kept"
+	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p) from an access log (AB_LOG=...)"
+	@echo "make bench        criterion micro-benchmarks of the hot path"
+	@echo "make bench-e2e    Envoy alone vs weighted_clusters vs augur on loopback (< 10 min)"
 	@echo "make model        retrain models/default.onnx from seeded synthetic data"
 	@echo "make envoy-config re-render envoy/envoy.yaml from envoy/augur-demo.json"
 
@@ -79,6 +83,24 @@ integration: $(WASM) $(CLI) venv
 	$(VPY) -m pytest -q integration
 
 test: .rustup-target.stamp lint unit integration
+
+# ---- closed loop and benchmarks ------------------------------------------------
+
+loop-demo: $(WASM) $(CLI) venv
+	$(VPY) integration/loop_demo.py
+
+AB_LOG ?= .run/loop/loop/access.log
+ab-report: $(CLI) venv
+	$(VPY) models/report.py $(AB_LOG) --by device
+
+bench:
+	cargo bench --bench decide
+
+# Load generators: wrk (Debian) and oha (crates.io).
+bench-e2e: $(WASM) $(CLI) venv
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
+	@command -v oha >/dev/null 2>&1 || cargo install --locked oha --version 1.16.0
+	$(VPY) integration/bench_e2e.py
 
 # ---- models and generated files ---------------------------------------------
 

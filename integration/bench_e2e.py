@@ -1,8 +1,8 @@
 """End-to-end benchmark of augur in Envoy (`make bench-e2e`).
 
-One run, on loopback, with the same Envoy binary (.venv/bin/envoy), the same
+One run, on loopback, with the same Envoy binary (.venv's Envoy 1.40), the same
 fast upstream and the same load generators for three configurations of the
-Envoy under test (`--concurrency 1`, one at a time):
+Envoy under test (`--concurrency 1`, one Envoy process per configuration):
 
   passthrough        no wasm: one route to one cluster
   weighted_clusters  what users build with Envoy alone: a header-match route
@@ -10,34 +10,49 @@ Envoy under test (`--concurrency 1`, one at a time):
                      split, each route adding a stack header for the upstream
   augur              the augur filter (target/augur.wasm, default model) with
                      envoy/augur-demo.json, routing on the header it writes
+  augur_tiny_model   (--breakdown) augur with a 20→32→4 model and no model
+                     thresholds: how much of augur's cost is inference
 
-All three write the same access-log line (envoyconf.ACCESS_LOG_FORMAT; without
-augur its `decision` is `-`). The upstream is a separate Envoy answering every
-request itself (`direct_response`), so it is never the bottleneck.
+All write the same access-log line (envoyconf.ACCESS_LOG_FORMAT; without augur
+its `decision` is `-`). The upstream is a separate Envoy answering every request
+itself (`direct_response`), so it is not the bottleneck.
 
 Measured per configuration:
+  * Envoy's ready time: from exec to the first 200 through the listener;
+  * the first requests after start (warm-up) against the steady state;
   * latency at a fixed, moderate, open-loop rate: `oha -q RATE` (requests are
     issued on a timer whatever the responses do, up to `--latency-conns` in
     flight), p50/p90/p99/p99.9 in microseconds;
-  * throughput at saturation with a fixed concurrency: `wrk -t1 -cN` with a
-    Lua script cycling through synthetic requests of many users;
-  * the first requests after start (V8 warm-up) against the steady state;
-  * Envoy's ready time: from exec to the first 200 through the listener.
-Then augur is delivered through ECDS (a watched file) and new plugin
-configurations with a re-encoded default model and a new `model.version` are
-pushed under light load: the time from the atomic rename to the first request
-decided with the new version (from the access log), and the failed requests.
+  * throughput at saturation with a fixed concurrency: `wrk -t1 -cN` with a Lua
+    script cycling through synthetic requests of many users (models/synthetic.py),
+    and the Envoy's CPU time per request.
+The Envoys are started one after the other and stay up (idle when not
+measured); latency and saturation are measured in `--rounds` interleaved rounds
+(the order rotates), each value is the median over rounds, and a round during
+which other processes took more than `--noise-threshold`% of a CPU is repeated
+(at most `--max-retries` times): on a shared machine a build or a test run
+otherwise lands on one configuration only.
 
-CPU layout (two cores): the Envoy under test alone on the last CPU, the
-upstream and the load generators on the others (`--layout`); the table shows
-how busy the Envoy under test was during saturation (near 100% = it was the
-bottleneck) and how much CPU other processes on the machine used (noise).
+Then augur is delivered through ECDS (a watched file, envoyconf.ecds_*) and new
+plugin configurations with the default model re-encoded and a new
+`model.version` are pushed under light load: the time from the atomic rename to
+Envoy accepting it (`config_reload`), to on_configure in the VMs (Envoy log),
+and to the first request decided with the new version (access log), and the
+requests that failed meanwhile.
+
+CPU layout (`--layout split`, the default on 2+ CPUs): the Envoy under test
+alone on the last CPU, the upstream and the load generators on the others, so
+at saturation the Envoy under test is the bottleneck (its CPU% is shown). The
+price is a cross-CPU wakeup per hop, which on a VM inflates absolute latencies
+(hundreds of us here) alike for every configuration; `shared` (everything on one
+CPU) gives lower absolute latency but lets the generators and the upstream eat
+into the Envoy's throughput.
 
 Targets (goals, printed, never asserted): added p50 <= 25 us, added p99 <= 100
 us, rps ratio >= 0.85 vs passthrough, wasm <= 4 MB, Envoy ready <= 3 s, model
-push applied <= 1 s. The script exits 0 when it ran, 2 when a tool is missing.
+push applied <= 1 s. Exits 0 when it ran, 2 when a tool is missing, 1 on error.
 
-    .venv/bin/python integration/bench_e2e.py [--quick] [--layout split|shared|none]
+    .venv/bin/python integration/bench_e2e.py [--quick] [--breakdown] [--layout split|shared|none]
 """
 
 import argparse
@@ -57,7 +72,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
-from harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port, wait_until  # noqa: E402
+from harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port  # noqa: E402
 
 import envoyconf  # noqa: E402
 
@@ -188,16 +203,20 @@ def run_child(cmd, timeout):
         p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         rusage = None
-        while time.monotonic() < deadline:
-            pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                p.returncode = os.waitstatus_to_exitcode(status)
-                break
-            time.sleep(0.02)
-        else:
-            p.kill()
-            p.wait(5)
-            raise BenchError(f"{cmd[0]} did not finish in {timeout:.0f}s: {' '.join(cmd)}")
+        try:
+            while time.monotonic() < deadline:
+                pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.02)
+            else:
+                raise BenchError(f"{cmd[0]} did not finish in {timeout:.0f}s: {' '.join(cmd)}")
+        except BaseException:
+            if p.returncode is None:
+                p.kill()
+                p.wait(5)
+            raise
         out.seek(0)
         err.seek(0)
         cpu = (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0
@@ -219,7 +238,7 @@ def envoy_binary():
 
 def http_get_ok(port, headers, timeout=0.5):
     """One request on a fresh connection; True on a 200."""
-    lines = [f"GET /api/search?q=ready HTTP/1.1", "host: bench", "connection: close"]
+    lines = ["GET /api/search?q=ready HTTP/1.1", "host: bench", "connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     data = ("\r\n".join(lines) + "\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -631,11 +650,21 @@ def measure_all(configs, args, ctx):
             envoys[kind], results[kind] = start_config(kind, args, ctx)
         lat_s = max(1, round(args.latency_seconds / args.rounds))
         sat_s = max(1, round(args.saturation_seconds / args.rounds))
+        retries = args.max_retries
         for i in range(args.rounds):
             order = configs[i % len(configs):] + configs[:i % len(configs)]
             print(f"bench-e2e: round {i + 1}/{args.rounds}: {', '.join(order)} ...", flush=True)
             for kind in order:
-                results[kind]["rounds"].append(measure_round(envoys[kind], args, ctx, lat_s, sat_s))
+                while True:
+                    r = measure_round(envoys[kind], args, ctx, lat_s, sat_s)
+                    noise = max(r["latency"]["cpu"]["other"], r["saturation"]["cpu"]["other"])
+                    if noise <= args.noise_threshold or retries <= 0:
+                        results[kind]["rounds"].append(r)
+                        break
+                    # Other processes (builds, tests) took CPU during this round: measure it again.
+                    retries -= 1
+                    results[kind].setdefault("discarded", []).append(r)
+                    print(f"bench-e2e:   {kind}: other processes used {noise:.0f}% CPU, round repeated", flush=True)
     finally:
         for e in envoys.values():
             e.close()
@@ -810,14 +839,18 @@ def report(results, push, ready_all, ctx, args, started):
               f"{sat['errors']:4d} | {fmt(sat['envoy_us_per_req'], 1, 6)} | "
               f"{sat['cpu']['envoy']:5.0f} {sat['cpu']['other']:5.0f}")
     print("(envoy us/req: CPU time of the Envoy under test per request at saturation; cpu%: of one CPU, median;")
-    print(" `other`: the most CPU that every other process on the machine used in a round, i.e. noise)")
+    print(" `other`: the most CPU that every other process on the machine used in a kept round, i.e. noise)")
+    repeated = sum(len(results[k].get("discarded", [])) for k in results)
+    if repeated:
+        print(f"note: {repeated} round(s) repeated because other processes used more than {args.noise_threshold:.0f}% "
+              "CPU during them")
     print()
     for k in results:
         lat = results[k]["latency"]
         if lat["failed"]:
             print(f"note: {k}: {lat['failed']} of {lat['total']} latency-run requests failed")
-    noisy = [k for k in results if results[k]["saturation"]["cpu"]["other"] > 15
-             or results[k]["latency"]["cpu"]["other"] > 15]
+    noisy = [k for k in results if results[k]["saturation"]["cpu"]["other"] > args.noise_threshold
+             or results[k]["latency"]["cpu"]["other"] > args.noise_threshold]
     if noisy:
         print(f"note: other processes used CPU during {', '.join(noisy)} (column `other`): numbers are noisy")
     busy = [k for k in results if results[k]["saturation"]["cpu"]["envoy"] < 85]
@@ -835,7 +868,9 @@ def report(results, push, ready_all, ctx, args, started):
           f"steady p50 {P['latency']['p50']:.0f}/p99 {P['latency']['p99']:.0f}")
     ua, up_, uw = (r["saturation"]["envoy_us_per_req"] for r in (A, P, W))
     print(f"augur cost: {ua - up_:.1f} us of Envoy CPU per request more than passthrough ({ua:.1f} vs {up_:.1f} us), "
-          f"{ua - uw:.1f} us more than weighted_clusters ({uw:.1f} us)")
+          f"{ua - uw:.1f} us more than weighted_clusters ({uw:.1f} us); the rps ratio the Envoy CPU per request "
+          f"implies (independent of what else limited throughput): {up_ / ua:.3f} vs passthrough, "
+          f"{uw / ua:.3f} vs weighted_clusters")
     print(f"first request after ready (fresh connection): augur {A['first_request_us']:.0f} us, "
           f"passthrough {P['first_request_us']:.0f} us")
     if "augur_tiny_model" in results:
@@ -868,6 +903,8 @@ def report(results, push, ready_all, ctx, args, started):
     wasm_mb = ctx["wasm"].stat().st_size / 1e6
     applied = [p["first_request_ms"] for p in push["pushes"]]
     applied_ms = None if any(a is None for a in applied) else max(applied)
+    if added_p99 < 0 or w_p99 < 0:
+        print("note: a negative added p99 means the tail is noise-dominated here (VM scheduling), not that augur helps")
     print(f"added p50 us: {added_p50:.0f}")
     print(f"added p99 us: {added_p99:.0f}")
     print(f"rps ratio: {ratio:.3f}")
@@ -899,6 +936,9 @@ def parse_args(argv):
     p.add_argument("--latency-conns", type=int, default=8, help="max requests in flight in the latency runs")
     p.add_argument("--saturation-seconds", type=int, default=15, help="per configuration, over all rounds")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the configurations (results: medians)")
+    p.add_argument("--noise-threshold", type=float, default=20.0,
+                   help="a round during which other processes used more CPU than this (%% of one CPU) is repeated")
+    p.add_argument("--max-retries", type=int, default=6, help="rounds repeated at most, in all (bounds the run time)")
     p.add_argument("--sat-conns", type=int, default=32, help="wrk connections (fixed concurrency) at saturation")
     p.add_argument("--warmup-seconds", type=int, default=3, help="saturation burst before measuring")
     p.add_argument("--cold-requests", type=int, default=2000, help="first requests after start, reported apart")

@@ -213,7 +213,15 @@ impl Runtime {
         if self.config.rollback.enabled {
             let bad =
                 outcome.is_error() || outcome.security || outcome.latency_ms >= self.config.rollback.slow_ms;
-            self.pending.record(stack, &state.cells, bad, state.enabled, state.randomised);
+            // A block set while this request was in flight makes its comparison
+            // stale: it no longer belongs to the feature's fresh on/off tallies.
+            let mut randomised = state.randomised;
+            for f in 0..self.config.rules.features.len() {
+                if randomised & (1 << f) != 0 && self.worker.blocks.blocks(f, &state.cells) {
+                    randomised &= !(1 << f);
+                }
+            }
+            self.pending.record(stack, &state.cells, bad, state.enabled, randomised);
         }
     }
 
