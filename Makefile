@@ -96,11 +96,16 @@ ab-report: $(CLI) venv
 bench:
 	cargo bench --bench decide
 
-# Load generators: wrk (Debian) and oha (crates.io).
+# Load generators from package registries: wrk (Debian) and oha (crates.io; first build ~5-7 min).
+OHA_VERSION := 1.16.0
+
 bench-e2e: $(WASM) $(CLI) venv
-	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || true
-	@command -v oha >/dev/null 2>&1 || cargo install --locked oha --version 1.16.0
-	$(VPY) integration/bench_e2e.py
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
+		else echo "bench-e2e needs wrk: sudo apt-get install wrk"; exit 2; fi; }
+	@command -v oha >/dev/null 2>&1 || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/oha" || \
+		cargo install --locked oha --version $(OHA_VERSION)
+	$(VPY) integration/bench_e2e.py $(BENCH_ARGS)
 
 # ---- models and generated files ---------------------------------------------
 
