@@ -320,13 +320,7 @@ class EnvoyProc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        harness.stop_process(self.proc)
 
 
 # ---- requests --------------------------------------------------------------------

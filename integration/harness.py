@@ -45,6 +45,17 @@ def wait_until(check, timeout, what):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(proc, grace=10):
+    """Terminates `proc`, then kills it if it is still there after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def port_open(port):
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -137,13 +148,7 @@ class Envoy:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def validate(config_path, cwd=ROOT, timeout=120):
