@@ -672,7 +672,7 @@ def measure_all(configs, args, ctx):
     return results
 
 
-LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\].*configuration accepted: .*model (\S+),")
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(\d+)\].*configuration accepted: .*?model (\S+) on ")
 
 
 def envoy_log_times(text, version):

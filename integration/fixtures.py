@@ -7,6 +7,10 @@
   Drives the fail-open path (model error on one request → fallbacks, stat).
 - `wrong_shape.onnx`: claims the demo features but outputs 12 values instead
   of 5 × 4 = 20. Must be refused at configure time.
+- `gemm_mlp.onnx`: an MLP written the way PyTorch exports `nn.Linear`
+  (Cast, Gemm with transB/alpha/beta and a bias from a Constant node, Tanh,
+  Gemm without bias + Add, Sigmoid, Identity): the dense kernel must lower it
+  and agree with tract.
 - `benches/models/mlp_f{F}_h{H}.onnx`: random MLPs scoring F features with
   hidden width H, for the scaling benchmarks.
 """
@@ -102,6 +106,41 @@ def mlp_model(n_features, hidden, seed=0, schema=None):
     return model.SerializeToString()
 
 
+def gemm_model(schema=None, hidden=8, seed=5):
+    rng = np.random.default_rng(seed)
+    outputs = 4 * len(DEMO_FEATURES)
+    w0 = rng.standard_normal((hidden, INPUT_DIM)).astype(np.float32)  # [out, in]: transB = 1
+    c0 = rng.standard_normal(hidden).astype(np.float32)
+    w1 = (rng.standard_normal((hidden, outputs)) / np.sqrt(hidden)).astype(np.float32)
+    b1 = (rng.standard_normal((1, outputs)) * 0.1).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["c0"], value=numpy_helper.from_array(c0, "c0v")),
+        helper.make_node("Gemm", ["xf", "w0", "c0"], ["g0"], transB=1, alpha=0.5, beta=2.0),
+        helper.make_node("Tanh", ["g0"], ["h0"]),
+        helper.make_node("Gemm", ["h0", "w1"], ["g1"]),
+        helper.make_node("Add", ["b1", "g1"], ["a1"]),
+        helper.make_node("Sigmoid", ["a1"], ["s1"]),
+        helper.make_node("Identity", ["s1"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "augur_gemm_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", INPUT_DIM])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", outputs])],
+        initializer=[numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
+                     numpy_helper.from_array(b1, "b1")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    meta = {"augur.schema": schema or schema_id(), "augur.features": ",".join(DEMO_FEATURES),
+            "augur.version": "gemm-fixture"}
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 BENCH_MODELS = [(1, 32), (10, 32), (50, 32), (10, 16), (10, 64), (10, 256)]
 
 
@@ -114,6 +153,7 @@ if __name__ == "__main__":
     out.mkdir(parents=True, exist_ok=True)
     (out / "nan_model.onnx").write_bytes(nan_model())
     (out / "wrong_shape.onnx").write_bytes(wrong_shape_model())
+    (out / "gemm_mlp.onnx").write_bytes(gemm_model())
     bench = ROOT / "benches" / "models"
     bench.mkdir(parents=True, exist_ok=True)
     schema = schema_id()

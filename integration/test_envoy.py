@@ -229,6 +229,26 @@ def test_spoofed_control_headers_change_nothing(env):
     assert after - before == len(forged)
 
 
+def test_header_values_that_are_not_utf8_are_served_not_crashing(env):
+    # HTTP/1.1 allows obs-text (bytes 0x80-0xff) in values; http.client sends str
+    # header values as latin-1, so these reach Envoy as single non-UTF-8 bytes.
+    odd = [
+        {"x-user-id": "caf\xe9-user", "user-agent": "Bot\xff/1.0", "x-geo-region": "\xe9u", "x-augur-stack": "new\xe9"}
+        for _ in range(20)
+    ]
+    users = [f"after-odd-{i}" for i in range(50)]
+    honest = [{"x-user-id": u} for u in users]
+    native = harness.cli_decide(ROOT / "envoy" / "augur-demo.json", honest)
+    results = send(env["ports"]["demo"], odd + honest)
+    assert [s for s, _, _ in results] == [200] * len(results), "every request is served"
+    for _, rh, body in results[: len(odd)]:
+        assert rh["x-served-by"] in ("old", "new")
+        assert body["headers"].get("x-augur-stack") in ("old", "new"), "the forged value was replaced"
+    # The VM is alive and still decides exactly like the native library.
+    for d, (_, rh, _) in zip(native, results[len(odd):]):
+        assert rh["x-served-by"] == d["stack"]
+
+
 def test_stats_count_every_request_and_decision(env):
     envoy = env["envoy"]
     features = [f["name"] for f in RULES["features"]]

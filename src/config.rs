@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::flags::{FeatureRule, FlagRules, Override, Thresholds};
-use crate::model::{Impact, Model, ModelError, ScoreWeights, DEFAULT_MODEL};
+use crate::model::{EngineChoice, Impact, Model, ModelError, ScoreWeights, DEFAULT_MODEL};
 use crate::profile::{
     Device, HistorySignal, ProfileSpec, Segment, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES, MAX_SEGMENTS,
 };
@@ -324,6 +324,18 @@ struct RawModel {
     version: Option<String>,
     #[serde(default)]
     onnx_base64: Option<String>,
+    #[serde(default)]
+    engine: RawEngine,
+}
+
+/// `model.engine`: `auto` lowers a plain MLP to the dense kernel (after it
+/// agrees with tract on probe inputs); `tract` always runs tract's plan.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawEngine {
+    #[default]
+    Auto,
+    Tract,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -501,8 +513,12 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         }
     };
 
+    let engine = match raw.model.engine {
+        RawEngine::Auto => EngineChoice::Auto,
+        RawEngine::Tract => EngineChoice::Tract,
+    };
     let model = match &raw.model.onnx_base64 {
-        None => Model::from_onnx(default_model)
+        None => Model::from_onnx_with(default_model, engine)
             .map_err(|e| ConfigError::new("model", format!("embedded default model: {e}")))?,
         Some(b64) => {
             let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
@@ -511,7 +527,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
                     format!("not valid base64 ({e}); encode the .onnx file with `base64 -w0`"),
                 )
             })?;
-            Model::from_onnx(&bytes)
+            Model::from_onnx_with(&bytes, engine)
                 .map_err(|e: ModelError| ConfigError::new("model.onnx_base64", e.to_string()))?
         }
     };
@@ -1048,6 +1064,20 @@ mod tests {
             r#"{"rollout": {"percentage": 5}, "model": {"onnx_base64": "aGVsbG8="}, "features": [{"name":"a","override":"on"}]}"#,
         );
         assert!(e.starts_with("model.onnx_base64: not a loadable ONNX model"), "{e}");
+    }
+
+    #[test]
+    fn model_engine_is_auto_by_default_and_can_force_tract() {
+        let base = r#"{"rollout": {"percentage": 5}, "features": [{"name":"a","override":"on"}]"#;
+        let auto = compile(format!("{base}}}").as_bytes()).unwrap();
+        assert!(auto.model.engine().starts_with("dense "), "{}", auto.model.engine());
+        let tract = compile(format!(r#"{base}, "model": {{"engine": "tract"}}}}"#).as_bytes()).unwrap();
+        assert!(tract.model.engine().starts_with("tract"), "{}", tract.model.engine());
+        let e = err(&format!(r#"{base}, "model": {{"engine": "onnxruntime"}}}}"#));
+        assert!(
+            e.starts_with("model.engine: unknown variant `onnxruntime`, expected `auto` or `tract`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config;
+use crate::headers::HeaderMap;
 use crate::host::{Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
 
@@ -30,12 +31,41 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AugurRoot { runtime: None }) });
 }}
 
+extern "C" {
+    // The proxy-wasm ABI call behind the SDK's `get_map`, called directly so the
+    // map is read in place (see `HeaderMap`) instead of copied into Strings.
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> proxy_wasm::types::Status;
+}
+
+/// Loads a header map of the current stream into `into` (empty on any failure).
+fn load_header_map(map_type: MapType, into: &mut HeaderMap) {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer to `size` bytes it allocated through the
+    // SDK's exported allocator (`proxy_on_memory_allocate`, a boxed `[u8]` of
+    // exactly `size` bytes), which this module then owns.
+    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
+    if status != proxy_wasm::types::Status::Ok || data.is_null() || size == 0 {
+        into.clear();
+        return;
+    }
+    // SAFETY: see above; length == capacity == the allocation's size.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    if into.load(bytes).is_err() {
+        log::warn!("augur: the proxy returned a malformed header map; treated as empty");
+    }
+}
+
 /// Host calls for the current stream.
 struct ProxyHost;
 
 impl Host for ProxyHost {
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn request_headers(&self, into: &mut HeaderMap) {
+        load_header_map(MapType::HttpRequestHeaders, into);
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
@@ -56,8 +86,8 @@ impl Host for ProxyHost {
         }
     }
 
-    fn response_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    fn response_headers(&self, into: &mut HeaderMap) {
+        load_header_map(MapType::HttpResponseHeaders, into);
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
@@ -130,9 +160,10 @@ impl RootContext for AugurRoot {
         match config::compile(&bytes) {
             Ok(cfg) => {
                 log::info!(
-                    "augur: configuration accepted: {} features, model {}, rollout {}% to \"{}\"",
+                    "augur: configuration accepted: {} features, model {} on {}, rollout {}% to \"{}\"",
                     cfg.rules.features.len(),
                     cfg.model_version,
+                    cfg.model.engine(),
                     cfg.percentage,
                     cfg.new_stack
                 );
@@ -179,9 +210,11 @@ impl HttpContext for AugurStream {
             Some(Ok(mut rt)) => self.state = rt.on_request_headers(&mut ProxyHost, &mut ProxyMetrics),
             _ => {
                 let mut host = ProxyHost;
-                for (name, _) in host.request_headers() {
+                let mut headers = HeaderMap::default();
+                host.request_headers(&mut headers);
+                for (name, _) in headers.iter() {
                     if name.starts_with(DEFAULT_CONTROL_PREFIX) {
-                        host.set_request_header(&name, None);
+                        host.set_request_header(name, None);
                     }
                 }
             }

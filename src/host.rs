@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::engine::{decide, Decision, Worker};
-use crate::headers::Headers;
+use crate::headers::{HeaderMap, Headers};
 use crate::metrics::{MetricSink, Metrics, Outcome};
 use crate::record;
 use crate::rollback::{self, Blocks, Counts, Event};
@@ -19,16 +19,17 @@ use crate::routing::Stack;
 
 /// The proxy operations a stream needs.
 pub trait Host {
-    /// All request headers, lowercase names, pseudo-headers (`:path`, …) included.
-    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Loads all request headers into `into`: lowercase names, pseudo-headers
+    /// (`:path`, …) included.
+    fn request_headers(&self, into: &mut HeaderMap);
     /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     /// Makes Envoy re-evaluate the route after headers changed.
     fn clear_route_cache(&mut self);
     /// Stores the decision record where the access log reads it.
     fn set_decision_record(&mut self, record: &str);
-    /// All response headers (`:status` included).
-    fn response_headers(&self) -> Vec<(String, String)>;
+    /// Loads all response headers (`:status` included) into `into`.
+    fn response_headers(&self, into: &mut HeaderMap);
     /// Sets (`Some`) or removes (`None`) a response header.
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     /// Stores the app signals of the response where the access log reads them.
@@ -81,6 +82,9 @@ pub struct Runtime {
     decision: Decision,
     record: String,
     features: String,
+    /// The current stream's headers (reused: no allocation per request).
+    request: HeaderMap,
+    response: HeaderMap,
     /// Buffer for generated ids of requests that arrive without `x-request-id`.
     generated_id: String,
     anonymous_ids: u64,
@@ -104,6 +108,8 @@ impl Runtime {
             decision: Decision::default(),
             record: String::with_capacity(512),
             features: String::with_capacity(128),
+            request: HeaderMap::default(),
+            response: HeaderMap::default(),
             generated_id: String::with_capacity(32),
             anonymous_ids: 0,
             pending,
@@ -124,21 +130,24 @@ impl Runtime {
     /// Handles request headers. Never fails: every path ends with a stack.
     pub fn on_request_headers(&mut self, host: &mut impl Host, sink: &mut impl MetricSink) -> StreamState {
         let started_nanos = host.now_nanos();
-        let mut headers = host.request_headers();
+        host.request_headers(&mut self.request);
+        let headers = &mut self.request;
 
         // Clients never pick their own stack or features: drop every control header.
         let prefix = self.config.headers.prefix.as_str();
-        let before = headers.len();
-        headers.retain(|(name, _)| {
-            let control = name.starts_with(prefix);
-            if control {
+        let mut spoofed = false;
+        for (name, _) in headers.iter() {
+            if name.starts_with(prefix) {
                 host.set_request_header(name, None);
+                spoofed = true;
             }
-            !control
-        });
-        let spoofed = headers.len() != before;
+        }
+        if spoofed {
+            headers.retain_names(|name| !name.starts_with(prefix));
+        }
+        let headers = &self.request;
 
-        decide(&self.config, &mut self.worker, headers.as_slice(), &mut self.decision);
+        decide(&self.config, &mut self.worker, headers, &mut self.decision);
         let d = &self.decision;
         let h = &self.config.headers;
 
@@ -148,7 +157,7 @@ impl Runtime {
         };
         host.set_request_header(&h.stack, Some(stack_name));
 
-        let request_id = match headers.as_slice().header("x-request-id") {
+        let request_id = match headers.header("x-request-id") {
             Some(id) => id,
             None => {
                 self.anonymous_ids += 1;
@@ -192,18 +201,19 @@ impl Runtime {
         sink: &mut impl MetricSink,
     ) {
         let Some(stack) = state.stack else { return };
-        let headers = host.response_headers();
+        host.response_headers(&mut self.response);
+        let headers = &self.response;
         let h = &self.config.headers;
         let outcome = Outcome {
             stack,
-            status: headers.as_slice().header(":status").and_then(|s| s.parse().ok()),
+            status: headers.header(":status").and_then(|s| s.parse().ok()),
             latency_ms: host.now_nanos().saturating_sub(state.started_nanos) / 1_000_000,
-            engaged: signal(headers.as_slice().header(&h.engagement)),
-            security: signal(headers.as_slice().header(&h.security)),
+            engaged: signal(headers.header(&h.engagement)),
+            security: signal(headers.header(&h.security)),
             enabled: state.enabled,
             holdout: state.holdout,
         };
-        for (name, _) in &headers {
+        for (name, _) in headers.iter() {
             if name.starts_with(&h.prefix) {
                 host.set_response_header(name, None);
             }
@@ -324,8 +334,10 @@ pub(crate) mod tests {
     }
 
     impl Host for FakeHost {
-        fn request_headers(&self) -> Vec<(String, String)> {
-            self.headers.clone()
+        fn request_headers(&self, into: &mut HeaderMap) {
+            // Through the proxy's serialisation, so every host test runs the parser.
+            let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+            into.load(HeaderMap::serialize(pairs)).unwrap();
         }
         fn set_request_header(&mut self, name: &str, value: Option<&str>) {
             self.headers.retain(|(k, _)| k != name);
@@ -339,8 +351,9 @@ pub(crate) mod tests {
         fn set_decision_record(&mut self, record: &str) {
             self.record = Some(record.to_string());
         }
-        fn response_headers(&self) -> Vec<(String, String)> {
-            self.response.clone()
+        fn response_headers(&self, into: &mut HeaderMap) {
+            let pairs = self.response.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+            into.load(HeaderMap::serialize(pairs)).unwrap();
         }
         fn set_response_header(&mut self, name: &str, value: Option<&str>) {
             self.response.retain(|(k, _)| k != name);

@@ -1,8 +1,13 @@
 //! Model: the embedded ONNX impact predictor, behind a small API.
 //!
-//! A model is parsed and optimised once per plugin configuration ([`Model::from_onnx`]);
-//! each worker keeps one [`Session`] (tract run state) and reuses it for every
-//! request, so no plan is ever rebuilt on the request path.
+//! A model is parsed, checked and optimised by tract once per plugin
+//! configuration ([`Model::from_onnx`]); each worker keeps one [`Session`] and
+//! reuses it for every request, so no plan is ever rebuilt on the request path.
+//!
+//! Engine: a plain MLP (the shape `models/train.py` exports) is lowered to the
+//! [`dense`] kernel, used only after it agreed with tract's plan on
+//! [`PROBES`] probe inputs; every other graph, or `model.engine: "tract"`, runs
+//! on tract's optimised plan.
 //!
 //! Contract a model must meet (checked at load, refused otherwise):
 //! - one input, `f32[1, INPUT_DIM]` (see [`crate::profile::SLOTS`]);
@@ -17,7 +22,11 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::profile::{Vector, INPUT_DIM, SCHEMA_ID};
+use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
+
+pub mod dense;
+
+use dense::{Dense, Scratch};
 
 /// Impact categories per feature, in output order.
 pub const IMPACTS: usize = 4;
@@ -95,18 +104,101 @@ impl fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
+/// Which engine runs the model per request (`model.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// The dense kernel when the graph is a plain MLP that agrees with tract,
+    /// else tract.
+    #[default]
+    Auto,
+    /// Always tract's plan.
+    Tract,
+}
+
+/// Probe inputs a lowered model must agree with tract on before it is used.
+pub const PROBES: usize = 64;
+/// Largest difference allowed between the dense kernel and tract on a probe
+/// (outputs are impacts in `[0, 1]`; summation order differs, so not exact).
+const PROBE_TOLERANCE: f32 = 1e-4;
+
 /// A loaded, optimised model. Cheap to share (`Arc` inside).
 #[derive(Clone)]
 pub struct Model {
     plan: Arc<TypedSimplePlan>,
+    dense: Option<Arc<Dense>>,
+    engine: String,
     features: Vec<String>,
     version: String,
 }
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("features", &self.features).field("version", &self.version).finish()
+        f.debug_struct("Model")
+            .field("features", &self.features)
+            .field("version", &self.version)
+            .field("engine", &self.engine)
+            .finish()
     }
+}
+
+/// Probe input `i`: all zeros, all ones, each one-hot slot, then seeded
+/// pseudo-random vectors in `[0, 1)` (stable across runs and platforms).
+fn probe(i: usize) -> Vector {
+    let mut x = [0.0f32; INPUT_DIM];
+    match i {
+        0 => {}
+        1 => x = [1.0; INPUT_DIM],
+        _ if i < 2 + INPUT_DIM => x[i - 2] = 1.0,
+        _ => {
+            for (j, v) in x.iter_mut().enumerate() {
+                let h = stable_hash(&[b"augur-probe", &(i as u64).to_le_bytes(), &(j as u64).to_le_bytes()]);
+                *v = (h >> 40) as f32 / (1u64 << 24) as f32;
+            }
+        }
+    }
+    x
+}
+
+/// Runs tract's plan once (load-time checks; the request path uses a [`Session`]).
+fn run_plan(state: &mut TypedSimpleState, x: &Vector) -> Result<Vec<f32>, ModelError> {
+    let run = |e: TractError| ModelError::Run(format!("{e:#}"));
+    let input = Tensor::from_shape(&[1, INPUT_DIM], x).map_err(run)?;
+    let outputs = state.run(tvec!(input.into_tvalue())).map_err(run)?;
+    let first = outputs.first().ok_or_else(|| ModelError::Run("no output".into()))?;
+    let plain = first.try_as_plain_ram().map_err(run)?;
+    Ok(plain.as_slice::<f32>().map_err(run)?.to_vec())
+}
+
+/// The dense kernel for `proto` if it lowers and agrees with tract on every
+/// probe; otherwise why not (logged, and shown by `augur inspect-model`).
+fn verified_dense(
+    proto: &tract_onnx::pb::ModelProto,
+    plan: &Arc<TypedSimplePlan>,
+    outputs: usize,
+) -> Result<(Dense, f32), String> {
+    let net = dense::lower(proto, INPUT_DIM)?;
+    if net.input_dim() != INPUT_DIM || net.output_dim() != outputs {
+        return Err(format!(
+            "lowered to {} (expected {INPUT_DIM} inputs, {outputs} outputs)",
+            net.describe()
+        ));
+    }
+    let mut state = plan.spawn().map_err(|e| format!("{e:#}"))?;
+    let mut scratch = net.scratch();
+    let mut worst = 0.0f32;
+    for i in 0..PROBES {
+        let x = probe(i);
+        let want = run_plan(&mut state, &x).map_err(|e| e.to_string())?;
+        let got = net.run(&x, &mut scratch);
+        for (g, w) in got.iter().zip(&want) {
+            let d = (g - w).abs();
+            if !w.is_finite() || !g.is_finite() || d > PROBE_TOLERANCE {
+                return Err(format!("the dense kernel differs from tract by {d} on probe {i}"));
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok((net, worst))
 }
 
 fn metadata(model: &InferenceModel, key: &str) -> Option<String> {
@@ -116,10 +208,17 @@ fn metadata(model: &InferenceModel, key: &str) -> Option<String> {
 }
 
 impl Model {
-    /// Parses, checks and optimises an ONNX model. Done once per configuration.
+    /// Parses, checks and optimises an ONNX model with the default engine choice.
     pub fn from_onnx(bytes: &[u8]) -> Result<Model, ModelError> {
+        Model::from_onnx_with(bytes, EngineChoice::Auto)
+    }
+
+    /// Parses, checks and optimises an ONNX model. Done once per configuration.
+    pub fn from_onnx_with(bytes: &[u8], choice: EngineChoice) -> Result<Model, ModelError> {
         let parse = |e: TractError| ModelError::Parse(format!("{e:#}"));
-        let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(parse)?;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
+        let model = onnx.model_for_proto_model(&proto).map_err(parse)?;
 
         let schema = metadata(&model, "augur.schema").ok_or_else(|| {
             ModelError::Metadata("missing augur.schema; train the model with models/train.py".into())
@@ -164,7 +263,22 @@ impl Model {
             )));
         }
         let plan = typed.into_runnable().map_err(parse)?;
-        Ok(Model { plan, features, version })
+        let (dense, engine) = match choice {
+            EngineChoice::Tract => (None, "tract (model.engine)".to_string()),
+            EngineChoice::Auto => match verified_dense(&proto, &plan, want) {
+                Ok((net, worst)) => {
+                    let engine = format!("dense {} (max diff vs tract {worst:.1e})", net.describe());
+                    (Some(Arc::new(net)), engine)
+                }
+                Err(why) => (None, format!("tract ({why})")),
+            },
+        };
+        Ok(Model { plan, dense, engine, features, version })
+    }
+
+    /// Which engine runs this model, and why (for logs and the CLI).
+    pub fn engine(&self) -> &str {
+        &self.engine
     }
 
     /// The features this model scores, in output order.
@@ -177,16 +291,25 @@ impl Model {
         &self.version
     }
 
-    /// A run state for one worker. Keep it; creating one per request costs ~20%.
+    /// A run state for one worker. Keep it: a tract state created per request
+    /// costs ~20% more.
     pub fn session(&self) -> Result<Session, ModelError> {
-        let state = self.plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        Ok(Session { state, features: self.features.len() })
+        let runner = match &self.dense {
+            Some(net) => Runner::Dense { scratch: net.scratch(), net: Arc::clone(net) },
+            None => Runner::Tract(self.plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?),
+        };
+        Ok(Session { runner, features: self.features.len() })
     }
+}
+
+enum Runner {
+    Dense { net: Arc<Dense>, scratch: Scratch },
+    Tract(TypedSimpleState),
 }
 
 /// One worker's reusable inference state.
 pub struct Session {
-    state: TypedSimpleState,
+    runner: Runner,
     features: usize,
 }
 
@@ -194,27 +317,36 @@ impl Session {
     /// Predicts the impact of every model feature on the request `x`, into `out`
     /// (resized to the model's feature count).
     pub fn predict(&mut self, x: &Vector, out: &mut Vec<Impact>) -> Result<(), ModelError> {
-        let run = |e: TractError| ModelError::Run(format!("{e:#}"));
-        let input = Tensor::from_shape(&[1, INPUT_DIM], x).map_err(run)?;
-        let outputs = self.state.run(tvec!(input.into_tvalue())).map_err(run)?;
-        let first = outputs.first().ok_or_else(|| ModelError::Run("no output".into()))?;
-        let plain = first.try_as_plain_ram().map_err(run)?;
-        let values = plain.as_slice::<f32>().map_err(run)?;
-        if values.len() != self.features * IMPACTS {
-            return Err(ModelError::Run(format!("output has {} values", values.len())));
+        match &mut self.runner {
+            Runner::Dense { net, scratch } => impacts(net.run(x, scratch), self.features, out),
+            Runner::Tract(state) => {
+                let run = |e: TractError| ModelError::Run(format!("{e:#}"));
+                let input = Tensor::from_shape(&[1, INPUT_DIM], x).map_err(run)?;
+                let outputs = state.run(tvec!(input.into_tvalue())).map_err(run)?;
+                let first = outputs.first().ok_or_else(|| ModelError::Run("no output".into()))?;
+                let plain = first.try_as_plain_ram().map_err(run)?;
+                impacts(plain.as_slice::<f32>().map_err(run)?, self.features, out)
+            }
         }
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(ModelError::Run("non-finite output".into()));
-        }
-        out.clear();
-        out.extend(values.chunks_exact(IMPACTS).map(|c| Impact {
-            performance_cost: c[0].clamp(0.0, 1.0),
-            error_risk: c[1].clamp(0.0, 1.0),
-            engagement: c[2].clamp(0.0, 1.0),
-            security_risk: c[3].clamp(0.0, 1.0),
-        }));
-        Ok(())
     }
+}
+
+/// Checks a raw output (`4 × features` finite values) and clamps it into impacts.
+fn impacts(values: &[f32], features: usize, out: &mut Vec<Impact>) -> Result<(), ModelError> {
+    if values.len() != features * IMPACTS {
+        return Err(ModelError::Run(format!("output has {} values", values.len())));
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(ModelError::Run("non-finite output".into()));
+    }
+    out.clear();
+    out.extend(values.chunks_exact(IMPACTS).map(|c| Impact {
+        performance_cost: c[0].clamp(0.0, 1.0),
+        error_risk: c[1].clamp(0.0, 1.0),
+        engagement: c[2].clamp(0.0, 1.0),
+        security_risk: c[3].clamp(0.0, 1.0),
+    }));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -255,6 +387,78 @@ mod tests {
                 assert!((0.0..=1.0).contains(&v));
             }
         }
+    }
+
+    /// Predictions of `a` and `b` on seeded random inputs: the largest difference.
+    fn max_difference(a: &Model, b: &Model, n: usize) -> f32 {
+        let (mut sa, mut sb) = (a.session().unwrap(), b.session().unwrap());
+        let (mut oa, mut ob) = (Vec::new(), Vec::new());
+        let mut worst = 0.0f32;
+        for i in 0..n {
+            // Mix sparse (one-hot-like) and dense inputs, like real profiles.
+            let mut x = probe(PROBES + i);
+            if i % 2 == 0 {
+                x.iter_mut().enumerate().for_each(|(j, v)| {
+                    if (i + j) % 3 != 0 {
+                        *v = 0.0
+                    }
+                });
+            }
+            sa.predict(&x, &mut oa).unwrap();
+            sb.predict(&x, &mut ob).unwrap();
+            assert_eq!(oa.len(), ob.len());
+            for (p, q) in oa.iter().zip(&ob) {
+                for (u, v) in [
+                    (p.performance_cost, q.performance_cost),
+                    (p.error_risk, q.error_risk),
+                    (p.engagement, q.engagement),
+                    (p.security_risk, q.security_risk),
+                ] {
+                    worst = worst.max((u - v).abs());
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn plain_mlps_run_on_the_dense_kernel_and_agree_with_tract() {
+        let gemm =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gemm_mlp.onnx")).unwrap();
+        for (name, bytes) in [("default", DEFAULT_MODEL), ("gemm fixture", gemm.as_slice())] {
+            let auto = Model::from_onnx(bytes).unwrap();
+            let tract = Model::from_onnx_with(bytes, EngineChoice::Tract).unwrap();
+            assert!(auto.engine().starts_with("dense "), "{name}: {}", auto.engine());
+            assert!(tract.engine().starts_with("tract"), "{name}: {}", tract.engine());
+            let d = max_difference(&auto, &tract, 500);
+            assert!(d < 1e-5, "{name}: dense and tract differ by {d}");
+        }
+    }
+
+    #[test]
+    fn other_graphs_fall_back_to_tract_and_say_why() {
+        let nan =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nan_model.onnx")).unwrap();
+        let m = Model::from_onnx(&nan).unwrap();
+        assert!(m.engine().starts_with("tract (") && m.engine().contains("Sub"), "{}", m.engine());
+        // And tract still runs it: NaN outputs are a run error, not a panic.
+        let mut s = m.session().unwrap();
+        let mut out = Vec::new();
+        let mut x = [0.0f32; INPUT_DIM];
+        assert!(s.predict(&x, &mut out).is_ok());
+        x[16] = 0.9;
+        assert!(matches!(s.predict(&x, &mut out), Err(ModelError::Run(_))));
+    }
+
+    #[test]
+    fn probes_cover_zero_ones_one_hots_and_random_inputs() {
+        assert_eq!(probe(0), [0.0; INPUT_DIM]);
+        assert_eq!(probe(1), [1.0; INPUT_DIM]);
+        assert_eq!(probe(2 + 7).iter().filter(|v| **v == 1.0).count(), 1);
+        let r = probe(PROBES - 1);
+        assert!(r.iter().all(|v| (0.0..1.0).contains(v)));
+        assert!(r.iter().filter(|v| **v > 0.0).count() > INPUT_DIM / 2);
+        assert_ne!(probe(PROBES - 1), probe(PROBES - 2));
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub const RECORD_VERSION: u32 = 1;
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        // The common case (request ids, names): nothing to escape.
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -45,7 +51,12 @@ pub fn push_json_str(out: &mut String, s: &str) {
 /// Writes the decision record for one request into `out` (cleared first).
 pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut String) {
     out.clear();
-    let _ = write!(out, "{{\"v\":{RECORD_VERSION},\"rollout\":\"{}\",\"id\":", config.name);
+    // push_str and push_u64 rather than `write!`: core::fmt is slow in wasm.
+    out.push_str("{\"v\":");
+    push_u64(out, u64::from(RECORD_VERSION));
+    out.push_str(",\"rollout\":\"");
+    out.push_str(&config.name);
+    out.push_str("\",\"id\":");
     push_json_str(out, request_id);
     out.push_str(",\"stack\":\"");
     out.push_str(decision.stack.as_str());
@@ -56,9 +67,7 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
     });
     out.push_str("\",\"bucket\":");
     match decision.bucket {
-        Some(b) => {
-            let _ = write!(out, "{b}");
-        }
+        Some(b) => push_u64(out, u64::from(b)),
         None => out.push_str("null"),
     }
     if decision.reverted {
@@ -66,12 +75,10 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
     }
     out.push_str(",\"model\":");
     push_json_str(out, &config.model_version);
-    let _ = write!(
-        out,
-        ",\"model_ok\":{},\"device\":\"{}\"",
-        decision.model_ok,
-        decision.profile.device.as_str()
-    );
+    out.push_str(if decision.model_ok { ",\"model_ok\":true" } else { ",\"model_ok\":false" });
+    out.push_str(",\"device\":\"");
+    out.push_str(decision.profile.device.as_str());
+    out.push('"');
     out.push_str(",\"segments\":[");
     let mut first = true;
     for (i, seg) in config.segments.iter().enumerate() {
@@ -88,9 +95,18 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "\"{name}\":{{\"on\":{},\"reason\":\"{}\"", flag.on, flag.reason.as_str());
+        out.push('"');
+        out.push_str(name);
+        out.push_str(if flag.on {
+            "\":{\"on\":true,\"reason\":\""
+        } else {
+            "\":{\"on\":false,\"reason\":\""
+        });
+        out.push_str(flag.reason.as_str());
+        out.push('"');
         if let Some(score) = flag.score {
-            let _ = write!(out, ",\"score\":{score}");
+            out.push_str(",\"score\":");
+            push_u64(out, u64::from(score));
         }
         out.push('}');
     }
@@ -102,6 +118,21 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
         push_unit(out, *x);
     }
     out.push_str("]}");
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 /// Writes a value of the input vector (all in [0, 1]) with 4 decimals, without
@@ -163,6 +194,15 @@ mod tests {
         assert_eq!(v["features"]["a"]["reason"], "forced_on");
         assert_eq!(v["features"]["b"]["reason"], "kill_switch");
         assert_eq!(v["x"].as_array().unwrap().len(), INPUT_DIM);
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal() {
+        for n in [0u64, 7, 10, 999_999, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]

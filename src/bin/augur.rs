@@ -113,7 +113,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         (Some("inspect-model"), Some(path), None) => {
             let m = Model::from_onnx(&read(path)?).map_err(|e| e.to_string())?;
-            let v = serde_json::json!({"version": m.version(), "features": m.features(), "input": [1, INPUT_DIM], "schema": SCHEMA_ID});
+            let v = serde_json::json!({"version": m.version(), "features": m.features(), "input": [1, INPUT_DIM], "schema": SCHEMA_ID, "engine": m.engine()});
             println!("{v}");
             Ok(())
         }
