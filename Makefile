@@ -18,7 +18,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/conf
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-e2e loop-demo ab-report clean help
+.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e loop-demo ab-report clean help
 
 all: wasm cli
 
@@ -29,6 +29,7 @@ help:
 	@echo "make loop-demo    closed loop vs static rollout through the real Envoy (~6 min); last line: harm reduction / beneficial kept"
 	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p) from an access log (AB_LOG=...)"
 	@echo "make bench        criterion micro-benchmarks of the hot path"
+	@echo "make bench-vm     the same hot path inside V8 (Node), as the filter runs it"
 	@echo "make bench-e2e    Envoy alone vs weighted_clusters vs augur on loopback (< 10 min)"
 	@echo "make model        retrain models/default.onnx from seeded synthetic data"
 	@echo "make envoy-config re-render envoy/envoy.yaml from envoy/augur-demo.json"
@@ -95,6 +96,13 @@ ab-report: $(CLI) venv
 
 bench:
 	cargo bench --bench decide
+
+# The same stages inside V8 (Node's, run with --no-liftoff like Envoy's): what
+# the filter pays per request before host calls. Needs node (18+).
+bench-vm: .rustup-target.stamp
+	cargo build --profile wasm --target $(WASM_TARGET) --example vm_bench
+	@command -v node >/dev/null 2>&1 || { echo "bench-vm needs node (Node.js 18+)"; exit 2; }
+	node --no-liftoff --no-warnings benches/support/run_wasi.mjs target/$(WASM_TARGET)/wasm/examples/vm_bench.wasm
 
 # Load generators from package registries: wrk (Debian) and oha (crates.io; first build ~5-7 min).
 OHA_VERSION := 1.16.0

@@ -15,30 +15,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 const DEMO: &[u8] = include_bytes!("../envoy/augur-demo.json");
 
-fn request() -> Vec<(String, String)> {
-    [
-        (":method", "POST"),
-        (":path", "/api/checkout/confirm"),
-        ("x-request-id", "0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10"),
-        (
-            "user-agent",
-            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-        ),
-        ("x-user-id", "u00042"),
-        ("x-geo-region", "eu"),
-        ("x-user-tier", "beta"),
-        ("content-length", "512"),
-        ("x-user-sessions-30d", "23"),
-        ("x-user-purchases-90d", "4"),
-        ("x-user-tenure-days", "400"),
-        ("x-user-errors-7d", "0"),
-        ("accept", "application/json"),
-        ("host", "shop.example.com"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
+#[path = "support/request.rs"]
+mod request;
+use request::request;
 
 fn stages(c: &mut Criterion) {
     let config = compile(DEMO).expect("demo config");
@@ -53,6 +32,12 @@ fn stages(c: &mut Criterion) {
     });
     c.bench_function("model/predict", |b| {
         let mut s = config.model.session().unwrap();
+        let mut out = Vec::new();
+        b.iter(|| s.predict(black_box(&d.profile.vector), &mut out).unwrap())
+    });
+    c.bench_function("model/predict_tract", |b| {
+        let tract = compile(&with_tract_engine(DEMO)).unwrap();
+        let mut s = tract.model.session().unwrap();
         let mut out = Vec::new();
         b.iter(|| s.predict(black_box(&d.profile.vector), &mut out).unwrap())
     });
@@ -81,6 +66,13 @@ fn stages(c: &mut Criterion) {
     });
 }
 
+/// `config` with `model.engine: "tract"` (the dense kernel off).
+fn with_tract_engine(config: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(config).unwrap();
+    v["model"]["engine"] = "tract".into();
+    serde_json::to_vec(&v).unwrap()
+}
+
 /// A config with features f0..f{n-1}, all scored by the model, all `auto`.
 fn scaled_config(n: usize) -> String {
     let features: Vec<String> = (0..n)
@@ -105,12 +97,17 @@ fn scaling(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("decide/scaling");
     for (features, hidden, model) in models {
-        let config = compile_with_model(scaled_config(features).as_bytes(), model).expect("scaled config");
-        let mut worker = Worker::new(&config);
-        let mut d = Decision::default();
-        group.bench_function(format!("features={features}/hidden={hidden}"), |b| {
-            b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
-        });
+        for (engine, json) in [
+            ("dense", scaled_config(features).into_bytes()),
+            ("tract", with_tract_engine(scaled_config(features).as_bytes())),
+        ] {
+            let config = compile_with_model(&json, model).expect("scaled config");
+            let mut worker = Worker::new(&config);
+            let mut d = Decision::default();
+            group.bench_function(format!("features={features}/hidden={hidden}/{engine}"), |b| {
+                b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
+            });
+        }
     }
     group.finish();
 }

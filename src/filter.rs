@@ -74,12 +74,6 @@ impl Host for ProxyHost {
         }
     }
 
-    fn clear_route_cache(&mut self) {
-        // Envoy also clears the route cache when a filter changes request headers;
-        // the explicit call keeps that true on hosts that do not.
-        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
-    }
-
     fn set_decision_record(&mut self, record: &str) {
         if let Err(e) = hostcalls::set_property(vec![RECORD_PROPERTY], Some(record.as_bytes())) {
             log::warn!("augur: cannot store decision record: {e:?}");
