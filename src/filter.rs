@@ -1,15 +1,16 @@
 //! The proxy-wasm adapter: the only module that talks to Envoy. It implements
 //! [`Host`] and [`MetricSink`] with host calls and forwards callbacks to
-//! [`Runtime`]; all decisions live in the pure modules.
+//! [`Runtime`]; all decisions live in the pure modules. Host calls go through
+//! [`abi`] (errors, not panics; no allocation of their own).
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::abi;
 use crate::config;
 use crate::headers::HeaderMap;
 use crate::host::{Host, Runtime, SharedStore, StreamState};
@@ -31,76 +32,48 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AugurRoot { runtime: None }) });
 }}
 
-extern "C" {
-    // The proxy-wasm ABI call behind the SDK's `get_map`, called directly so the
-    // map is read in place (see `HeaderMap`) instead of copied into Strings.
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> proxy_wasm::types::Status;
-}
-
-/// Loads a header map of the current stream into `into` (empty on any failure).
-fn load_header_map(map_type: MapType, into: &mut HeaderMap) {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer to `size` bytes it allocated through the
-    // SDK's exported allocator (`proxy_on_memory_allocate`, a boxed `[u8]` of
-    // exactly `size` bytes), which this module then owns.
-    let status = unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) };
-    if status != proxy_wasm::types::Status::Ok || data.is_null() || size == 0 {
-        into.clear();
-        return;
-    }
-    // SAFETY: see above; length == capacity == the allocation's size.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    if into.load(bytes).is_err() {
-        log::warn!("augur: the proxy returned a malformed header map; treated as empty");
-    }
-}
-
 /// Host calls for the current stream.
 struct ProxyHost;
 
 impl Host for ProxyHost {
     fn request_headers(&self, into: &mut HeaderMap) {
-        load_header_map(MapType::HttpRequestHeaders, into);
+        if let Err(e) = abi::load_header_map(abi::REQUEST_HEADERS, into) {
+            log::warn!("augur: cannot read request headers: {e:?}");
+        }
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        if let Err(e) = abi::set_header(abi::REQUEST_HEADERS, name, value) {
             log::warn!("augur: cannot set request header {name}: {e:?}");
         }
     }
 
     fn set_decision_record(&mut self, record: &str) {
-        if let Err(e) = hostcalls::set_property(vec![RECORD_PROPERTY], Some(record.as_bytes())) {
+        if let Err(e) = abi::set_property(RECORD_PROPERTY, record.as_bytes()) {
             log::warn!("augur: cannot store decision record: {e:?}");
         }
     }
 
     fn response_headers(&self, into: &mut HeaderMap) {
-        load_header_map(MapType::HttpResponseHeaders, into);
+        if let Err(e) = abi::load_header_map(abi::RESPONSE_HEADERS, into) {
+            log::warn!("augur: cannot read response headers: {e:?}");
+        }
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-        if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+        if let Err(e) = abi::set_header(abi::RESPONSE_HEADERS, name, value) {
             log::warn!("augur: cannot set response header {name}: {e:?}");
         }
     }
 
     fn set_outcome_record(&mut self, signals: &str) {
-        if let Err(e) = hostcalls::set_property(vec![OUTCOME_PROPERTY], Some(signals.as_bytes())) {
+        if let Err(e) = abi::set_property(OUTCOME_PROPERTY, signals.as_bytes()) {
             log::warn!("augur: cannot store outcome: {e:?}");
         }
     }
 
     fn now_nanos(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64)
+        abi::now_nanos().unwrap_or(0)
     }
 }
 
@@ -109,11 +82,17 @@ struct ProxyShared;
 
 impl SharedStore for ProxyShared {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
+        abi::get_shared_data(key).unwrap_or_else(|e| {
+            log::warn!("augur: cannot read shared data {key}: {e:?}");
+            (None, None)
+        })
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+        abi::set_shared_data(key, value, cas).unwrap_or_else(|e| {
+            log::warn!("augur: cannot write shared data {key}: {e:?}");
+            false
+        })
     }
 }
 
@@ -123,18 +102,18 @@ struct ProxyMetrics;
 impl MetricSink for ProxyMetrics {
     fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         let t = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Counter => abi::COUNTER,
+            MetricKind::Histogram => abi::HISTOGRAM,
         };
-        hostcalls::define_metric(t, name).ok()
+        abi::define_metric(t, name).map_err(|e| log::warn!("augur: cannot define stat {name}: {e:?}")).ok()
     }
 
     fn increment(&mut self, id: u32, by: i64) {
-        let _ = hostcalls::increment_metric(id, by);
+        let _ = abi::increment_metric(id, by);
     }
 
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = abi::record_metric(id, value);
     }
 }
 

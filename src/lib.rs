@@ -19,4 +19,6 @@ pub mod rollback;
 pub mod routing;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod filter;
