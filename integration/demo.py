@@ -63,7 +63,11 @@ def main():
         decisions = [r["decision"] for r in recs]
         report(plugin, decisions, users)
 
-        # Stats as Prometheus sees them (histograms appear after Envoy's 5 s flush).
+        # Stats as Prometheus sees them: augur hands its counters to Envoy every
+        # stats.flush_ms (1 s); histograms appear after Envoy's own 5 s flush.
+        harness.wait_until(
+            lambda: (harness.prom_sum(envoy.prometheus(), "augur_requests") or 0) >= len(reqs), 10, "augur counters"
+        )
         prom = envoy.prometheus()
         print("\n/stats/prometheus (excerpt):")
         for line in prom.splitlines():

@@ -184,6 +184,9 @@ def test_model_push_under_steady_load_loses_no_request(env):
     n, threads, rate = 2000, 4, 200.0
     statuses, errors = [], []
     lock = threading.Lock()
+    requests_stat = "wasmcustom.augur_requests.rollout.pushed.stack.new"
+    time.sleep(1.5)  # earlier tests' counts reach Envoy within one stats flush (1 s)
+    counted_before = env["envoy"].counters().get(requests_stat, 0)
     t0 = time.monotonic() + 0.1
     counter = iter(range(n))
 
@@ -232,6 +235,11 @@ def test_model_push_under_steady_load_loses_no_request(env):
     seen = {r["decision"]["model"] for r in recs.values()}
     assert set(versions) <= seen, seen
     assert all(p.seconds < 5 for p in pushes), [p.seconds for p in pushes]
+    # Nothing lost in the stats either: counts batched by a configuration that
+    # was replaced mid-flight are handed over when it goes away.
+    counted = lambda: env["envoy"].counters().get(requests_stat, 0) - counted_before  # noqa: E731
+    harness.wait_until(lambda: counted() >= n, 10, f"{n} requests counted")
+    assert counted() == n
 
 
 def test_malformed_pushes_are_refused_and_the_previous_model_keeps_serving(env, tmp_path):

@@ -92,6 +92,20 @@ struct RawConfig {
     scoring: RawScoring,
     #[serde(default)]
     rollback: RawRollback,
+    #[serde(default)]
+    stats: RawStats,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStats {
+    flush_ms: u64,
+}
+
+impl Default for RawStats {
+    fn default() -> Self {
+        RawStats { flush_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +409,8 @@ pub struct Config {
     pub rollback: Policy,
     /// How often workers merge outcomes into shared data and re-evaluate.
     pub rollback_sync_ms: u64,
+    /// How often batched counters are handed to the proxy; 0 = at once.
+    pub stats_flush_ms: u64,
 }
 
 impl Config {
@@ -577,7 +593,18 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         model_version,
         rollback,
         rollback_sync_ms: raw.rollback.sync_ms,
+        stats_flush_ms: compile_stats(&raw.stats)?,
     })
+}
+
+fn compile_stats(raw: &RawStats) -> Result<u64, ConfigError> {
+    if raw.flush_ms != 0 && !(100..=60_000).contains(&raw.flush_ms) {
+        return Err(ConfigError::new(
+            "stats.flush_ms",
+            format!("{} is outside 100-60000 (or 0 to count at once)", raw.flush_ms),
+        ));
+    }
+    Ok(raw.flush_ms)
 }
 
 fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
@@ -1078,6 +1105,16 @@ mod tests {
             e.starts_with("model.engine: unknown variant `onnxruntime`, expected `auto` or `tract`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn stats_flush_interval_is_checked() {
+        let base = r#"{"rollout": {"percentage": 5}, "features": [{"name":"a","override":"on"}]"#;
+        assert_eq!(compile(format!("{base}}}").as_bytes()).unwrap().stats_flush_ms, 1000);
+        let zero = compile(format!(r#"{base}, "stats": {{"flush_ms": 0}}}}"#).as_bytes()).unwrap();
+        assert_eq!(zero.stats_flush_ms, 0);
+        let e = err(&format!(r#"{base}, "stats": {{"flush_ms": 5}}}}"#));
+        assert!(e.starts_with("stats.flush_ms: 5 is outside 100-60000"), "{e}");
     }
 
     #[test]

@@ -117,9 +117,19 @@ impl MetricSink for ProxyMetrics {
     }
 }
 
+/// One configuration's runtime on one worker, shared by the root context and
+/// the streams in flight; the last one to let go hands over the batched counts.
+struct Live(RefCell<Runtime>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.get_mut().flush_stats(&mut ProxyMetrics);
+    }
+}
+
 /// One per plugin configuration per worker.
 struct AugurRoot {
-    runtime: Option<Rc<RefCell<Runtime>>>,
+    runtime: Option<Rc<Live>>,
 }
 
 impl Context for AugurRoot {}
@@ -140,10 +150,10 @@ impl RootContext for AugurRoot {
                     cfg.percentage,
                     cfg.new_stack
                 );
-                if cfg.rollback.enabled {
-                    self.set_tick_period(Duration::from_millis(cfg.rollback_sync_ms));
-                }
-                self.runtime = Some(Rc::new(RefCell::new(Runtime::new(cfg, &mut ProxyMetrics))));
+                let runtime = Runtime::new(cfg, &mut ProxyMetrics);
+                self.set_tick_period(Duration::from_millis(runtime.tick_period_ms().unwrap_or(0)));
+                // The replaced runtime flushes its counts when its last stream ends.
+                self.runtime = Some(Rc::new(Live(RefCell::new(runtime))));
                 true
             }
             Err(e) => {
@@ -154,9 +164,9 @@ impl RootContext for AugurRoot {
     }
 
     fn on_tick(&mut self) {
-        let now_s = ProxyHost.now_nanos() / 1_000_000_000;
-        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
-            rt.on_tick(&mut ProxyShared, now_s, &mut ProxyMetrics);
+        let now_ms = ProxyHost.now_nanos() / 1_000_000;
+        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.0.try_borrow_mut()) {
+            rt.on_tick(&mut ProxyShared, now_ms, &mut ProxyMetrics);
         }
     }
 
@@ -171,7 +181,7 @@ impl RootContext for AugurRoot {
 
 /// One per HTTP stream.
 struct AugurStream {
-    runtime: Option<Rc<RefCell<Runtime>>>,
+    runtime: Option<Rc<Live>>,
     state: StreamState,
 }
 
@@ -179,7 +189,7 @@ impl Context for AugurStream {}
 
 impl HttpContext for AugurStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
+        match self.runtime.as_ref().map(|rt| rt.0.try_borrow_mut()) {
             Some(Ok(mut rt)) => self.state = rt.on_request_headers(&mut ProxyHost, &mut ProxyMetrics),
             _ => {
                 let mut host = ProxyHost;
@@ -196,7 +206,7 @@ impl HttpContext for AugurStream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.try_borrow_mut()) {
+        if let Some(Ok(mut rt)) = self.runtime.as_ref().map(|rt| rt.0.try_borrow_mut()) {
             rt.on_response_headers(&self.state, &mut ProxyHost, &mut ProxyMetrics);
         }
         Action::Continue

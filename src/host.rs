@@ -95,6 +95,8 @@ pub struct Runtime {
     pending: Counts,
     shared_key: String,
     shared_buf: Vec<u8>,
+    /// When this worker last synced rollback state (ms since the epoch).
+    synced_ms: Option<u64>,
 }
 
 impl Runtime {
@@ -118,6 +120,7 @@ impl Runtime {
             pending,
             shared_key,
             shared_buf: Vec::new(),
+            synced_ms: None,
         }
     }
 
@@ -237,18 +240,44 @@ impl Runtime {
         }
     }
 
-    /// Every `rollback.sync_ms`: merges this worker's outcomes into shared data
+    /// How often the proxy should call [`Runtime::on_tick`]: the shorter of the
+    /// stats flush and the rollback sync periods; `None` when neither applies.
+    pub fn tick_period_ms(&self) -> Option<u64> {
+        let flush = Some(self.config.stats_flush_ms).filter(|ms| *ms > 0);
+        let sync = Some(self.config.rollback_sync_ms).filter(|_| self.config.rollback.enabled);
+        match (flush, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hands the batched counter increments to the proxy.
+    pub fn flush_stats(&mut self, sink: &mut impl MetricSink) {
+        self.metrics.flush(sink);
+    }
+
+    /// Every tick: flushes the batched counters and, once per
+    /// `rollback.sync_ms`, merges this worker's outcomes into shared data
     /// (compare-and-swap, retried), runs the rollback tests on the pooled
     /// counts, and adopts the resulting blocks. Returns what changed.
     pub fn on_tick(
         &mut self,
         store: &mut impl SharedStore,
-        now_s: u64,
+        now_ms: u64,
         sink: &mut impl MetricSink,
     ) -> Vec<Event> {
+        self.metrics.flush(sink);
         if !self.config.rollback.enabled {
             return Vec::new();
         }
+        // Ticks may come faster than the sync period (a shorter stats flush);
+        // half a tick of slack so a sync is never pushed one tick late.
+        let slack = self.tick_period_ms().unwrap_or(0) / 2;
+        if self.synced_ms.is_some_and(|at| now_ms.saturating_sub(at) + slack < self.config.rollback_sync_ms) {
+            return Vec::new();
+        }
+        self.synced_ms = Some(now_ms);
+        let now_s = now_ms / 1000;
         let features = self.config.rules.features.len();
         for _ in 0..8 {
             let (bytes, cas) = store.get(&self.shared_key);
@@ -435,6 +464,7 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-features"), None);
         assert_eq!(host.header("x-augur-decision"), None);
         assert_eq!(host.header("x-augur-anything"), None);
+        rt.flush_stats(&mut sink);
         assert_eq!(sink.counter("augur_spoofed_requests.rollout.default"), 1);
 
         // On the new stack the forged list is replaced by the real one.
@@ -442,6 +472,39 @@ pub(crate) mod tests {
         let mut host = FakeHost::with(&[("x-user-id", "u1"), ("x-augur-features", "b,admin")]);
         rt.on_request_headers(&mut host, &mut sink);
         assert_eq!(host.header("x-augur-features"), Some("a,c"));
+    }
+
+    #[test]
+    fn ticks_flush_stats_every_time_and_sync_rollback_once_per_sync_period() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 100}, "rollback": {"sync_ms": 1000}, "stats": {"flush_ms": 250},
+                 "features": [{"name": "new_checkout"}]}"#,
+        )
+        .unwrap();
+        let mut sink = MapSink::default();
+        let mut rt = Runtime::new(c, &mut sink);
+        assert_eq!(rt.tick_period_ms(), Some(250));
+        let mut store = FakeStore::default();
+        // The store's CAS token counts its writes: one per rollback sync.
+        let writes = |s: &FakeStore| s.data.values().map(|(_, cas)| *cas).sum::<u32>();
+        let mut syncs = 0;
+        for tick in 0..12u64 {
+            let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+            rt.on_request_headers(&mut host, &mut sink);
+            let before = writes(&store);
+            rt.on_tick(&mut store, 10_000 + tick * 250, &mut sink);
+            syncs += writes(&store) - before;
+            assert_eq!(sink.counter("augur_requests.rollout.default.stack.new"), tick as i64 + 1);
+        }
+        assert_eq!(syncs, 3, "12 ticks of 250 ms: a sync every fourth");
+        let no_rollback =
+            compile(br#"{"rollout": {"percentage": 1}, "features": [{"name": "new_checkout"}]}"#).unwrap();
+        assert_eq!(Runtime::new(no_rollback, &mut sink).tick_period_ms(), Some(1000));
+        let nothing = compile(
+            br#"{"rollout": {"percentage": 1}, "rollback": {"enabled": false}, "stats": {"flush_ms": 0}, "features": [{"name": "new_checkout"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(Runtime::new(nothing, &mut sink).tick_period_ms(), None);
     }
 
     #[test]
@@ -457,6 +520,7 @@ pub(crate) mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         rt.on_response_headers(&st, &mut host, &mut sink);
+        rt.flush_stats(&mut sink);
         assert_eq!(sink.counter("augur_responses.rollout.default.stack.new.class.5xx"), 1);
         assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"], vec![7]);
         assert_eq!(sink.counter("augur_engagements.rollout.default.stack.new"), 1);
@@ -548,7 +612,7 @@ pub(crate) mod tests {
             w.on_response_headers(&st, &mut host, &mut sink);
             if i % 100 == 99 {
                 for w in workers.iter_mut() {
-                    w.on_tick(&mut store, i as u64, &mut sink);
+                    w.on_tick(&mut store, i as u64 * 1000, &mut sink);
                 }
             }
         }
