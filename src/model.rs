@@ -14,6 +14,8 @@
 //! - one output with `4 × F` elements: for each scored feature, in order,
 //!   `[performance_cost, error_risk, engagement, security_risk]`, each meant to be in
 //!   `[0, 1]` (values are clamped; a non-finite value fails that request);
+//! - only the operators [`onnx_ops`] registers (MLP building blocks: MatMul, Gemm,
+//!   Add, Relu, Sigmoid, Tanh, Cast, …); any other is refused, named, at load;
 //! - ONNX `metadata_props`: `augur.schema` = [`SCHEMA_ID`], `augur.features` = the F
 //!   feature names, comma-separated; optional `augur.version`.
 
@@ -25,6 +27,7 @@ use tract_onnx::prelude::*;
 use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
 
 pub mod dense;
+pub mod onnx_ops;
 
 use dense::{Dense, Scratch};
 
@@ -216,8 +219,9 @@ impl Model {
     /// Parses, checks and optimises an ONNX model. Done once per configuration.
     pub fn from_onnx_with(bytes: &[u8], choice: EngineChoice) -> Result<Model, ModelError> {
         let parse = |e: TractError| ModelError::Parse(format!("{e:#}"));
-        let onnx = tract_onnx::onnx();
+        let onnx = onnx_ops::framework();
         let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
+        onnx_ops::check_supported(&onnx, &proto).map_err(ModelError::Parse)?;
         let model = onnx.model_for_proto_model(&proto).map_err(parse)?;
 
         let schema = metadata(&model, "augur.schema").ok_or_else(|| {
@@ -465,6 +469,71 @@ mod tests {
     fn garbage_bytes_are_refused_not_panicking() {
         for bytes in [&b""[..], b"not onnx at all", &[0xff; 64]] {
             assert!(Model::from_onnx(bytes).is_err());
+        }
+    }
+
+    /// The models this repository ships, all of which the trimmed operator set must load.
+    const SHIPPED: [&[u8]; 7] = [
+        DEFAULT_MODEL,
+        include_bytes!("../benches/models/mlp_f1_h32.onnx"),
+        include_bytes!("../benches/models/mlp_f10_h16.onnx"),
+        include_bytes!("../benches/models/mlp_f10_h32.onnx"),
+        include_bytes!("../benches/models/mlp_f10_h64.onnx"),
+        include_bytes!("../benches/models/mlp_f10_h256.onnx"),
+        include_bytes!("../benches/models/mlp_f50_h32.onnx"),
+    ];
+
+    fn plan(onnx: &tract_onnx::Onnx, bytes: &[u8]) -> Arc<TypedSimplePlan> {
+        let model = onnx.model_for_read(&mut &bytes[..]).unwrap();
+        let model = model.with_input_fact(0, f32::fact([1, INPUT_DIM]).into()).unwrap();
+        model.into_optimized().unwrap().into_runnable().unwrap()
+    }
+
+    #[test]
+    fn trimmed_operator_set_matches_full_tract_onnx() {
+        let full = tract_onnx::onnx();
+        let trimmed = onnx_ops::framework();
+        for (m, bytes) in SHIPPED.iter().enumerate() {
+            assert!(Model::from_onnx(bytes).is_ok(), "model {m} refused");
+            let (a, b) = (plan(&full, bytes), plan(&trimmed, bytes));
+            for seed in 0..16u32 {
+                let x: Vec<f32> =
+                    (0..INPUT_DIM).map(|i| ((i as u32 * 7 + seed * 13) % 17) as f32 / 8.0 - 1.0).collect();
+                let x = Tensor::from_shape(&[1, INPUT_DIM], &x).unwrap();
+                let ya = a.run(tvec!(x.clone().into_tvalue())).unwrap();
+                let yb = b.run(tvec!(x.into_tvalue())).unwrap();
+                let ya = ya[0].try_as_plain_ram().unwrap();
+                let yb = yb[0].try_as_plain_ram().unwrap();
+                let (ya, yb) = (ya.as_slice::<f32>().unwrap(), yb.as_slice::<f32>().unwrap());
+                assert_eq!(
+                    ya.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    yb.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "model {m}, seed {seed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_operator_is_named() {
+        // Same model with every Relu turned into Selu (same length, so the protobuf stays valid).
+        let mut bytes = DEFAULT_MODEL.to_vec();
+        for i in 0..bytes.len().saturating_sub(3) {
+            if &bytes[i..i + 4] == b"Relu" {
+                bytes[i] = b'S';
+                bytes[i + 1] = b'e';
+            }
+        }
+        match Model::from_onnx(&bytes) {
+            Err(ModelError::Parse(m)) => {
+                assert!(
+                    m.starts_with(
+                        "unsupported ONNX operator(s): Selu; this filter supports only Abs, Add, Cast"
+                    ),
+                    "{m}"
+                )
+            }
+            other => panic!("expected a Parse error, got {other:?}"),
         }
     }
 }
