@@ -17,7 +17,7 @@ DEMO_WASM = "target/augur.wasm"
 
 # Labels cut out of wasm stat names (`augur_x.label.value...`) by Envoy's tag
 # extraction: the first group is removed from the name, the second is the value.
-STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind"]
+STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind", "le"]
 
 # The access-log line: augur's decision record next to Envoy's own view of the
 # outcome. Lines whose "decision" is `-` come from requests the filter never saw
@@ -43,15 +43,7 @@ def stats_config():
         "stats_tags": tags,
         "histogram_bucket_settings": [
             {
-                "match": {"prefix": "wasmcustom.augur_feature_score"},
-                "buckets": [10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
-            },
-            {
                 "match": {"prefix": "wasmcustom.augur_latency_ms"},
-                "buckets": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
-            },
-            {
-                "match": {"prefix": "wasmcustom.augur_feature_latency_ms"},
                 "buckets": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
             },
         ],

@@ -296,9 +296,21 @@ def test_stats_count_every_request_and_decision(env):
         return (harness.prom_sum(p, "augur_latency_ms_count", rollout="rules", stack="new") or 0) >= n
 
     harness.wait_until(histograms, 15, "latency histogram")
+    # The demo rollout's model scores search_v2 on every request.
+    send(env["ports"]["demo"], [{"x-user-id": f"scores-{i}"} for i in range(20)])
+
+    def scores():
+        p = envoy.prometheus()
+        return harness.prom_sum(p, "augur_feature_score_count", rollout="demo", feature="search_v2") or 0
+
+    harness.wait_until(lambda: scores() >= 20, 10, "score histogram")
     prom = envoy.prometheus()
     demo_scores = harness.prom_sum(prom, "augur_feature_score_count", rollout="demo", feature="search_v2")
-    assert demo_scores and demo_scores > 0
+    # Per-feature histograms are counters in Prometheus' histogram layout.
+    le = lambda b: harness.prom_sum(prom, "augur_feature_score_bucket", rollout="demo", feature="search_v2", le=b)  # noqa: E731
+    buckets = [le(str(b)) for b in range(10, 101, 10)] + [le("+Inf")]
+    assert buckets == sorted(buckets) and buckets[-1] == demo_scores, buckets
+    assert harness.prom_sum(prom, "augur_feature_score_sum", rollout="demo", feature="search_v2") > 0
 
 
 def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env):

@@ -81,14 +81,18 @@ impl Batch {
     }
 
     fn add(&mut self, c: Option<Counter>, sink: &mut impl MetricSink) {
+        self.add_n(c, 1, sink);
+    }
+
+    fn add_n(&mut self, c: Option<Counter>, n: u64, sink: &mut impl MetricSink) {
         let Some(Counter(slot)) = c else { return };
         let slot = usize::from(slot);
         if self.immediate {
             if let Some(id) = self.ids.get(slot) {
-                sink.increment(*id, 1);
+                sink.increment(*id, i64::try_from(n).unwrap_or(i64::MAX));
             }
         } else if let Some(d) = self.deltas.get_mut(slot) {
-            *d += 1;
+            *d = d.saturating_add(n);
         }
     }
 
@@ -102,6 +106,56 @@ impl Batch {
     }
 }
 
+/// Upper bounds of the score buckets (scores are 0-100).
+const SCORE_BOUNDS: &[u64] = &[10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+/// Upper bounds of the per-feature latency buckets, in ms.
+const LATENCY_BOUNDS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+/// A histogram kept as batched counters in Prometheus' layout: cumulative
+/// `<name>_bucket` counters labelled `le` (the bounds, then `+Inf`), plus
+/// `<name>_count` and `<name>_sum`, so `histogram_quantile()` works on it.
+///
+/// Why not an Envoy histogram: each sample would be one more call out of the VM
+/// per feature per request; these are counted in the worker and flushed with the
+/// other counters.
+#[derive(Debug, Clone)]
+struct Buckets {
+    bounds: &'static [u64],
+    /// One per bound, then `+Inf`.
+    buckets: Vec<Option<Counter>>,
+    count: Option<Counter>,
+    sum: Option<Counter>,
+}
+
+impl Buckets {
+    /// `name` is the base name; `labels` the `.label.value` pairs after it.
+    fn define(
+        batch: &mut Batch,
+        sink: &mut impl MetricSink,
+        name: &str,
+        labels: &str,
+        bounds: &'static [u64],
+    ) -> Buckets {
+        let les = bounds.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string()));
+        let buckets = les.map(|le| batch.define(sink, &format!("{name}_bucket{labels}.le.{le}"))).collect();
+        Buckets {
+            bounds,
+            buckets,
+            count: batch.define(sink, &format!("{name}_count{labels}")),
+            sum: batch.define(sink, &format!("{name}_sum{labels}")),
+        }
+    }
+
+    fn observe(&self, batch: &mut Batch, value: u64, sink: &mut impl MetricSink) {
+        let first = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        for c in self.buckets.iter().skip(first) {
+            batch.add(*c, sink);
+        }
+        batch.add(self.count, sink);
+        batch.add_n(self.sum, value, sink);
+    }
+}
+
 /// Stat ids for one configuration. All stats are defined up front in
 /// `on_configure`, so the request path only counts.
 #[derive(Debug, Clone)]
@@ -112,8 +166,8 @@ pub struct Metrics {
     spoofed: Option<Counter>,
     /// Per feature × reason (the reason implies the on/off state).
     feature_decisions: Vec<[Option<Counter>; Reason::ALL.len()]>,
-    /// Per feature: score histogram (0-100).
-    feature_score: Vec<Option<u32>>,
+    /// Per feature: score histogram (0-100), as counters.
+    feature_score: Vec<Buckets>,
     /// Per stack × status class.
     responses: [[Option<Counter>; CLASSES.len()]; 2],
     /// Per stack: time from request headers to response headers, in ms.
@@ -124,8 +178,8 @@ pub struct Metrics {
     /// Per feature × arm (on, off, holdout) × outcome (requests, errors,
     /// engagements, security), new stack only.
     feature_outcomes: Vec<[[Option<Counter>; 4]; 3]>,
-    /// Per feature × arm: latency histogram, new stack only.
-    feature_latency: Vec<[Option<u32>; 3]>,
+    /// Per feature × arm: latency histogram (ms) as counters, new stack only.
+    feature_latency: Vec<[Buckets; 3]>,
     /// Per rollback event kind: incremented at once (rare, and worth seeing).
     rollback_events: [Option<u32>; ROLLBACK_EVENTS.len()],
 }
@@ -166,15 +220,24 @@ impl Metrics {
         let rollback_events = ROLLBACK_EVENTS.map(|k| {
             sink.define(MetricKind::Counter, &format!("augur_rollback_events.rollout.{r}.kind.{k}"))
         });
-        let mut h = |name: String| sink.define(MetricKind::Histogram, &name);
         let feature_score = config
             .feature_names()
-            .map(|f| h(format!("augur_feature_score.rollout.{r}.feature.{f}")))
+            .map(|f| {
+                let labels = format!(".rollout.{r}.feature.{f}");
+                Buckets::define(&mut batch, sink, "augur_feature_score", &labels, SCORE_BOUNDS)
+            })
             .collect();
-        let latency_ms = STACKS.map(|s| h(format!("augur_latency_ms.rollout.{r}.stack.{}", s.as_str())));
+        let latency_ms = STACKS.map(|s| {
+            sink.define(MetricKind::Histogram, &format!("augur_latency_ms.rollout.{r}.stack.{}", s.as_str()))
+        });
         let feature_latency = config
             .feature_names()
-            .map(|f| ARMS.map(|a| h(format!("augur_feature_latency_ms.rollout.{r}.feature.{f}.arm.{a}"))))
+            .map(|f| {
+                ARMS.map(|a| {
+                    let labels = format!(".rollout.{r}.feature.{f}.arm.{a}");
+                    Buckets::define(&mut batch, sink, "augur_feature_latency_ms", &labels, LATENCY_BOUNDS)
+                })
+            })
             .collect();
         Metrics {
             batch,
@@ -228,8 +291,8 @@ impl Metrics {
             b.add(self.feature_decisions.get(i).and_then(|rs| r.and_then(|r| rs[r])), sink);
         }
         for (i, flag) in d.flags.iter().enumerate() {
-            if let (Some(score), Some(Some(id))) = (flag.score, self.feature_score.get(i)) {
-                sink.record(*id, u64::from(score));
+            if let (Some(score), Some(buckets)) = (flag.score, self.feature_score.get(i)) {
+                buckets.observe(b, u64::from(score), sink);
             }
         }
     }
@@ -267,8 +330,8 @@ impl Metrics {
                 if o.security {
                     b.add(c[3], sink);
                 }
-                if let Some(Some(id)) = self.feature_latency.get(i).map(|l| l[arm]) {
-                    sink.record(id, o.latency_ms);
+                if let Some(arms) = self.feature_latency.get(i) {
+                    arms[arm].observe(b, o.latency_ms, sink);
                 }
             }
         }
@@ -428,6 +491,42 @@ mod tests {
         let engaged = sink.counter("augur_engagements.rollout.default.stack.old")
             + sink.counter("augur_engagements.rollout.default.stack.new");
         assert_eq!(engaged, n / 5);
+    }
+
+    #[test]
+    fn per_feature_histograms_are_cumulative_bucket_counters() {
+        let c =
+            compile(br#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#)
+                .unwrap();
+        let mut sink = MapSink::default();
+        let mut m = Metrics::define(&c, &mut sink);
+        for latency_ms in [0, 7, 7, 300, 60_000] {
+            let o = Outcome {
+                stack: Stack::New,
+                status: Some(200),
+                latency_ms,
+                engaged: false,
+                security: false,
+                enabled: 1,
+                holdout: 0,
+            };
+            m.on_response(&o, &mut sink);
+        }
+        m.flush(&mut sink);
+        let base = "augur_feature_latency_ms_bucket.rollout.default.feature.a.arm.on.le";
+        let le = |b: &str| sink.counter(&format!("{base}.{b}"));
+        assert_eq!(
+            [le("1"), le("5"), le("10"), le("250"), le("500"), le("5000"), le("+Inf")],
+            [1, 1, 3, 3, 4, 4, 5]
+        );
+        assert_eq!(sink.counter("augur_feature_latency_ms_count.rollout.default.feature.a.arm.on"), 5);
+        assert_eq!(sink.counter("augur_feature_latency_ms_sum.rollout.default.feature.a.arm.on"), 60_314);
+        assert_eq!(sink.counter("augur_feature_latency_ms_count.rollout.default.feature.a.arm.off"), 0);
+        assert!(
+            sink.histograms.keys().all(|k| k.starts_with("augur_latency_ms.")),
+            "{:?}",
+            sink.histograms.keys()
+        );
     }
 
     #[test]
