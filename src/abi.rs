@@ -24,15 +24,20 @@ pub const RESPONSE_HEADERS: u32 = 2;
 pub const COUNTER: u32 = 0;
 pub const HISTOGRAM: u32 = 2;
 
-/// A status other than `Ok`.
+/// Why a host call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Status(pub u32);
+pub enum Status {
+    /// The host returned this proxy-wasm status (1 not found, 2 bad argument, …).
+    Host(u32),
+    /// The host returned a header map that does not follow the serialisation.
+    MalformedMap,
+}
 
 fn check(status: u32) -> Result<(), Status> {
     if status == OK {
         Ok(())
     } else {
-        Err(Status(status))
+        Err(Status::Host(status))
     }
 }
 
@@ -102,7 +107,7 @@ pub fn load_header_map(map_type: u32, into: &mut HeaderMap) -> Result<(), Status
     check(status)?;
     // SAFETY: on Ok the host returned a buffer allocated as `host_buffer` requires.
     match unsafe { host_buffer(data, size) } {
-        Some(bytes) => into.load(bytes).map_err(|_| Status(u32::MAX)),
+        Some(bytes) => into.load(bytes).map_err(|_| Status::MalformedMap),
         None => Ok(()),
     }
 }
@@ -167,7 +172,7 @@ pub fn get_shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Stat
             Ok((value, Some(cas)))
         }
         NOT_FOUND => Ok((None, None)),
-        s => Err(Status(s)),
+        s => Err(Status::Host(s)),
     }
 }
 
@@ -181,6 +186,6 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<bool
     match status {
         OK => Ok(true),
         CAS_MISMATCH => Ok(false),
-        s => Err(Status(s)),
+        s => Err(Status::Host(s)),
     }
 }
