@@ -47,6 +47,10 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from upstream import send_answer  # noqa: E402
 
 # --------------------------------------------------------------------------
 # The hidden world
@@ -227,16 +231,7 @@ def make_handler(name, truth_log):
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
             body = b'{"served_by":"%s"}' % name.encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.send_header("x-served-by", name)
-            if engaged:
-                self.send_header("x-augur-engagement", "1")
-            if security:
-                self.send_header("x-augur-security", "1")
-            self.end_headers()
-            self.wfile.write(body)
+            send_answer(self, name, status, body, engaged, security)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 

@@ -25,6 +25,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 RNG = random.Random(7)
 
 
+def send_answer(handler, name, status, body, engaged, security):
+    """Writes a JSON response from stack `name`, with the app's side of the KPI
+    contract: engagements and security events reported to augur in response
+    headers (augur strips them before the client). Shared with planted.py."""
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.send_header("x-served-by", name)
+    if engaged:
+        handler.send_header("x-augur-engagement", "1")
+    if security:
+        handler.send_header("x-augur-security", "1")
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def make_handler(name):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -56,18 +72,9 @@ def make_handler(name):
                 enabled = (self.headers.get("x-augur-features") or "").split(",")
                 if feature in enabled and RNG.random() < float(rate or 1):
                     status = 503
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.send_header("x-served-by", name)
-            # The app's side of the KPI contract: it reports engagements and
-            # security events to augur in response headers (augur strips them).
-            if self.headers.get("x-demo-engage") == "1":
-                self.send_header("x-augur-engagement", "1")
-            if self.headers.get("x-demo-security") == "1":
-                self.send_header("x-augur-security", "1")
-            self.end_headers()
-            self.wfile.write(body)
+            engaged = self.headers.get("x-demo-engage") == "1"
+            security = self.headers.get("x-demo-security") == "1"
+            send_answer(self, name, status, body, engaged, security)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
