@@ -42,15 +42,14 @@ import argparse
 import hashlib
 import json
 import signal
-import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from upstream import send_answer  # noqa: E402
+from upstream import AppHandler, send_answer  # noqa: E402
 
 # --------------------------------------------------------------------------
 # The hidden world
@@ -214,17 +213,8 @@ class TruthLog:
 
 
 def make_handler(name, truth_log):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            super().setup()
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def _answer(self):
-            length = int(self.headers.get("content-length") or 0)
-            if length:
-                self.rfile.read(length)
+    class Handler(AppHandler):
+        def answer(self):
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, delay_ms, engaged, security, truth = outcome(headers, self.path, name, self.command)
             truth_log.add(truth)
@@ -232,11 +222,6 @@ def make_handler(name, truth_log):
                 time.sleep(delay_ms / 1000.0)
             body = b'{"served_by":"%s"}' % name.encode()
             send_answer(self, name, status, body, engaged, security)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, *args):
-            pass
 
     return Handler
 

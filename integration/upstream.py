@@ -41,20 +41,36 @@ def send_answer(handler, name, status, body, engaged, security):
     handler.wfile.write(body)
 
 
+class AppHandler(BaseHTTPRequestHandler):
+    """Keep-alive HTTP/1.1 handler of the test apps (this upstream and
+    planted.py): drains the request body, then calls `self.answer()`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes: without NODELAY, Nagle plus
+        # delayed ACKs add ~40 ms to every keep-alive response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _dispatch(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.answer()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    def answer(self):
+        raise NotImplementedError
+
+    def log_message(self, *args):
+        pass
+
+
 def make_handler(name):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def setup(self):
-            super().setup()
-            # Headers and body go out in two writes: without NODELAY, Nagle plus
-            # delayed ACKs add ~40 ms to every keep-alive response.
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def _answer(self):
-            length = int(self.headers.get("content-length") or 0)
-            if length:
-                self.rfile.read(length)
+    class Handler(AppHandler):
+        def answer(self):
             body = json.dumps(
                 {
                     "served_by": name,
@@ -75,11 +91,6 @@ def make_handler(name):
             engaged = self.headers.get("x-demo-engage") == "1"
             security = self.headers.get("x-demo-security") == "1"
             send_answer(self, name, status, body, engaged, security)
-
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-        def log_message(self, *args):
-            pass
 
     return Handler
 
