@@ -13,7 +13,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use crate::abi;
 use crate::config;
 use crate::headers::HeaderMap;
-use crate::host::{Host, Runtime, SharedStore, StreamState};
+use crate::host::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
 
 /// Filter-state key of the decision record; the access log reads it as
@@ -192,14 +192,9 @@ impl HttpContext for AugurStream {
         match self.runtime.as_ref().map(|rt| rt.0.try_borrow_mut()) {
             Some(Ok(mut rt)) => self.state = rt.on_request_headers(&mut ProxyHost, &mut ProxyMetrics),
             _ => {
-                let mut host = ProxyHost;
                 let mut headers = HeaderMap::default();
-                host.request_headers(&mut headers);
-                for (name, _) in headers.iter() {
-                    if name.starts_with(DEFAULT_CONTROL_PREFIX) {
-                        host.set_request_header(name, None);
-                    }
-                }
+                ProxyHost.request_headers(&mut headers);
+                strip_control_headers(&mut ProxyHost, &mut headers, DEFAULT_CONTROL_PREFIX);
             }
         }
         Action::Continue

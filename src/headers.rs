@@ -109,7 +109,7 @@ impl HeaderMap {
     }
 
     /// Serialises pairs the way the proxy does (tests and the CLI).
-    pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])> + Clone) -> Vec<u8> {
+    pub fn serialize<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
         let list: Vec<(&str, &[u8])> = pairs.into_iter().collect();
         let mut out = Vec::new();
         out.extend_from_slice(&(list.len() as u32).to_le_bytes());

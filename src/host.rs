@@ -76,6 +76,23 @@ fn signal(value: Option<&str>) -> bool {
     }
 }
 
+/// Clients never pick their own stack or features: removes every request
+/// header whose name starts with `prefix`, from the proxy and from `headers`.
+/// True when there was one (a spoofing attempt).
+pub fn strip_control_headers(host: &mut impl Host, headers: &mut HeaderMap, prefix: &str) -> bool {
+    let mut found = false;
+    for (name, _) in headers.iter() {
+        if name.starts_with(prefix) {
+            host.set_request_header(name, None);
+            found = true;
+        }
+    }
+    if found {
+        headers.retain_names(|name| !name.starts_with(prefix));
+    }
+    found
+}
+
 /// One worker's augur: compiled configuration, model state, stat ids and the
 /// reusable per-request buffers.
 pub struct Runtime {
@@ -137,20 +154,7 @@ impl Runtime {
     pub fn on_request_headers(&mut self, host: &mut impl Host, sink: &mut impl MetricSink) -> StreamState {
         let started_nanos = host.now_nanos();
         host.request_headers(&mut self.request);
-        let headers = &mut self.request;
-
-        // Clients never pick their own stack or features: drop every control header.
-        let prefix = self.config.headers.prefix.as_str();
-        let mut spoofed = false;
-        for (name, _) in headers.iter() {
-            if name.starts_with(prefix) {
-                host.set_request_header(name, None);
-                spoofed = true;
-            }
-        }
-        if spoofed {
-            headers.retain_names(|name| !name.starts_with(prefix));
-        }
+        let spoofed = strip_control_headers(host, &mut self.request, &self.config.headers.prefix);
         let headers = &self.request;
 
         decide(&self.config, &mut self.worker, headers, &mut self.decision);

@@ -162,14 +162,19 @@ fn probe(i: usize) -> Vector {
     x
 }
 
-/// Runs tract's plan once (load-time checks; the request path uses a [`Session`]).
-fn run_plan(state: &mut TypedSimpleState, x: &Vector) -> Result<Vec<f32>, ModelError> {
+/// Runs tract's plan on `x` and hands the output values to `then` (a borrowed
+/// slice: no copy on the request path).
+fn run_plan<R>(
+    state: &mut TypedSimpleState,
+    x: &Vector,
+    then: impl FnOnce(&[f32]) -> Result<R, ModelError>,
+) -> Result<R, ModelError> {
     let run = |e: TractError| ModelError::Run(format!("{e:#}"));
     let input = Tensor::from_shape(&[1, INPUT_DIM], x).map_err(run)?;
     let outputs = state.run(tvec!(input.into_tvalue())).map_err(run)?;
     let first = outputs.first().ok_or_else(|| ModelError::Run("no output".into()))?;
     let plain = first.try_as_plain_ram().map_err(run)?;
-    Ok(plain.as_slice::<f32>().map_err(run)?.to_vec())
+    then(plain.as_slice::<f32>().map_err(run)?)
 }
 
 /// The dense kernel for `proto` if it lowers and agrees with tract on every
@@ -191,7 +196,7 @@ fn verified_dense(
     let mut worst = 0.0f32;
     for i in 0..PROBES {
         let x = probe(i);
-        let want = run_plan(&mut state, &x).map_err(|e| e.to_string())?;
+        let want = run_plan(&mut state, &x, |v| Ok(v.to_vec())).map_err(|e| e.to_string())?;
         let got = net.run(&x, &mut scratch);
         for (g, w) in got.iter().zip(&want) {
             let d = (g - w).abs();
@@ -323,14 +328,7 @@ impl Session {
     pub fn predict(&mut self, x: &Vector, out: &mut Vec<Impact>) -> Result<(), ModelError> {
         match &mut self.runner {
             Runner::Dense { net, scratch } => impacts(net.run(x, scratch), self.features, out),
-            Runner::Tract(state) => {
-                let run = |e: TractError| ModelError::Run(format!("{e:#}"));
-                let input = Tensor::from_shape(&[1, INPUT_DIM], x).map_err(run)?;
-                let outputs = state.run(tvec!(input.into_tvalue())).map_err(run)?;
-                let first = outputs.first().ok_or_else(|| ModelError::Run("no output".into()))?;
-                let plain = first.try_as_plain_ram().map_err(run)?;
-                impacts(plain.as_slice::<f32>().map_err(run)?, self.features, out)
-            }
+            Runner::Tract(state) => run_plan(state, x, |v| impacts(v, self.features, out)),
         }
     }
 }
