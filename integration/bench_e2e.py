@@ -718,13 +718,9 @@ def model_push(args, ctx):
     watched = ecds_dir / "augur.json"
     plugin = json.loads(ctx["plugin_text"])
     wasm = ctx["wasm"]
-    envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(plugin, wasm, "initial")))
     port, admin = free_port(), free_port()
     access_log = work / "ecds.access.log"
-    lst = envoyconf.http_listener(
-        "augur_ecds", port, envoyconf.route_config(),
-        [envoyconf.ecds_http_filter("augur", watched), envoyconf.router_filter()], access_log,
-    )
+    lst = envoyconf.ecds_listener("augur_ecds", port, watched, plugin, wasm, access_log)
     cfg = envoyconf.bootstrap(admin, [lst], ctx["upstream_port"], ctx["upstream_port"])
     envoy = EnvoyProc("ecds", cfg, work, ctx["envoy_cpus"], port, ctx["headers"], flush_ms=100)
     res = {"ready_s": envoy.ready_s, "pushes": []}

@@ -219,7 +219,7 @@ if __name__ == "__main__":
 #
 #     filt = ecds_http_filter("augur", "/etc/augur/ecds/augur.json")
 #     ...listener with http_filters=[filt, router_filter()]...
-#     write_atomically(path, json.dumps(ecds_resource(plugin, wasm, "v2")))
+#     push_ecds(path, plugin, wasm, "v2")
 
 WASM_FILTER_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 TYPED_EXTENSION_CONFIG_TYPE_URL = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
@@ -377,6 +377,21 @@ def ecds_resource(plugin_config, wasm_path, version, name="augur", failure_polic
             }
         ],
     }
+
+
+def push_ecds(watched_path, plugin_config, wasm_path, version):
+    """Delivers a plugin configuration through ECDS: its resource written to the
+    watched file in one rename (Envoy applies it, or refuses it and keeps the
+    last good one)."""
+    write_atomically(watched_path, json.dumps(ecds_resource(plugin_config, wasm_path, version)))
+
+
+def ecds_listener(name, port, watched_path, plugin_config, wasm_path, access_log_path, version="initial"):
+    """A listener whose augur filter comes from ECDS (`watched_path`, which is
+    first given `plugin_config`), routed on the stack header augur writes."""
+    push_ecds(watched_path, plugin_config, wasm_path, version)
+    filters = [ecds_http_filter("augur", watched_path), router_filter()]
+    return http_listener(name, port, route_config(), filters, access_log_path)
 
 
 def write_atomically(path, text):

@@ -237,7 +237,6 @@ def run(kind, plugin, reqs, args, work):
     ecds_dir.mkdir(exist_ok=True)
     watched = ecds_dir / "augur.json"
     wasm = harness.WASM.resolve()
-    envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(plugin, wasm, "initial")))
     access_log = work / "access.log"
     out = {"kind": kind, "work": work, "plugin": plugin, "retrain": []}
     apps = Apps(work)
@@ -246,10 +245,7 @@ def run(kind, plugin, reqs, args, work):
     try:
         port = harness.free_port()
         admin = harness.free_port()
-        lst = envoyconf.http_listener(
-            kind, port, envoyconf.route_config(),
-            [envoyconf.ecds_http_filter("augur", watched), envoyconf.router_filter()], access_log,
-        )
+        lst = envoyconf.ecds_listener(kind, port, watched, plugin, wasm, access_log)
         envoy = harness.Envoy(envoyconf.bootstrap(admin, [lst], apps.ports["old"], apps.ports["new"]),
                               workdir=work, concurrency=2)
         out["ready_s"] = envoy.ready_seconds

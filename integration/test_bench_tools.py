@@ -78,16 +78,12 @@ def test_model_push_through_ecds_is_applied_without_restart_and_a_bad_one_is_rej
     ecds.mkdir()
     watched = ecds / "augur.json"
     wasm = harness.WASM.resolve()
-    envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(DEMO, wasm, "1")))
     ups = Upstreams()
     envoy = None
     port = harness.free_port()
     log = tmp_path / "access.log"
     try:
-        lst = envoyconf.http_listener(
-            "ecds", port, envoyconf.route_config(),
-            [envoyconf.ecds_http_filter("augur", watched), envoyconf.router_filter()], log,
-        )
+        lst = envoyconf.ecds_listener("ecds", port, watched, DEMO, wasm, log, version="1")
         envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [lst], ups.ports["old"], ups.ports["new"]),
                       workdir=tmp_path, concurrency=1)
         client = Client(port)
@@ -100,7 +96,7 @@ def test_model_push_through_ecds_is_applied_without_restart_and_a_bad_one_is_rej
 
         model = base64.b64encode((ROOT / "models" / "default.onnx").read_bytes()).decode()
         pushed = dict(DEMO, model={"onnx_base64": model, "version": "pushed-v2"})
-        envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(pushed, wasm, "2")))
+        envoyconf.push_ecds(watched, pushed, wasm, "2")
 
         def applied():
             assert client.request({"x-user-id": "push-1"})[0] == 200
@@ -111,7 +107,7 @@ def test_model_push_through_ecds_is_applied_without_restart_and_a_bad_one_is_rej
         stat = "extension_config_discovery.http_filter.augur.update_rejected"
         before = envoy.counters().get(stat, 0)
         bad = dict(DEMO, rollout={"percentage": 150})
-        envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(bad, wasm, "3")))
+        envoyconf.push_ecds(watched, bad, wasm, "3")
         harness.wait_until(lambda: envoy.counters().get(stat, 0) > before, 10, "the bad push rejected")
         n = len(models())
         assert client.request({"x-user-id": "push-2"})[0] == 200

@@ -91,17 +91,13 @@ def env(tmp_path_factory):
     ecds.mkdir()
     watched = ecds / "augur.json"
     wasm = harness.WASM.resolve()
-    envoyconf.write_atomically(watched, json.dumps(envoyconf.ecds_resource(ECDS_PLUGIN, wasm, "initial")))
     ups = Upstreams()
     envoy = None
     ports = {"ecds": harness.free_port(), "ab": harness.free_port()}
     logs = {"ecds": work / "ecds.log", "ab": work / "ab.log"}
     try:
         listeners = [
-            envoyconf.http_listener(
-                "ecds", ports["ecds"], envoyconf.route_config(),
-                [envoyconf.ecds_http_filter("augur", watched), envoyconf.router_filter()], logs["ecds"],
-            ),
+            envoyconf.ecds_listener("ecds", ports["ecds"], watched, ECDS_PLUGIN, wasm, logs["ecds"]),
             envoyconf.listener("ab", ports["ab"], AB_PLUGIN, wasm, logs["ab"]),
         ]
         admin = harness.free_port()
