@@ -81,12 +81,7 @@ class Upstreams:
 
     def close(self):
         for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process(p, grace=5)
 
 
 class Envoy:

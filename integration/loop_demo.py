@@ -144,14 +144,7 @@ class Apps:
 
     def close(self):
         for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+            harness.stop_process(p)
 
 
 def send_all(port, reqs, threads, deadline, rate, on_progress=None):
