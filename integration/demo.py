@@ -66,13 +66,13 @@ def main():
         # Stats as Prometheus sees them: augur hands its counters to Envoy every
         # stats.flush_ms (1 s); histograms appear after Envoy's own 5 s flush.
         harness.wait_until(
-            lambda: (harness.prom_sum(envoy.prometheus(), "augur_requests") or 0) >= len(reqs), 10, "augur counters"
+            lambda: (harness.prom_sum(envoy.prometheus(), "augur_requests_total") or 0) >= len(reqs), 10, "augur counters"
         )
         prom = envoy.prometheus()
         print("\n/stats/prometheus (excerpt):")
         for line in prom.splitlines():
-            wanted = line.startswith(("augur_requests", "augur_spoofed", "augur_model_errors")) or (
-                line.startswith("augur_feature_decisions") and 'feature="hd_images"' in line
+            wanted = line.startswith(("augur_requests_total", "augur_spoofed_requests_total", "augur_model_errors_total")) or (
+                line.startswith("augur_feature_decisions_total") and 'feature="hd_images"' in line
             )
             if wanted and not line.endswith(" 0"):
                 print("  " + line)

@@ -17,7 +17,11 @@ DEMO_WASM = "target/augur.wasm"
 
 # Labels cut out of wasm stat names (`augur_x.label.value...`) by Envoy's tag
 # extraction: the first group is removed from the name, the second is the value.
-STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind", "le"]
+# `split` labels the sample-ratio-mismatch counters (augur_srm_events_total).
+STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind", "split"]
+# Labels whose value may contain dots (`le="0.005"`, `model_version="v1.2"`):
+# always the last pair of a name, so the value runs to the end.
+STAT_LABELS_LAST = ["le", "model_version"]
 
 # The access-log line: augur's decision record next to Envoy's own view of the
 # outcome. Lines whose "decision" is `-` come from requests the filter never saw
@@ -38,16 +42,11 @@ def stats_config():
             "regex": r"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.%s\.([^.]+))(?:\.|$)" % label,
         }
         for label in STAT_LABELS
+    ] + [
+        {"tag_name": label, "regex": r"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.%s\.(.+))$" % label}
+        for label in STAT_LABELS_LAST
     ]
-    return {
-        "stats_tags": tags,
-        "histogram_bucket_settings": [
-            {
-                "match": {"prefix": "wasmcustom.augur_latency_ms"},
-                "buckets": [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000],
-            },
-        ],
-    }
+    return {"stats_tags": tags}
 
 
 def wasm_filter(plugin_config, wasm_path, failure_policy="FAIL_CLOSED"):

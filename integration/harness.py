@@ -132,7 +132,7 @@ class Envoy:
             conn.close()
 
     def counters(self):
-        """All counters as {name: value} (full names, e.g. wasmcustom.augur_requests...)."""
+        """All counters as {name: value} (full names, e.g. wasmcustom.augur_requests_total...)."""
         _, body = self.admin("/stats?format=json&type=Counters")
         return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "value" in s}
 

@@ -213,7 +213,7 @@ def test_spoofed_control_headers_change_nothing(env):
         dict(h, **{"x-augur-stack": "new", "x-augur-features": "evil,admin", "x-augur-decision": "forged"})
         for h in honest
     ]
-    before = env["envoy"].counters().get("wasmcustom.augur_spoofed_requests.rollout.demo", 0)
+    before = env["envoy"].counters().get("wasmcustom.augur_spoofed_requests_total.rollout.demo", 0)
     results = send(env["ports"]["demo"], forged)
     for d, (status, rh, body) in zip(native, results):
         assert status == 200
@@ -226,7 +226,7 @@ def test_spoofed_control_headers_change_nothing(env):
             assert echoed["x-augur-features"] == ",".join(enabled)
             assert echoed["x-augur-decision"] != "forged"
     # Counters reach Envoy on the filter's next stats flush (stats.flush_ms).
-    spoofed = lambda: env["envoy"].counters().get("wasmcustom.augur_spoofed_requests.rollout.demo", 0)  # noqa: E731
+    spoofed = lambda: env["envoy"].counters().get("wasmcustom.augur_spoofed_requests_total.rollout.demo", 0)  # noqa: E731
     harness.wait_until(lambda: spoofed() - before >= len(forged), 10, "spoofed-request counter")
     time.sleep(0.3)
     assert spoofed() - before == len(forged)
@@ -260,13 +260,13 @@ def test_stats_count_every_request_and_decision(env):
         p = envoy.prometheus()
         get = lambda name, **labels: harness.prom_sum(p, name, rollout="rules", **labels) or 0  # noqa: E731
         snap = {
-            "requests": get("augur_requests"),
-            "new": get("augur_requests", stack="new"),
-            "2xx": get("augur_responses", stack="new", **{"class": "2xx"}),
-            "beta_only_on": get("augur_feature_decisions", feature="beta_only", state="on"),
-            "killed": get("augur_feature_decisions", feature="killed", reason="kill_switch"),
+            "requests": get("augur_requests_total"),
+            "new": get("augur_requests_total", stack="new"),
+            "2xx": get("augur_responses_total", stack="new", **{"class": "2xx"}),
+            "beta_only_on": get("augur_feature_decisions_total", feature="beta_only", state="on"),
+            "killed": get("augur_feature_decisions_total", feature="killed", reason="kill_switch"),
         }
-        snap.update({f: get("augur_feature_decisions", feature=f) for f in features})
+        snap.update({f: get("augur_feature_decisions_total", feature=f) for f in features})
         return snap
 
     n = 120
@@ -290,12 +290,21 @@ def test_stats_count_every_request_and_decision(env):
     assert delta["beta_only_on"] == n // 3
     assert delta["killed"] == n
 
-    # Histograms appear after a stats flush (5 s by default).
+    # Latency per stack: counters in Prometheus' histogram layout, bounds in seconds.
     def histograms():
         p = envoy.prometheus()
-        return (harness.prom_sum(p, "augur_latency_ms_count", rollout="rules", stack="new") or 0) >= n
+        return (harness.prom_sum(p, "augur_latency_seconds_count", rollout="rules", stack="new") or 0) >= n
 
     harness.wait_until(histograms, 15, "latency histogram")
+    prom = envoy.prometheus()
+    lat = lambda b: harness.prom_sum(prom, "augur_latency_seconds_bucket", rollout="rules", stack="new", le=b)  # noqa: E731
+    bounds = ["0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]
+    latency_buckets = [lat(b) for b in bounds]
+    assert None not in latency_buckets, f"every le bound is a label (dots and all): {latency_buckets}"
+    assert latency_buckets == sorted(latency_buckets)
+    assert latency_buckets[-1] == harness.prom_sum(prom, "augur_latency_seconds_count", rollout="rules", stack="new")
+    assert harness.prom_sum(prom, "augur_latency_milliseconds_total", rollout="rules", stack="new") is not None
+    assert "# TYPE augur_requests_total counter" in prom, "custom stat namespace: no envoy_ prefix"
     # The demo rollout's model scores search_v2 on every request.
     send(env["ports"]["demo"], [{"x-user-id": f"scores-{i}"} for i in range(20)])
 
@@ -328,7 +337,7 @@ def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env)
     recs = records_for(env, "rules", [r["x-request-id"] for r in reqs])
     signals = [recs[r["x-request-id"]]["signals"] for r in reqs]
     assert signals == ["engaged+security"] + ["engaged"] * 5 + ["none"] * 6
-    base = "wasmcustom.augur_feature_outcomes.rollout.rules.feature"
+    base = "wasmcustom.augur_feature_outcomes_total.rollout.rules.feature"
 
     def delta(name):
         return env["envoy"].counters().get(name, 0) - before.get(name, 0)
@@ -339,7 +348,7 @@ def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env)
         f"{base}.always.arm.on.outcome.errors": 3,
         f"{base}.always.arm.on.outcome.security": 1,
         f"{base}.killed.arm.off.outcome.engagements": 6,
-        "wasmcustom.augur_engagements.rollout.rules.stack.new": 6,
+        "wasmcustom.augur_engagements_total.rollout.rules.stack.new": 6,
     }
     harness.wait_until(lambda: all(delta(k) >= v for k, v in expected.items()), 10, "outcome counters")
     assert delta(f"{base}.always.arm.on.outcome.requests") == 12
@@ -347,7 +356,7 @@ def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env)
     assert delta(f"{base}.always.arm.on.outcome.errors") == 3
     assert delta(f"{base}.always.arm.on.outcome.security") == 1
     assert delta(f"{base}.killed.arm.off.outcome.engagements") == 6
-    assert delta("wasmcustom.augur_engagements.rollout.rules.stack.new") == 6
+    assert delta("wasmcustom.augur_engagements_total.rollout.rules.stack.new") == 6
 
 
 def rollback_traffic(n, harm):
@@ -363,7 +372,7 @@ def rollback_traffic(n, harm):
 
 def test_planted_regression_is_rolled_back_in_its_cell_within_seconds(env):
     envoy = env["envoy"]
-    blocked = "wasmcustom.augur_rollback_events.rollout.harmed.kind.blocked"
+    blocked = "wasmcustom.augur_rollback_events_total.rollout.harmed.kind.blocked"
     reqs = rollback_traffic(3000, harm=True)
     c = Client(env["ports"]["harmed"])
     first_block = None
@@ -394,7 +403,7 @@ def test_no_rollback_on_noise(env):
     time.sleep(0.6)  # three sync periods
     counters = envoy.counters()
     for kind in ("blocked", "killed", "reverted"):
-        assert counters.get(f"wasmcustom.augur_rollback_events.rollout.steady.kind.{kind}", 0) == 0, kind
+        assert counters.get(f"wasmcustom.augur_rollback_events_total.rollout.steady.kind.{kind}", 0) == 0, kind
 
 
 def test_model_failure_fails_open_and_is_counted(env):
@@ -411,7 +420,7 @@ def test_model_failure_fails_open_and_is_counted(env):
         assert r["decision"]["features"]["new_checkout"]["reason"] == "fallback_on"
         assert r["decision"]["features"]["search_v2"]["reason"] == "fallback_off"
     harness.wait_until(
-        lambda: harness.prom_sum(env["envoy"].prometheus(), "augur_model_errors", rollout="failopen") == 20,
+        lambda: harness.prom_sum(env["envoy"].prometheus(), "augur_model_errors_total", rollout="failopen") == 20,
         10,
         "model error counter",
     )

@@ -180,7 +180,7 @@ def test_model_push_under_steady_load_loses_no_request(env):
     n, threads, rate = 2000, 4, 200.0
     statuses, errors = [], []
     lock = threading.Lock()
-    requests_stat = "wasmcustom.augur_requests.rollout.pushed.stack.new"
+    requests_stat = "wasmcustom.augur_requests_total.rollout.pushed.stack.new"
     time.sleep(1.5)  # earlier tests' counts reach Envoy within one stats flush (1 s)
     counted_before = env["envoy"].counters().get(requests_stat, 0)
     t0 = time.monotonic() + 0.1

@@ -469,7 +469,7 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-decision"), None);
         assert_eq!(host.header("x-augur-anything"), None);
         rt.flush_stats(&mut sink);
-        assert_eq!(sink.counter("augur_spoofed_requests.rollout.default"), 1);
+        assert_eq!(sink.counter("augur_spoofed_requests_total.rollout.default"), 1);
 
         // On the new stack the forged list is replaced by the real one.
         let (mut rt, mut sink) = runtime(100.0);
@@ -498,7 +498,7 @@ pub(crate) mod tests {
             let before = writes(&store);
             rt.on_tick(&mut store, 10_000 + tick * 250, &mut sink);
             syncs += writes(&store) - before;
-            assert_eq!(sink.counter("augur_requests.rollout.default.stack.new"), tick as i64 + 1);
+            assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.new"), tick as i64 + 1);
         }
         assert_eq!(syncs, 3, "12 ticks of 250 ms: a sync every fourth");
         let no_rollback =
@@ -525,10 +525,13 @@ pub(crate) mod tests {
                 .collect();
         rt.on_response_headers(&st, &mut host, &mut sink);
         rt.flush_stats(&mut sink);
-        assert_eq!(sink.counter("augur_responses.rollout.default.stack.new.class.5xx"), 1);
-        assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"], vec![7]);
-        assert_eq!(sink.counter("augur_engagements.rollout.default.stack.new"), 1);
-        assert_eq!(sink.counter("augur_security_events.rollout.default.stack.new"), 0);
+        assert_eq!(sink.counter("augur_responses_total.rollout.default.stack.new.class.5xx"), 1);
+        assert_eq!(sink.counter("augur_latency_seconds_count.rollout.default.stack.new"), 1);
+        assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.005"), 0);
+        assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.01"), 1);
+        assert_eq!(sink.counter("augur_latency_milliseconds_total.rollout.default.stack.new"), 7);
+        assert_eq!(sink.counter("augur_engagements_total.rollout.default.stack.new"), 1);
+        assert_eq!(sink.counter("augur_security_events_total.rollout.default.stack.new"), 0);
         assert_eq!(host.signals.as_deref(), Some("engaged"));
         assert_eq!(
             host.response.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
@@ -537,7 +540,7 @@ pub(crate) mod tests {
         );
         let errors = |f: &str, arm: &str| {
             sink.counter(&format!(
-                "augur_feature_outcomes.rollout.default.feature.{f}.arm.{arm}.outcome.errors"
+                "augur_feature_outcomes_total.rollout.default.feature.{f}.arm.{arm}.outcome.errors"
             ))
         };
         assert_eq!((errors("a", "on"), errors("b", "off"), errors("c", "on")), (1, 1, 1));
@@ -631,15 +634,15 @@ pub(crate) mod tests {
         assert_eq!(a.cells[0], 1 << 1, "new_checkout rolled back for tablets only: {a:?}");
         assert_eq!(a.cells[1], 0, "search_v2 untouched");
         assert!(harmed < 200, "harmed {harmed} of ~2000 tablet requests");
-        assert!(sink.counter("augur_rollback_events.rollout.default.kind.blocked") >= 1);
+        assert!(sink.counter("augur_rollback_events_total.rollout.default.kind.blocked") >= 1);
         assert!(
             sink.counter(
-                "augur_feature_decisions.rollout.default.feature.new_checkout.state.off.reason.rolled_back"
+                "augur_feature_decisions_total.rollout.default.feature.new_checkout.state.off.reason.rolled_back"
             ) > 0
         );
         assert!(
             sink.counter(
-                "augur_feature_decisions.rollout.default.feature.search_v2.state.off.reason.exploring"
+                "augur_feature_decisions_total.rollout.default.feature.search_v2.state.off.reason.exploring"
             ) > 0
         );
     }
@@ -648,6 +651,6 @@ pub(crate) mod tests {
     fn no_rollback_without_harm() {
         let (a, _, _, sink) = two_workers(false, 8000);
         assert_eq!((a.cells.clone(), a.killed, a.reverted), (vec![0, 0], 0, false));
-        assert_eq!(sink.counter("augur_rollback_events.rollout.default.kind.blocked"), 0);
+        assert_eq!(sink.counter("augur_rollback_events_total.rollout.default.kind.blocked"), 0);
     }
 }

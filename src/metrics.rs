@@ -1,12 +1,14 @@
 //! Metrics: the Envoy stats augur keeps for every decision.
 //!
 //! A name is a base name followed by `.label.value` pairs, e.g.
-//! `augur_requests.rollout.checkout.stack.new` or
-//! `augur_feature_decisions.rollout.checkout.feature.search_v2.state.off.reason.security_risk`.
+//! `augur_requests_total.rollout.checkout.stack.new` or
+//! `augur_feature_decisions_total.rollout.checkout.feature.search_v2.state.off.reason.security_risk`.
 //! Envoy prefixes wasm stats with `wasmcustom.`; the `stats_tags` in
 //! `envoy/envoy.yaml` cut each pair out of the name into a label, so
-//! `/stats/prometheus` shows `augur_requests{stack="new"}`. The full list is in
-//! README ("Reading the stats").
+//! `/stats/prometheus` shows `augur_requests_total{stack="new"}` (a custom stat
+//! namespace: no `envoy_` prefix). Names follow Prometheus conventions: counters
+//! end in `_total`, durations are in seconds (`le` bounds in seconds). The full
+//! list is in README ("Reading the stats").
 //!
 //! Host access is behind [`MetricSink`] so this module is tested natively.
 
@@ -39,7 +41,7 @@ const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 pub fn decision_stat(rollout: &str, feature: &str, reason: Reason) -> String {
     let state = if reason.is_on() { "on" } else { "off" };
     format!(
-        "augur_feature_decisions.rollout.{rollout}.feature.{feature}.state.{state}.reason.{}",
+        "augur_feature_decisions_total.rollout.{rollout}.feature.{feature}.state.{state}.reason.{}",
         reason.as_str()
     )
 }
@@ -106,21 +108,47 @@ impl Batch {
     }
 }
 
-/// Upper bounds of the score buckets (scores are 0-100).
-const SCORE_BOUNDS: &[u64] = &[10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
-/// Upper bounds of the per-feature latency buckets, in ms.
-const LATENCY_BOUNDS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+/// Upper bounds of the score buckets (scores are 0-100): the bound, its `le` label.
+const SCORE_BOUNDS: &[(u64, &str)] = &[
+    (10, "10"),
+    (20, "20"),
+    (30, "30"),
+    (40, "40"),
+    (50, "50"),
+    (60, "60"),
+    (70, "70"),
+    (80, "80"),
+    (90, "90"),
+    (100, "100"),
+];
+/// Upper bounds of the latency buckets: measured in ms, labelled in seconds.
+const LATENCY_BOUNDS: &[(u64, &str)] = &[
+    (1, "0.001"),
+    (2, "0.002"),
+    (5, "0.005"),
+    (10, "0.01"),
+    (25, "0.025"),
+    (50, "0.05"),
+    (100, "0.1"),
+    (250, "0.25"),
+    (500, "0.5"),
+    (1000, "1"),
+    (2500, "2.5"),
+    (5000, "5"),
+];
 
 /// A histogram kept as batched counters in Prometheus' layout: cumulative
 /// `<name>_bucket` counters labelled `le` (the bounds, then `+Inf`), plus
-/// `<name>_count` and `<name>_sum`, so `histogram_quantile()` works on it.
+/// `<name>_count` and a sum counter, so `histogram_quantile()` works on it.
 ///
 /// Why not an Envoy histogram: each sample would be one more call out of the VM
-/// per feature per request; these are counted in the worker and flushed with the
-/// other counters.
+/// per request (per feature, for the feature histograms); these are counted in
+/// the worker and flushed with the other counters. Counters are integers, so a
+/// sum of seconds cannot be kept exactly: the sum of a latency histogram is
+/// `<unit-less base>_milliseconds_total` (see [`Buckets::define`]).
 #[derive(Debug, Clone)]
 struct Buckets {
-    bounds: &'static [u64],
+    bounds: &'static [(u64, &'static str)],
     /// One per bound, then `+Inf`.
     buckets: Vec<Option<Counter>>,
     count: Option<Counter>,
@@ -128,26 +156,28 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// `name` is the base name; `labels` the `.label.value` pairs after it.
+    /// `name` is the base name (`_bucket` and `_count` are appended), `sum`
+    /// the full name of the sum counter; `labels` the `.label.value` pairs.
     fn define(
         batch: &mut Batch,
         sink: &mut impl MetricSink,
         name: &str,
+        sum: &str,
         labels: &str,
-        bounds: &'static [u64],
+        bounds: &'static [(u64, &'static str)],
     ) -> Buckets {
-        let les = bounds.iter().map(u64::to_string).chain(std::iter::once("+Inf".to_string()));
+        let les = bounds.iter().map(|(_, le)| *le).chain(std::iter::once("+Inf"));
         let buckets = les.map(|le| batch.define(sink, &format!("{name}_bucket{labels}.le.{le}"))).collect();
         Buckets {
             bounds,
             buckets,
             count: batch.define(sink, &format!("{name}_count{labels}")),
-            sum: batch.define(sink, &format!("{name}_sum{labels}")),
+            sum: batch.define(sink, &format!("{sum}{labels}")),
         }
     }
 
     fn observe(&self, batch: &mut Batch, value: u64, sink: &mut impl MetricSink) {
-        let first = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        let first = self.bounds.iter().position(|(b, _)| value <= *b).unwrap_or(self.bounds.len());
         for c in self.buckets.iter().skip(first) {
             batch.add(*c, sink);
         }
@@ -170,8 +200,9 @@ pub struct Metrics {
     feature_score: Vec<Buckets>,
     /// Per stack × status class.
     responses: [[Option<Counter>; CLASSES.len()]; 2],
-    /// Per stack: time from request headers to response headers, in ms.
-    latency_ms: [Option<u32>; 2],
+    /// Per stack: time from request headers to response headers (seconds
+    /// buckets, sum in ms).
+    latency: [Buckets; 2],
     /// Per stack: app-reported engagements and security events.
     engagements: [Option<Counter>; 2],
     security: [Option<Counter>; 2],
@@ -195,47 +226,71 @@ impl Metrics {
         let r = config.name.as_str();
         let mut batch = Batch { immediate: config.stats_flush_ms == 0, ..Batch::default() };
         let mut c = |name: String| batch.define(sink, &name);
-        let requests = STACKS.map(|s| c(format!("augur_requests.rollout.{r}.stack.{}", s.as_str())));
-        let model_errors = c(format!("augur_model_errors.rollout.{r}"));
-        let spoofed = c(format!("augur_spoofed_requests.rollout.{r}"));
+        let requests = STACKS.map(|s| c(format!("augur_requests_total.rollout.{r}.stack.{}", s.as_str())));
+        let model_errors = c(format!("augur_model_errors_total.rollout.{r}"));
+        let spoofed = c(format!("augur_spoofed_requests_total.rollout.{r}"));
         let responses = STACKS.map(|s| {
-            CLASSES.map(|k| c(format!("augur_responses.rollout.{r}.stack.{}.class.{k}", s.as_str())))
+            CLASSES.map(|k| c(format!("augur_responses_total.rollout.{r}.stack.{}.class.{k}", s.as_str())))
         });
         let feature_decisions = config
             .feature_names()
             .map(|f| Reason::ALL.map(|reason| c(decision_stat(r, f, reason))))
             .collect();
-        let engagements = STACKS.map(|s| c(format!("augur_engagements.rollout.{r}.stack.{}", s.as_str())));
-        let security = STACKS.map(|s| c(format!("augur_security_events.rollout.{r}.stack.{}", s.as_str())));
+        let engagements =
+            STACKS.map(|s| c(format!("augur_engagements_total.rollout.{r}.stack.{}", s.as_str())));
+        let security =
+            STACKS.map(|s| c(format!("augur_security_events_total.rollout.{r}.stack.{}", s.as_str())));
         let feature_outcomes = config
             .feature_names()
             .map(|f| {
                 ARMS.map(|a| {
                     OUTCOMES.map(|o| {
-                        c(format!("augur_feature_outcomes.rollout.{r}.feature.{f}.arm.{a}.outcome.{o}"))
+                        c(format!("augur_feature_outcomes_total.rollout.{r}.feature.{f}.arm.{a}.outcome.{o}"))
                     })
                 })
             })
             .collect();
         let rollback_events = ROLLBACK_EVENTS.map(|k| {
-            sink.define(MetricKind::Counter, &format!("augur_rollback_events.rollout.{r}.kind.{k}"))
+            sink.define(MetricKind::Counter, &format!("augur_rollback_events_total.rollout.{r}.kind.{k}"))
         });
         let feature_score = config
             .feature_names()
             .map(|f| {
                 let labels = format!(".rollout.{r}.feature.{f}");
-                Buckets::define(&mut batch, sink, "augur_feature_score", &labels, SCORE_BOUNDS)
+                Buckets::define(
+                    &mut batch,
+                    sink,
+                    "augur_feature_score",
+                    "augur_feature_score_sum",
+                    &labels,
+                    SCORE_BOUNDS,
+                )
             })
             .collect();
-        let latency_ms = STACKS.map(|s| {
-            sink.define(MetricKind::Histogram, &format!("augur_latency_ms.rollout.{r}.stack.{}", s.as_str()))
+        let latency = STACKS.map(|s| {
+            let labels = format!(".rollout.{r}.stack.{}", s.as_str());
+            Buckets::define(
+                &mut batch,
+                sink,
+                "augur_latency_seconds",
+                "augur_latency_milliseconds_total",
+                &labels,
+                LATENCY_BOUNDS,
+            )
         });
         let feature_latency = config
             .feature_names()
             .map(|f| {
                 ARMS.map(|a| {
                     let labels = format!(".rollout.{r}.feature.{f}.arm.{a}");
-                    Buckets::define(&mut batch, sink, "augur_feature_latency_ms", &labels, LATENCY_BOUNDS)
+                    Buckets::define(
+                        &mut batch,
+                        sink,
+                        "augur_feature_latency_seconds",
+                        "augur_feature_latency_milliseconds_total",
+                        &labels,
+                        LATENCY_BOUNDS,
+                    )
                 })
             })
             .collect();
@@ -247,7 +302,7 @@ impl Metrics {
             feature_decisions,
             feature_score,
             responses,
-            latency_ms,
+            latency,
             engagements,
             security,
             feature_outcomes,
@@ -335,9 +390,7 @@ impl Metrics {
                 }
             }
         }
-        if let Some(id) = self.latency_ms[s] {
-            sink.record(id, o.latency_ms);
-        }
+        self.latency[s].observe(b, o.latency_ms, sink);
     }
 }
 
@@ -456,14 +509,18 @@ mod tests {
             };
             m.on_response(&o, &mut sink);
         }
-        assert_eq!(sink.counter("augur_requests.rollout.default.stack.old"), 0, "counters wait for a flush");
+        assert_eq!(
+            sink.counter("augur_requests_total.rollout.default.stack.old"),
+            0,
+            "counters wait for a flush"
+        );
         m.flush(&mut sink);
-        let old = sink.counter("augur_requests.rollout.default.stack.old");
-        let new = sink.counter("augur_requests.rollout.default.stack.new");
+        let old = sink.counter("augur_requests_total.rollout.default.stack.old");
+        let new = sink.counter("augur_requests_total.rollout.default.stack.new");
         assert_eq!(old + new, n);
         assert!(new > 150 && old > 150);
         assert_eq!(
-            sink.counter("augur_feature_decisions.rollout.default.feature.a.state.on.reason.forced_on"),
+            sink.counter("augur_feature_decisions_total.rollout.default.feature.a.state.on.reason.forced_on"),
             new
         );
         assert_eq!(sink.counter(&decision_stat("default", "a", Reason::OldStack)), old);
@@ -472,24 +529,30 @@ mod tests {
             new,
             "old stack: reason old_stack"
         );
-        assert_eq!(sink.counter("augur_spoofed_requests.rollout.default"), n / 10);
-        assert_eq!(sink.counter("augur_model_errors.rollout.default"), 0);
-        let errors = sink.counter("augur_responses.rollout.default.stack.old.class.5xx")
-            + sink.counter("augur_responses.rollout.default.stack.new.class.5xx");
+        assert_eq!(sink.counter("augur_spoofed_requests_total.rollout.default"), n / 10);
+        assert_eq!(sink.counter("augur_model_errors_total.rollout.default"), 0);
+        let errors = sink.counter("augur_responses_total.rollout.default.stack.old.class.5xx")
+            + sink.counter("augur_responses_total.rollout.default.stack.new.class.5xx");
         assert_eq!(errors, n / 4);
-        assert_eq!(sink.histograms["augur_latency_ms.rollout.default.stack.new"].len() as i64, new);
+        assert_eq!(sink.counter("augur_latency_seconds_count.rollout.default.stack.new"), new);
+        assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.002"), 0);
+        assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.005"), new);
+        assert_eq!(sink.counter("augur_latency_milliseconds_total.rollout.default.stack.new"), 3 * new);
+        assert!(sink.histograms.is_empty(), "no Envoy histogram: no host call per sample");
         let outcome = |arm: &str, o: &str| {
-            sink.counter(&format!("augur_feature_outcomes.rollout.default.feature.a.arm.{arm}.outcome.{o}"))
+            sink.counter(&format!(
+                "augur_feature_outcomes_total.rollout.default.feature.a.arm.{arm}.outcome.{o}"
+            ))
         };
         assert_eq!(outcome("on", "requests"), new, "a is on for every new-stack request");
         assert_eq!(outcome("off", "requests") + outcome("holdout", "requests"), 0);
         assert_eq!(
-            sink.counter("augur_feature_outcomes.rollout.default.feature.b.arm.off.outcome.requests"),
+            sink.counter("augur_feature_outcomes_total.rollout.default.feature.b.arm.off.outcome.requests"),
             new,
             "b is killed: every new-stack request is in its off arm"
         );
-        let engaged = sink.counter("augur_engagements.rollout.default.stack.old")
-            + sink.counter("augur_engagements.rollout.default.stack.new");
+        let engaged = sink.counter("augur_engagements_total.rollout.default.stack.old")
+            + sink.counter("augur_engagements_total.rollout.default.stack.new");
         assert_eq!(engaged, n / 5);
     }
 
@@ -513,20 +576,21 @@ mod tests {
             m.on_response(&o, &mut sink);
         }
         m.flush(&mut sink);
-        let base = "augur_feature_latency_ms_bucket.rollout.default.feature.a.arm.on.le";
+        let base = "augur_feature_latency_seconds_bucket.rollout.default.feature.a.arm.on.le";
         let le = |b: &str| sink.counter(&format!("{base}.{b}"));
         assert_eq!(
-            [le("1"), le("5"), le("10"), le("250"), le("500"), le("5000"), le("+Inf")],
+            [le("0.001"), le("0.005"), le("0.01"), le("0.25"), le("0.5"), le("5"), le("+Inf")],
             [1, 1, 3, 3, 4, 4, 5]
         );
-        assert_eq!(sink.counter("augur_feature_latency_ms_count.rollout.default.feature.a.arm.on"), 5);
-        assert_eq!(sink.counter("augur_feature_latency_ms_sum.rollout.default.feature.a.arm.on"), 60_314);
-        assert_eq!(sink.counter("augur_feature_latency_ms_count.rollout.default.feature.a.arm.off"), 0);
-        assert!(
-            sink.histograms.keys().all(|k| k.starts_with("augur_latency_ms.")),
-            "{:?}",
-            sink.histograms.keys()
+        assert_eq!(sink.counter("augur_feature_latency_seconds_count.rollout.default.feature.a.arm.on"), 5);
+        assert_eq!(
+            sink.counter("augur_feature_latency_milliseconds_total.rollout.default.feature.a.arm.on"),
+            60_314
         );
+        assert_eq!(sink.counter("augur_feature_latency_seconds_count.rollout.default.feature.a.arm.off"), 0);
+        assert_eq!(sink.counter("augur_latency_seconds_count.rollout.default.stack.new"), 5);
+        assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.01"), 3);
+        assert!(sink.histograms.is_empty(), "{:?}", sink.histograms.keys());
     }
 
     #[test]
@@ -549,7 +613,7 @@ mod tests {
             m.on_response(&o, &mut sink);
         }
         m.flush(&mut sink);
-        assert_eq!(sink.counter("augur_responses.rollout.default.stack.old.class.other"), 3);
+        assert_eq!(sink.counter("augur_responses_total.rollout.default.stack.old.class.other"), 3);
     }
 
     #[test]
@@ -571,7 +635,7 @@ mod tests {
         }
         assert_eq!(sink.increments, 0);
         m.flush(&mut sink);
-        assert_eq!(sink.counter("augur_requests.rollout.default.stack.old"), 7);
+        assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.old"), 7);
         assert_eq!(sink.increments, 2, "one call for requests, one for the feature's decision");
         m.flush(&mut sink);
         assert_eq!(sink.increments, 2, "nothing moved, nothing sent");
@@ -580,6 +644,6 @@ mod tests {
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         m.on_decision(&d, false, &mut sink);
-        assert_eq!(sink.counter("augur_requests.rollout.default.stack.old"), 1, "immediate");
+        assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.old"), 1, "immediate");
     }
 }
