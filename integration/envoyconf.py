@@ -49,8 +49,22 @@ def stats_config():
     return {"stats_tags": tags}
 
 
-def wasm_filter(plugin_config, wasm_path, failure_policy="FAIL_CLOSED"):
-    """The augur HTTP filter. `plugin_config` is a dict (serialised) or a raw string."""
+def remote_code(uri, cluster, sha256, timeout="10s"):
+    """A `vm_config.code` that Envoy fetches over HTTP from `uri` (through the
+    cluster `cluster`) and loads only if its SHA-256 is `sha256` (hex)."""
+    return {
+        "remote": {
+            "http_uri": {"uri": uri, "cluster": cluster, "timeout": timeout},
+            "sha256": sha256,
+            "retry_policy": {"num_retries": 2},
+        }
+    }
+
+
+def wasm_filter(plugin_config, wasm_path, failure_policy="FAIL_CLOSED", code=None):
+    """The augur HTTP filter. `plugin_config` is a dict (serialised) or a raw string.
+    The module is the local file `wasm_path`, unless `code` (e.g. `remote_code(...)`)
+    says where else it comes from."""
     value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config, indent=2)
     return {
         "name": "envoy.filters.http.wasm",
@@ -63,7 +77,7 @@ def wasm_filter(plugin_config, wasm_path, failure_policy="FAIL_CLOSED"):
                     # Same vm_id and code → every listener shares one VM per worker.
                     "vm_id": "augur",
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(wasm_path)}},
+                    "code": code or {"local": {"filename": str(wasm_path)}},
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -77,7 +91,25 @@ def wasm_filter(plugin_config, wasm_path, failure_policy="FAIL_CLOSED"):
     }
 
 
-def route_config(stack_header="x-augur-stack", old="old", new="new"):
+CONTROL_HEADERS = ("x-augur-stack", "x-augur-features", "x-augur-flags", "x-augur-decision")
+
+
+def control_header_guard(names=CONTROL_HEADERS):
+    """Defence in depth, placed before augur: Envoy's own header_mutation filter
+    removes the control headers a client sent. If augur is ever skipped (Envoy
+    1.40 skips a Wasm filter whose module could not be loaded after an ECDS
+    update, whatever its failure_policy), the route table still never sees a
+    client-chosen stack and the app never sees client-chosen flags."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": n} for n in names]},
+        },
+    }
+
+
+def route_config(stack_header="x-augur-stack", old="old", new="new", old_cluster="old_stack", new_cluster="new_stack"):
     """Envoy's own route table picks the cluster from the header augur wrote.
     Anything that is not exactly the new stack goes to the old one."""
     return {
@@ -93,9 +125,9 @@ def route_config(stack_header="x-augur-stack", old="old", new="new"):
                             "prefix": "/",
                             "headers": [{"name": stack_header, "string_match": {"exact": new}}],
                         },
-                        "route": {"cluster": "new_stack"},
+                        "route": {"cluster": new_cluster},
                     },
-                    {"name": "old_stack", "match": {"prefix": "/"}, "route": {"cluster": "old_stack"}},
+                    {"name": "old_stack", "match": {"prefix": "/"}, "route": {"cluster": old_cluster}},
                 ],
             }
         ],
@@ -360,7 +392,7 @@ def ecds_http_filter(name, watched_path, type_urls=(WASM_FILTER_TYPE_URL,)):
     }
 
 
-def ecds_resource(plugin_config, wasm_path, version, name="augur", failure_policy="FAIL_CLOSED"):
+def ecds_resource(plugin_config, wasm_path, version, name="augur", failure_policy="FAIL_CLOSED", code=None):
     """The content of an ECDS file: a DiscoveryResponse holding one
     TypedExtensionConfig named `name` whose typed_config is the augur Wasm
     filter (exactly what `wasm_filter` builds) with `plugin_config` (dict or JSON
@@ -372,23 +404,24 @@ def ecds_resource(plugin_config, wasm_path, version, name="augur", failure_polic
             {
                 "@type": TYPED_EXTENSION_CONFIG_TYPE_URL,
                 "name": name,
-                "typed_config": wasm_filter(plugin_config, wasm_path, failure_policy)["typed_config"],
+                "typed_config": wasm_filter(plugin_config, wasm_path, failure_policy, code)["typed_config"],
             }
         ],
     }
 
 
-def push_ecds(watched_path, plugin_config, wasm_path, version):
+def push_ecds(watched_path, plugin_config, wasm_path, version, code=None):
     """Delivers a plugin configuration through ECDS: its resource written to the
     watched file in one rename (Envoy applies it, or refuses it and keeps the
-    last good one)."""
-    write_atomically(watched_path, json.dumps(ecds_resource(plugin_config, wasm_path, version)))
+    last good one). `code` as for `wasm_filter`."""
+    write_atomically(watched_path, json.dumps(ecds_resource(plugin_config, wasm_path, version, code=code)))
 
 
-def ecds_listener(name, port, watched_path, plugin_config, wasm_path, access_log_path, version="initial"):
+def ecds_listener(name, port, watched_path, plugin_config, wasm_path, access_log_path, version="initial", code=None):
     """A listener whose augur filter comes from ECDS (`watched_path`, which is
-    first given `plugin_config`), routed on the stack header augur writes."""
-    push_ecds(watched_path, plugin_config, wasm_path, version)
+    first given `plugin_config`), routed on the stack header augur writes.
+    `code` as for `wasm_filter`."""
+    push_ecds(watched_path, plugin_config, wasm_path, version, code=code)
     filters = [ecds_http_filter("augur", watched_path), router_filter()]
     return http_listener(name, port, route_config(), filters, access_log_path)
 
