@@ -22,6 +22,7 @@ pub const RESPONSE_HEADERS: u32 = 2;
 
 /// `MetricType` values.
 pub const COUNTER: u32 = 0;
+pub const GAUGE: u32 = 1;
 pub const HISTOGRAM: u32 = 2;
 
 /// Why a host call failed.

@@ -379,6 +379,9 @@ pub struct ControlHeaders {
     pub features: String,
     /// `<prefix>decision`: the decision id (new stack only).
     pub decision: String,
+    /// `<prefix>flags`: every feature's state, reason and score, and the model
+    /// version (new stack only; see [`crate::record::write_flags`]).
+    pub flags: String,
     /// `<prefix>engagement`: response header the app sets on an engagement.
     pub engagement: String,
     /// `<prefix>security`: response header the app sets on a security event.
@@ -487,6 +490,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         stack: format!("{prefix}stack"),
         features: format!("{prefix}features"),
         decision: format!("{prefix}decision"),
+        flags: format!("{prefix}flags"),
         engagement: format!("{prefix}engagement"),
         security: format!("{prefix}security"),
         prefix,

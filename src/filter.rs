@@ -103,6 +103,7 @@ impl MetricSink for ProxyMetrics {
     fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
         let t = match kind {
             MetricKind::Counter => abi::COUNTER,
+            MetricKind::Gauge => abi::GAUGE,
             MetricKind::Histogram => abi::HISTOGRAM,
         };
         abi::define_metric(t, name).map_err(|e| log::warn!("augur: cannot define stat {name}: {e:?}")).ok()
@@ -151,6 +152,7 @@ impl RootContext for AugurRoot {
                     cfg.new_stack
                 );
                 let runtime = Runtime::new(cfg, &mut ProxyMetrics);
+                runtime.model_loaded(ProxyHost.now_nanos() / 1_000_000_000, &mut ProxyMetrics);
                 self.set_tick_period(Duration::from_millis(runtime.tick_period_ms().unwrap_or(0)));
                 // The replaced runtime flushes its counts when its last stream ends.
                 self.runtime = Some(Rc::new(Live(RefCell::new(runtime))));

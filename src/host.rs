@@ -102,6 +102,7 @@ pub struct Runtime {
     decision: Decision,
     record: String,
     features: String,
+    flags: String,
     /// The current stream's headers (reused: no allocation per request).
     request: HeaderMap,
     response: HeaderMap,
@@ -130,6 +131,7 @@ impl Runtime {
             decision: Decision::default(),
             record: String::with_capacity(512),
             features: String::with_capacity(128),
+            flags: String::with_capacity(256),
             request: HeaderMap::default(),
             response: HeaderMap::default(),
             generated_id: String::with_capacity(32),
@@ -187,9 +189,12 @@ impl Runtime {
                 self.features.push_str(name);
             }
             host.set_request_header(&h.features, Some(&self.features));
+            record::write_flags(&self.config, d, &mut self.flags);
+            host.set_request_header(&h.flags, Some(&self.flags));
         }
         host.set_decision_record(&self.record);
-        self.metrics.on_decision(d, spoofed, sink);
+        let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
+        self.metrics.on_decision(d, spoofed, keyed, sink);
         StreamState {
             stack: Some(d.stack),
             started_nanos,
@@ -253,6 +258,12 @@ impl Runtime {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Records that this configuration's model is loaded, at `now_secs` (Unix
+    /// time): the `augur_model_loaded_timestamp_seconds` gauge.
+    pub fn model_loaded(&self, now_secs: u64, sink: &mut impl MetricSink) {
+        self.metrics.model_loaded(now_secs, sink);
     }
 
     /// Hands the batched counter increments to the proxy.
@@ -435,6 +446,10 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-stack"), Some("new"));
         assert_eq!(host.header("x-augur-features"), Some("a,c"));
         assert_eq!(host.header("x-augur-decision"), Some("req-1"));
+        assert_eq!(
+            host.header("x-augur-flags"),
+            Some("@model=default-v1,a=on;forced_on,b=off;kill_switch,c=on;forced_on")
+        );
         let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
         assert_eq!(rec["id"], "req-1");
         assert_eq!(rec["stack"], "new");
@@ -448,6 +463,7 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-stack"), Some("old"));
         assert_eq!(host.header("x-augur-features"), None);
         assert_eq!(host.header("x-augur-decision"), None);
+        assert_eq!(host.header("x-augur-flags"), None);
         let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
         assert_eq!(rec["id"], "augur-1", "a request without x-request-id still gets an id");
     }
@@ -460,6 +476,7 @@ pub(crate) mod tests {
             ("x-augur-stack", "new"),
             ("x-augur-features", "b,admin"),
             ("x-augur-decision", "forged"),
+            ("x-augur-flags", "@model=evil,b=on;forced_on"),
             ("x-augur-anything", "1"),
         ]);
         let st = rt.on_request_headers(&mut host, &mut sink);
@@ -468,14 +485,20 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-features"), None);
         assert_eq!(host.header("x-augur-decision"), None);
         assert_eq!(host.header("x-augur-anything"), None);
+        assert_eq!(host.header("x-augur-flags"), None);
         rt.flush_stats(&mut sink);
         assert_eq!(sink.counter("augur_spoofed_requests_total.rollout.default"), 1);
 
         // On the new stack the forged list is replaced by the real one.
         let (mut rt, mut sink) = runtime(100.0);
-        let mut host = FakeHost::with(&[("x-user-id", "u1"), ("x-augur-features", "b,admin")]);
+        let mut host = FakeHost::with(&[
+            ("x-user-id", "u1"),
+            ("x-augur-features", "b,admin"),
+            ("x-augur-flags", "@model=evil,b=on;forced_on"),
+        ]);
         rt.on_request_headers(&mut host, &mut sink);
         assert_eq!(host.header("x-augur-features"), Some("a,c"));
+        assert!(host.header("x-augur-flags").is_some_and(|f| f.contains("b=off;kill_switch")));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::routing::Stack;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -192,6 +193,10 @@ impl Buckets {
 pub struct Metrics {
     batch: Batch,
     requests: [Option<Counter>; 2],
+    /// Per stack: requests with no user id (not sticky).
+    unkeyed: [Option<Counter>; 2],
+    /// Gauge: when this configuration's model was loaded (Unix seconds).
+    model_loaded: Option<u32>,
     model_errors: Option<Counter>,
     spoofed: Option<Counter>,
     /// Per feature × reason (the reason implies the on/off state).
@@ -227,6 +232,8 @@ impl Metrics {
         let mut batch = Batch { immediate: config.stats_flush_ms == 0, ..Batch::default() };
         let mut c = |name: String| batch.define(sink, &name);
         let requests = STACKS.map(|s| c(format!("augur_requests_total.rollout.{r}.stack.{}", s.as_str())));
+        let unkeyed =
+            STACKS.map(|s| c(format!("augur_unkeyed_requests_total.rollout.{r}.stack.{}", s.as_str())));
         let model_errors = c(format!("augur_model_errors_total.rollout.{r}"));
         let spoofed = c(format!("augur_spoofed_requests_total.rollout.{r}"));
         let responses = STACKS.map(|s| {
@@ -250,6 +257,14 @@ impl Metrics {
                 })
             })
             .collect();
+        // model_version is the last pair: its value may hold dots.
+        let model_loaded = sink.define(
+            MetricKind::Gauge,
+            &format!(
+                "augur_model_loaded_timestamp_seconds.rollout.{r}.model_version.{}",
+                config.model_version
+            ),
+        );
         let rollback_events = ROLLBACK_EVENTS.map(|k| {
             sink.define(MetricKind::Counter, &format!("augur_rollback_events_total.rollout.{r}.kind.{k}"))
         });
@@ -297,6 +312,8 @@ impl Metrics {
         Metrics {
             batch,
             requests,
+            unkeyed,
+            model_loaded,
             model_errors,
             spoofed,
             feature_decisions,
@@ -308,6 +325,13 @@ impl Metrics {
             feature_outcomes,
             feature_latency,
             rollback_events,
+        }
+    }
+
+    /// Sets the model-loaded gauge to `now_secs` (Unix time).
+    pub fn model_loaded(&self, now_secs: u64, sink: &mut impl MetricSink) {
+        if let Some(id) = self.model_loaded {
+            sink.record(id, now_secs);
         }
     }
 
@@ -331,10 +355,13 @@ impl Metrics {
         self.batch.flush(sink);
     }
 
-    /// Counts one request's decision.
-    pub fn on_decision(&mut self, d: &Decision, spoofed: bool, sink: &mut impl MetricSink) {
+    /// Counts one request's decision; `keyed`: the request had a user id.
+    pub fn on_decision(&mut self, d: &Decision, spoofed: bool, keyed: bool, sink: &mut impl MetricSink) {
         let b = &mut self.batch;
         b.add(self.requests[stack_ix(d.stack)], sink);
+        if !keyed {
+            b.add(self.unkeyed[stack_ix(d.stack)], sink);
+        }
         if !d.model_ok {
             b.add(self.model_errors, sink);
         }
@@ -497,7 +524,7 @@ mod tests {
         for i in 0..n {
             let req: Vec<(String, String)> = vec![("x-user-id".into(), format!("u{i}"))];
             decide(&c, &mut w, &req, &mut d);
-            m.on_decision(&d, i % 10 == 0, &mut sink);
+            m.on_decision(&d, i % 10 == 0, i % 8 != 0, &mut sink);
             let o = Outcome {
                 stack: d.stack,
                 status: Some(if i % 4 == 0 { 503 } else { 200 }),
@@ -530,6 +557,13 @@ mod tests {
             "old stack: reason old_stack"
         );
         assert_eq!(sink.counter("augur_spoofed_requests_total.rollout.default"), n / 10);
+        let unkeyed = sink.counter("augur_unkeyed_requests_total.rollout.default.stack.old")
+            + sink.counter("augur_unkeyed_requests_total.rollout.default.stack.new");
+        assert_eq!(unkeyed, n / 8, "requests without a user id");
+        m.model_loaded(1_700_000_000, &mut sink);
+        let gauge = "augur_model_loaded_timestamp_seconds.rollout.default.model_version.default-v1";
+        assert_eq!(sink.histograms[gauge], vec![1_700_000_000], "the gauge is set (record) once");
+        assert!(sink.names.iter().any(|(k, n)| *k == MetricKind::Gauge && n == gauge));
         assert_eq!(sink.counter("augur_model_errors_total.rollout.default"), 0);
         let errors = sink.counter("augur_responses_total.rollout.default.stack.old.class.5xx")
             + sink.counter("augur_responses_total.rollout.default.stack.new.class.5xx");
@@ -538,7 +572,10 @@ mod tests {
         assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.002"), 0);
         assert_eq!(sink.counter("augur_latency_seconds_bucket.rollout.default.stack.new.le.0.005"), new);
         assert_eq!(sink.counter("augur_latency_milliseconds_total.rollout.default.stack.new"), 3 * new);
-        assert!(sink.histograms.is_empty(), "no Envoy histogram: no host call per sample");
+        assert!(
+            sink.names.iter().all(|(k, _)| *k != MetricKind::Histogram),
+            "no Envoy histogram: no host call per sample"
+        );
         let outcome = |arm: &str, o: &str| {
             sink.counter(&format!(
                 "augur_feature_outcomes_total.rollout.default.feature.a.arm.{arm}.outcome.{o}"
@@ -631,7 +668,7 @@ mod tests {
         let mut d = Decision::default();
         decide(&c, &mut Worker::new(&c), &Vec::<(String, String)>::new(), &mut d);
         for _ in 0..7 {
-            m.on_decision(&d, false, &mut sink);
+            m.on_decision(&d, false, true, &mut sink);
         }
         assert_eq!(sink.increments, 0);
         m.flush(&mut sink);
@@ -643,7 +680,7 @@ mod tests {
         let c = cfg("0");
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
-        m.on_decision(&d, false, &mut sink);
+        m.on_decision(&d, false, true, &mut sink);
         assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.old"), 1, "immediate");
     }
 }

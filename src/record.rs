@@ -48,6 +48,37 @@ pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Writes the `<prefix>flags` request header value into `out` (cleared first):
+/// what an app needs to resolve a flag with its reason (the OpenFeature
+/// providers in `clients/` read it). Comma-separated entries, the model first:
+///
+/// ```text
+/// @model=default-v1,new_checkout=on;enabled;72,search_v2=off;security_risk;41,hd_images=on;forced_on
+/// ```
+///
+/// `@model=<version>;error` when the model failed on this request (fallbacks
+/// applied); a feature's third field, its score (0-100), is absent when the
+/// model did not score it. Feature names and versions are tokens (letters,
+/// digits, `-`, `_`, `.`), so the value needs no escaping.
+pub fn write_flags(config: &Config, decision: &Decision, out: &mut String) {
+    out.clear();
+    out.push_str("@model=");
+    out.push_str(&config.model_version);
+    if !decision.model_ok {
+        out.push_str(";error");
+    }
+    for (name, flag) in config.feature_names().zip(&decision.flags) {
+        out.push(',');
+        out.push_str(name);
+        out.push_str(if flag.on { "=on;" } else { "=off;" });
+        out.push_str(flag.reason.as_str());
+        if let Some(score) = flag.score {
+            out.push(';');
+            push_u64(out, u64::from(score));
+        }
+    }
+}
+
 /// Writes the decision record for one request into `out` (cleared first).
 pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut String) {
     out.clear();
@@ -166,6 +197,37 @@ mod tests {
     use crate::config::compile;
     use crate::engine::{decide, Worker};
     use crate::profile::INPUT_DIM;
+
+    #[test]
+    fn flags_header_lists_every_feature_with_state_reason_and_score() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 100},
+                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"},
+                              {"name": "search_v2", "min_score": 0, "max_performance_cost": 1,
+                               "max_error_risk": 1, "max_security_risk": 1}]}"#,
+        )
+        .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let req: Vec<(String, String)> = vec![("x-user-id".into(), "u1".into())];
+        decide(&c, &mut w, &req, &mut d);
+        let mut s = String::new();
+        write_flags(&c, &d, &mut s);
+        let entries: Vec<&str> = s.split(',').collect();
+        assert_eq!(entries[0], "@model=default-v1");
+        assert_eq!(entries[1], "a=on;forced_on");
+        assert_eq!(entries[2], "b=off;kill_switch");
+        let (name, rest) = entries[3].split_once('=').unwrap();
+        let fields: Vec<&str> = rest.split(';').collect();
+        assert_eq!(name, "search_v2");
+        assert_eq!(fields[0], if d.flags[2].on { "on" } else { "off" });
+        assert_eq!(fields[1], d.flags[2].reason.as_str());
+        assert_eq!(fields[2].parse::<u8>().ok(), d.flags[2].score, "the model scores search_v2");
+        assert_eq!(entries.len(), 4);
+        d.model_ok = false;
+        write_flags(&c, &d, &mut s);
+        assert!(s.starts_with("@model=default-v1;error,a=on;forced_on,"), "{s}");
+    }
 
     #[test]
     fn record_is_valid_json_with_every_field() {
