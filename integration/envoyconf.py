@@ -35,6 +35,27 @@ ACCESS_LOG_FORMAT = (
 )
 
 
+def otel_access_log_fields(rollout):
+    """Per-request OpenTelemetry `feature_flag.*` attributes Envoy can fill in
+    itself (README "Apps: OpenFeature"), plus augur's per-feature results
+    (`x-augur-flags`, which augur sets on the request: `-` on the old stack).
+    The values are Envoy command operators: use them as the `attributes` of
+    the OpenTelemetry access logger, or as a JSON line (`otel_access_log_format`)."""
+    return {
+        "feature_flag.provider.name": "augur",
+        "feature_flag.set.id": rollout,
+        "feature_flag.context.id": "%REQ(X-REQUEST-ID)%",
+        "augur.stack": "%REQ(X-AUGUR-STACK)%",
+        "augur.flags": "%REQ(X-AUGUR-FLAGS)%",
+    }
+
+
+def otel_access_log_format(rollout):
+    """`otel_access_log_fields` as one JSON object per line (a file access log format)."""
+    body = ",".join(f'"{k}":"{v}"' for k, v in otel_access_log_fields(rollout).items())
+    return "{" + body + "}\n"
+
+
 def stats_config():
     tags = [
         {
@@ -264,28 +285,33 @@ def router_filter():
     }
 
 
-def http_listener(name, port, route_config, http_filters, access_log_path=None, access_log_format=ACCESS_LOG_FORMAT):
+def http_listener(name, port, route_config, http_filters, access_log_path=None, access_log_format=ACCESS_LOG_FORMAT,
+                  extra_access_logs=()):
     """A loopback HTTP/1.1 listener: one HCM with the given route table and filter
     chain (which must end with `router_filter()`), and optionally a file access
     log in `access_log_format` (for a listener without augur the `decision`
-    field is `-`, as for requests augur never saw)."""
+    field is `-`, as for requests augur never saw); `extra_access_logs`: more
+    file access logs, as (path, format) pairs."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
         "route_config": route_config,
         "http_filters": http_filters,
     }
-    if access_log_path is not None:
-        hcm["access_log"] = [
+    if access_log_path is not None or extra_access_logs:
+        hcm["access_log"] = []
+    logs = ([(access_log_path, access_log_format)] if access_log_path is not None else []) + list(extra_access_logs)
+    for path, fmt in logs:
+        hcm["access_log"].append(
             {
                 "name": "access_log",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                    "path": str(access_log_path),
-                    "log_format": {"text_format_source": {"inline_string": access_log_format}},
+                    "path": str(path),
+                    "log_format": {"text_format_source": {"inline_string": fmt}},
                 },
             }
-        ]
+        )
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
