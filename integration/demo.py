@@ -37,7 +37,11 @@ def main():
     envoy = None
     try:
         envoy = Envoy(config_path=ROOT / "envoy" / "envoy.yaml", admin_port=9901, workdir=RUN)
-        print(f"Envoy ready with the filter in {envoy.ready_seconds:.1f} s  (config envoy/envoy.yaml, log .run/envoy.log)")
+        size = harness.WASM.stat().st_size
+        print(
+            f"module {harness.WASM.relative_to(ROOT)}: {size / 1048576:.2f} MB; "
+            f"Envoy ready with the filter in {envoy.ready_seconds:.1f} s  (config envoy/envoy.yaml, log .run/envoy.log)"
+        )
 
         users = synthetic.make_users(USERS, SEED)
         reqs = harness.synthetic_requests(REQUESTS, SEED, "demo", users)

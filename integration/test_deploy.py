@@ -317,3 +317,57 @@ def test_ecds_update_with_remote_code_skips_the_filter_and_the_guard_keeps_routi
 def test_tools_are_real():
     for tool in ("skopeo", "docker-registry"):
         assert shutil.which(tool), f"{tool}: install it (Debian: apt-get install {tool}); `make test` does when root"
+
+
+def test_readme_snippet_for_your_own_envoy_is_a_valid_configuration(tmp_path):
+    """The ~20 lines README "Deploy" gives for putting augur in front of your own
+    Envoy, inside a listener's HttpConnectionManager: Envoy 1.40 accepts them
+    (`--mode validate` also runs augur's on_configure on the plugin JSON)."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### In front of your own Envoy"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):section.index("```\n", section.index("```yaml\n"))]
+    block = block.replace("/etc/envoy/augur.wasm", str(harness.WASM)).replace("/var/log/envoy/augur.log", str(tmp_path / "augur.log"))
+    hcm = yaml.safe_load(block)
+    hcm.update({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "shop",
+    })
+    assert hcm["http_filters"][1]["typed_config"]["config"]["failure_policy"] == "FAIL_CLOSED"
+    listener = {
+        "name": "shop",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": harness.free_port()}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    }
+    config = envoyconf.bootstrap(harness.free_port(), [listener], harness.free_port(), harness.free_port())
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    rc, out = harness.validate(path)
+    assert rc == 0, out[-3000:]
+    assert "augur: configuration accepted" in out
+
+
+def test_istio_and_envoy_gateway_manifests_carry_a_valid_augur_configuration(tmp_path):
+    """The plugin configuration in each manifest is one augur accepts (the same
+    compiler as the filter, through the CLI), the filter fails closed, and the
+    route matches exactly the new stack's value of x-augur-stack."""
+    import yaml
+
+    istio = list(yaml.safe_load_all((ROOT / "deploy" / "istio" / "wasmplugin.yaml").read_text()))
+    gateway = list(yaml.safe_load_all((ROOT / "deploy" / "envoy-gateway" / "augur.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in istio + gateway}
+    wasm_plugin, policy = by_kind["WasmPlugin"]["spec"], by_kind["EnvoyExtensionPolicy"]["spec"]
+    assert wasm_plugin["failStrategy"] == "FAIL_CLOSE" and wasm_plugin["pluginName"] == "augur"
+    assert wasm_plugin["url"].startswith("oci://") and wasm_plugin["phase"] in ("AUTHN", "AUTHZ", "STATS")
+    (ext,) = policy["wasm"]
+    assert ext["failOpen"] is False and ext["rootID"] == "augur" and ext["code"]["type"] == "Image"
+    for name, cfg in (("istio", wasm_plugin["pluginConfig"]), ("envoy-gateway", ext["config"])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        r = subprocess.run([str(harness.AUGUR_CLI), "check-config", str(path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"{name}: {r.stdout}{r.stderr}"
+    vs = by_kind["VirtualService"]["spec"]["http"][0]["match"][0]["headers"]
+    assert vs == {"x-augur-stack": {"exact": "new"}}
+    route = by_kind["HTTPRoute"]["spec"]["rules"][0]["matches"][0]["headers"]
+    assert route == [{"name": "x-augur-stack", "value": "new"}]
