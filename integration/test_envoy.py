@@ -60,6 +60,12 @@ def rollback_config(name):
     }
 
 
+def slowed_config():
+    c = rollback_config("slowed")
+    c["rollout"] = {"percentage": 50, "salt": "slowed"}
+    return c
+
+
 LISTENERS = {
     "demo": DEMO,
     "rules": RULES,
@@ -67,6 +73,7 @@ LISTENERS = {
     "failopen": FAILOPEN,
     "harmed": rollback_config("harmed"),
     "steady": rollback_config("steady"),
+    "slowed": slowed_config(),
 }
 
 
@@ -395,6 +402,37 @@ def test_no_rollback_on_noise(env):
     counters = envoy.counters()
     for kind in ("blocked", "killed", "reverted"):
         assert counters.get(f"wasmcustom.augur_rollback_events.rollout.steady.kind.{kind}", 0) == 0, kind
+
+
+def test_a_latency_regression_below_slow_ms_is_rolled_back(env):
+    """new_checkout makes tablets 300 ms slower — far below rollback.slow_ms
+    (1000): only the slow cut learned from the old stack's own latencies sees
+    it. Eight clients at once, so the planted sleeps overlap."""
+    import concurrent.futures
+
+    envoy = env["envoy"]
+    blocked = "wasmcustom.augur_rollback_events.rollout.slowed.kind.blocked"
+    uas = ["Mozilla/5.0 (iPhone) Mobile", "Mozilla/5.0 (iPad; CPU OS 17_0)", "Mozilla/5.0 (Windows NT 10.0)"]
+
+    def worker(k):
+        c = Client(env["ports"]["slowed"])
+        try:
+            for i in range(k, 6000, 8):
+                if i % 40 < 8 and envoy.counters().get(blocked, 0) > 0:
+                    return
+                h = {"x-user-id": f"sl-{i % 600}", "x-request-id": f"sl-{i}", "user-agent": uas[i % 3]}
+                if i % 3 == 1:
+                    h["x-demo-slow"] = "new_checkout:300"
+                c.request(h)
+        finally:
+            c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert envoy.counters().get(blocked, 0) > 0, "no rollback: " + envoy.log()[-2000:]
+    log = envoy.log()
+    assert "feature new_checkout rolled back in device=tablet on latency" in log, log[-3000:]
+    assert "feature search_v2 rolled back" not in log
 
 
 def test_model_failure_fails_open_and_is_counted(env):

@@ -121,14 +121,35 @@ impl Tally {
 
 /// Evidence that `a` is worse than `b` on KPI `k` (ln of the mixture ratio),
 /// `a` and `b` being two randomised arms of one split.
+///
+/// Below [`EXACT_FROM`] it returns a cheap upper bound instead (the maximum
+/// likelihood ratio, which no mixture exceeds): every level the tests compare
+/// against is higher, so decisions are the same, and a sync does not compute
+/// thousands of incomplete beta functions for cells with nothing going on.
 pub fn evidence(a: Tally, b: Tally, k: usize) -> f64 {
     let n = u64::from(a.n) + u64::from(b.n);
     if a.n == 0 || b.n == 0 {
         return 0.0;
     }
     let pi = f64::from(a.n) / n as f64;
+    let (x, total) = (f64::from(a.bad[k]), f64::from(a.bad[k]) + f64::from(b.bad[k]));
+    if total == 0.0 || x <= pi * total {
+        return 0.0; // no excess on the tested arm: M ≤ 1
+    }
+    let q = x / total;
+    let mut bound = x * (q / pi).ln();
+    if total > x {
+        bound += (total - x) * ((1.0 - q) / (1.0 - pi)).ln();
+    }
+    if bound < EXACT_FROM {
+        return bound;
+    }
     ln_harm(u64::from(a.bad[k]), u64::from(a.bad[k]) + u64::from(b.bad[k]), pi)
 }
+
+/// Evidence below this is reported as its upper bound (see [`evidence`]); every
+/// level in [`Levels`] (and half of it) is above it.
+const EXACT_FROM: f64 = 2.0;
 
 /// Lower confidence bound (~2 standard errors) of `a`'s excess bad rate over `b`.
 fn excess_lcb(a: Tally, b: Tally, k: usize) -> f64 {
@@ -213,8 +234,9 @@ pub struct Counts {
     /// Old-stack requests [0], and new-stack requests with no feature on [1].
     pub baseline: [Tally; 2],
     pub arms: Vec<Arms>,
-    /// Latency histogram of control requests (old stack, or no feature on).
-    pub latency: [u32; LATENCY_SLOTS],
+    /// Latency histograms of control requests (old stack, or no feature on)
+    /// [0] and of every request [1] (the cut's fallback at 100% rollout).
+    pub latency: [[u32; LATENCY_SLOTS]; 2],
     /// Explored requests per single cell since it became suspect.
     pub explored: [u32; CELLS],
     /// New-stack requests per cell (singles and pairs): which pairs are
@@ -250,7 +272,7 @@ impl Counts {
             stack: [[[Tally::default(); CELLS]; 2]; 2],
             baseline: [Tally::default(); 2],
             arms: (0..features).map(|_| Arms::new()).collect(),
-            latency: [0; LATENCY_SLOTS],
+            latency: [[0; LATENCY_SLOTS]; 2],
             explored: [0; CELLS],
             traffic: vec![0; ALL_CELLS],
         }
@@ -271,11 +293,16 @@ impl Counts {
                 t.record(bad);
             }
         }
-        if stack == Stack::Old || x.enabled == 0 {
+        let slot = LATENCY_BOUNDS.iter().position(|&b| outcome.latency_ms <= u64::from(b));
+        let slot = slot.unwrap_or(LATENCY_BOUNDS.len());
+        let control = stack == Stack::Old || x.enabled == 0;
+        for (h, counted) in self.latency.iter_mut().zip([control, true]) {
+            if counted {
+                h[slot] = h[slot].saturating_add(1);
+            }
+        }
+        if control {
             self.baseline[stack_ix(stack)].record(bad);
-            let slot = LATENCY_BOUNDS.iter().position(|&b| outcome.latency_ms <= u64::from(b));
-            let slot = slot.unwrap_or(LATENCY_BOUNDS.len());
-            self.latency[slot] = self.latency[slot].saturating_add(1);
         }
         if stack != Stack::New {
             return;
@@ -329,8 +356,8 @@ impl Counts {
                 *x = x.saturating_add(y);
             }
         }
-        for (a, b) in self.latency.iter_mut().zip(other.latency) {
-            *a = a.saturating_add(b);
+        for (a, b) in self.latency.iter_mut().flatten().zip(other.latency.iter().flatten()) {
+            *a = a.saturating_add(*b);
         }
         for (a, b) in self.explored.iter_mut().zip(other.explored) {
             *a = a.saturating_add(b);
@@ -668,20 +695,29 @@ fn choose_block(
     }
 }
 
-/// Learns the slow cut: the control requests' p90 (bucket bound), never above
-/// `slow_ms`; old history fades (halved past 50,000 requests).
+/// Learns the slow cut: the control requests' p90 (bucket bound) — or, until
+/// there are enough of them (e.g. at 100% rollout), every request's — never
+/// above `slow_ms`. Any cut keeps the tests valid (both arms of a split are
+/// judged against the same one); the control's makes a regression stand out.
+/// Old history fades (halved past 50,000 requests).
 fn learn_slow_cut(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks) {
-    let total: u64 = counts.latency.iter().map(|&n| u64::from(n)).sum();
-    if total > 50_000 {
-        for n in counts.latency.iter_mut() {
-            *n /= 2;
+    for h in counts.latency.iter_mut() {
+        if h.iter().map(|&n| u64::from(n)).sum::<u64>() > 50_000 {
+            for n in h.iter_mut() {
+                *n /= 2;
+            }
         }
     }
-    if total < u64::from(LATENCY_MIN) {
+    let Some(h) = counts
+        .latency
+        .iter()
+        .find(|h| h.iter().map(|&n| u64::from(n)).sum::<u64>() >= u64::from(LATENCY_MIN))
+    else {
         return;
-    }
+    };
+    let total: u64 = h.iter().map(|&n| u64::from(n)).sum();
     let mut cum = 0u64;
-    for (i, &n) in counts.latency.iter().enumerate() {
+    for (i, &n) in h.iter().enumerate() {
         cum += u64::from(n);
         if cum as f64 >= SLOW_QUANTILE * total as f64 {
             let bound = LATENCY_BOUNDS.get(i).map_or(policy.slow_ms, |&b| u64::from(b));

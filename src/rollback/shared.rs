@@ -281,7 +281,7 @@ impl Counts {
         for t in self.stack.iter().flatten().flatten().chain(&self.baseline) {
             w.tally(t);
         }
-        for n in self.latency.iter().chain(&self.explored).chain(&self.traffic) {
+        for n in self.latency.iter().flatten().chain(&self.explored).chain(&self.traffic) {
             w.u32(*n);
         }
         for arms in &self.arms {
@@ -300,7 +300,7 @@ impl Counts {
         for t in c.stack.iter_mut().flatten().flatten().chain(c.baseline.iter_mut()) {
             *t = r.tally()?;
         }
-        for n in c.latency.iter_mut().chain(c.explored.iter_mut()).chain(c.traffic.iter_mut()) {
+        for n in c.latency.iter_mut().flatten().chain(c.explored.iter_mut()).chain(c.traffic.iter_mut()) {
             *n = r.u32()?;
         }
         for arms in c.arms.iter_mut() {

@@ -266,3 +266,23 @@ fn merge_adds_tallies() {
     assert_eq!(a.arms[0].drawn, [1, 1]);
     assert_eq!(a.stack[0][1][2].n, 2);
 }
+
+#[test]
+fn the_cheap_bound_never_hides_a_decision() {
+    // The loosest configuration allowed: alpha 0.2, one feature.
+    let l = Levels::new(&Policy { alpha: 0.2, ..Policy::default() }, 1);
+    for level in [l.single, l.pair, l.kill, l.revert, l.screen, l.srm] {
+        assert!(level / 2.0 >= EXACT_FROM, "{l:?}");
+    }
+    // Above the cut the exact value is used; below, the bound is never below it.
+    let t = |n, bad| Tally { n, bad: [bad, 0, 0] };
+    for (on, off) in [(t(100, 9), t(100, 3)), (t(50, 30), t(50, 1)), (t(500, 12), t(480, 10))] {
+        let [x, k] = [u64::from(on.bad[0]), u64::from(on.bad[0] + off.bad[0])];
+        let exact = ln_harm(x, k, f64::from(on.n) / f64::from(on.n + off.n));
+        let e = evidence(on, off, 0);
+        assert!(e >= exact - 1e-9, "{e} vs {exact}");
+        if e >= EXACT_FROM {
+            assert!((e - exact).abs() < 1e-12);
+        }
+    }
+}
