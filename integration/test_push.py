@@ -126,7 +126,8 @@ def checkout(d):
 
 def test_a_push_never_re_exposes_a_blocked_harm(env):
     plant_harm_until_blocked(env)
-    assert "rolled back in device=tablet" in env["envoy"].log()
+    harness.wait_until(lambda: "feature new_checkout rolled back in device=tablet" in env["envoy"].log(), 10,
+                       "the block in Envoy's log")
     time.sleep(0.5)  # every worker has adopted the block (two sync periods)
 
     # A retrain-style push: same rollout, new model label and a changed threshold.
