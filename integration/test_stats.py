@@ -35,7 +35,10 @@ def test_harm_and_ratio_evidence_agree_with_scipy():
             want = augur_stats.ln_harm(q["bad_on"], q["bad"], q["pi"])
         else:
             want = augur_stats.ln_ratio(q["x"], q["n"], q["p0"])
-        assert a["ln_m"] == pytest.approx(want, rel=1e-6, abs=1e-6), q
+        # Where events sit far below the arm's share (ln M ≪ 0, no evidence of
+        # harm) SciPy's tail underflows and the twin uses Laplace's approximation.
+        rel = 1e-6 if want > -5 else 1e-3
+        assert a["ln_m"] == pytest.approx(want, rel=rel, abs=1e-6), q
 
 
 def test_alarm_levels_are_the_same_budget_split():

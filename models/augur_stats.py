@@ -33,7 +33,13 @@ def ln_harm(bad_on, bad, pi):
     if bad <= 0 or not 0.0 < pi < 1.0:
         return 0.0
     x, k = float(min(bad_on, bad)), float(bad)
-    ln_integral = special.betaln(x + 1, k - x + 1) + stats.beta.logsf(pi, x + 1, k - x + 1)
+    tail = stats.beta.logsf(pi, x + 1, k - x + 1)
+    if math.isinf(tail):
+        # SciPy's tail underflowed: the events sit far below `pi` (strong
+        # evidence of *no* harm). Laplace at the boundary: ∫_pi^1 f ≈ f(pi) / |(ln f)'(pi)|.
+        slope = (k - x) / (1 - pi) - x / pi
+        return -math.log1p(-pi) - math.log(slope) if slope > 0 else 0.0
+    ln_integral = special.betaln(x + 1, k - x + 1) + tail
     return ln_integral - math.log1p(-pi) - x * math.log(pi) - (k - x) * math.log1p(-pi)
 
 
