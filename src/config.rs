@@ -113,6 +113,7 @@ impl Default for RawStats {
 struct RawRollback {
     enabled: bool,
     slow_ms: u64,
+    slow_floor_ms: u64,
     alpha: f64,
     min_samples: u32,
     kill_after_cells: u32,
@@ -132,6 +133,7 @@ impl Default for RawRollback {
         RawRollback {
             enabled: p.enabled,
             slow_ms: p.slow_ms,
+            slow_floor_ms: p.slow_floor_ms,
             alpha: p.alpha,
             min_samples: p.min_samples,
             kill_after_cells: p.kill_after_cells,
@@ -623,6 +625,12 @@ fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
             ));
         }
     }
+    if raw.slow_floor_ms > raw.slow_ms {
+        return Err(ConfigError::new(
+            "rollback.slow_floor_ms",
+            format!("{} is above rollback.slow_ms ({})", raw.slow_floor_ms, raw.slow_ms),
+        ));
+    }
     if !(raw.alpha.is_finite() && raw.alpha > 0.0 && raw.alpha <= 0.2) {
         return Err(ConfigError::new(
             "rollback.alpha",
@@ -656,6 +664,7 @@ fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
     Ok(Policy {
         enabled: raw.enabled,
         slow_ms: raw.slow_ms,
+        slow_floor_ms: raw.slow_floor_ms,
         alpha: raw.alpha,
         min_samples: raw.min_samples,
         kill_after_cells: raw.kill_after_cells,

@@ -2,7 +2,8 @@
 //!
 //! Every response is scored on three KPIs — an **error** (5xx or no status), an
 //! app-reported **security** event, a **slow** response (latency above the
-//! control requests' own p90, learned online, or at least `slow_ms`) — and
+//! control requests' own p90, learned online, but at least `slow_floor_ms`
+//! and at most `slow_ms`) — and
 //! tallied per cell (see [`cells`]: single attributes and pairs of them):
 //!
 //! - per stack and single cell, over a sliding window: a cell whose new stack
@@ -173,6 +174,10 @@ pub struct Policy {
     pub enabled: bool,
     /// A response this slow is always slow (the learned cut may be lower).
     pub slow_ms: u64,
+    /// …and one this fast never is: a regression smaller than this is not one
+    /// worth a rollback, however significant (sub-millisecond noise on a fast
+    /// service would otherwise be).
+    pub slow_floor_ms: u64,
     /// False-alarm budget of all automated actions of one rollout.
     pub alpha: f64,
     /// Minimum requests in each arm before a test (keeps the arm shares stable).
@@ -194,6 +199,7 @@ impl Default for Policy {
         Policy {
             enabled: true,
             slow_ms: 1000,
+            slow_floor_ms: 100,
             alpha: 0.01,
             min_samples: 20,
             kill_after_cells: 4,
@@ -444,11 +450,12 @@ impl Blocks {
         self.suspect != 0 && cells.iter().any(|&c| c < 32 && self.suspect & (1 << c) != 0)
     }
 
-    /// The slow cut for a response (ms).
+    /// The slow cut for a response (ms): the learned p90, within
+    /// [`slow_floor_ms`](Policy::slow_floor_ms), [`slow_ms`](Policy::slow_ms).
     pub fn slow_ms(&self, policy: &Policy) -> u64 {
         match self.slow_ms {
             0 => policy.slow_ms,
-            learned => u64::from(learned).min(policy.slow_ms),
+            learned => u64::from(learned).max(policy.slow_floor_ms).min(policy.slow_ms),
         }
     }
 
