@@ -439,6 +439,17 @@ def describe(res):
     print("  new-stack decisions by reason:")
     for f in FEATURES:
         print(f"    {f:<16}" + ", ".join(f"{r} {n}" for (ff, r), n in sorted(c.items(), key=lambda kv: -kv[1]) if ff == f))
+    new = [r["decision"] for r in res["records"]
+           if isinstance(r.get("decision"), dict) and r["decision"]["stack"] == "new"]
+    if new:
+        quarter = max(1, len(new) // 4)
+        shares = []
+        for q in range(0, len(new), quarter):
+            chunk = new[q:q + quarter]
+            shares.append(sum(any(v["reason"] == "exploring" for v in d["features"].values()) for d in chunk)
+                          / len(chunk))
+        print("  exploration: share of new-stack requests with a feature explored off, by quarter of the run: "
+              + ", ".join(f"{100 * x:.1f}%" for x in shares[:4]))
     events = rollback_events(res["envoy_log"])
     t_start = res["t_start"]
     shown = [e for e in events if "rolled back" in e[1] or "regressed" in e[1]]
