@@ -666,7 +666,9 @@ fn choose_block(
     if best.cell >= CELLS {
         return Some(best);
     }
-    // A single cell: is the harm really in one pair inside it?
+    // A single cell: is the harm really in a narrower cell inside it — a pair
+    // with another attribute, or (when this cell holds nearly everyone, e.g.
+    // history=low) that other attribute's own cell?
     let (s, k) = (best.cell, best.kpi);
     let [s_on, s_off] = arms.cells[s];
     let excess = |on: Tally, off: Tally| {
@@ -677,26 +679,33 @@ fn choose_block(
     let mut narrow: Option<(Candidate, f64)> = None;
     for other in 0..CELLS {
         let Some(p) = cells::pair(s, other) else { continue };
-        if same_as_parent(p) {
+        if 10 * size(p) >= 9 * size(s) {
+            continue; // `other` holds (nearly) all of this cell: nothing narrower
+        }
+        // The narrower cell: the pair, or `other` itself when the pair is it.
+        let (narrower, level) =
+            if 10 * size(p) >= 9 * size(other) { (other, levels.single) } else { (p, levels.pair) };
+        let [p_on, p_off] = arms.cells[p];
+        // Confined: the rest of this cell is confidently clean — its excess rate
+        // (upper bound) below half the narrower cell's.
+        let (r_on, r_off) = (s_on.minus(p_on), s_off.minus(p_off));
+        let rest_ucb = -excess_lcb(r_off, r_on, k);
+        let [n_on, n_off] = arms.cells[narrower];
+        let narrow_rate = n_on.rate(k) - n_off.rate(k);
+        if !(rest_ucb < 0.5 * narrow_rate) || evidence(r_on, r_off, k) >= levels.single / 2.0 {
             continue;
         }
-        let [p_on, p_off] = arms.cells[p];
-        let rest_e = evidence(s_on.minus(p_on), s_off.minus(p_off), k);
-        if rest_e >= levels.single / 2.0 {
-            continue; // the harm is not confined to this pair
-        }
         let share = excess(p_on, p_off) / s_excess.max(1e-9);
-        let (ok, e, lcb) = test(p, k);
-
-        if ok && e >= levels.pair {
-            return Some(Candidate { cell: p, kpi: k, evidence: e, lcb });
+        let (ok, e, lcb) = test(narrower, k);
+        if ok && e >= level {
+            return Some(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
         }
-        if share >= 0.5 && e >= levels.pair / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
-            narrow = Some((Candidate { cell: p, kpi: k, evidence: e, lcb }, share));
+        if share >= 0.5 && e >= level / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
+            narrow = Some((Candidate { cell: narrower, kpi: k, evidence: e, lcb }, share));
         }
     }
     match narrow {
-        // Wait for the pair, unless the broad evidence is overwhelming.
+        // Wait for the narrower cell, unless the broad evidence is overwhelming.
         Some(_) if best.evidence < 2.0 * levels.single => None,
         _ => Some(best),
     }
