@@ -71,12 +71,8 @@ LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_
 # uplifts (probability that the feature causes a slow request / an error / a
 # security event), so a feature is turned off where it causes one in five.
 PUSHED_THRESHOLDS = "performance_cost=0.2,error_risk=0.2,security_risk=0.2"
-# The loop run's automated rollback: tallies pooled every 250 ms; a cell is
-# suspect, and a feature blocked, at z > 5 (stricter than the default 4: with
-# tallies re-tested every tick, a rare background error must not look like a
-# regression), tests from 20 requests per arm, 40% of would-be-on features
-# drawn off in suspect cells.
-ROLLBACK = {"sync_ms": 250, "z": 5, "z_suspect": 5, "min_samples": 20, "explore_share": 0.4}
+# The loop run's automated rollback: the shipped defaults (README), nothing tuned.
+ROLLBACK = {}
 MAX_BODY = 2048
 
 
@@ -443,6 +439,17 @@ def describe(res):
     print("  new-stack decisions by reason:")
     for f in FEATURES:
         print(f"    {f:<16}" + ", ".join(f"{r} {n}" for (ff, r), n in sorted(c.items(), key=lambda kv: -kv[1]) if ff == f))
+    new = [r["decision"] for r in res["records"]
+           if isinstance(r.get("decision"), dict) and r["decision"]["stack"] == "new"]
+    if new:
+        quarter = max(1, len(new) // 4)
+        shares = []
+        for q in range(0, len(new), quarter):
+            chunk = new[q:q + quarter]
+            shares.append(sum(any(v["reason"] == "exploring" for v in d["features"].values()) for d in chunk)
+                          / len(chunk))
+        print("  exploration: share of new-stack requests with a feature explored off, by quarter of the run: "
+              + ", ".join(f"{100 * x:.1f}%" for x in shares[:4]))
     events = rollback_events(res["envoy_log"])
     t_start = res["t_start"]
     shown = [e for e in events if "rolled back" in e[1] or "regressed" in e[1]]

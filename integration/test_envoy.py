@@ -60,6 +60,12 @@ def rollback_config(name):
     }
 
 
+def slowed_config():
+    c = rollback_config("slowed")
+    c["rollout"] = {"percentage": 50, "salt": "slowed"}
+    return c
+
+
 LISTENERS = {
     "demo": DEMO,
     "rules": RULES,
@@ -67,6 +73,7 @@ LISTENERS = {
     "failopen": FAILOPEN,
     "harmed": rollback_config("harmed"),
     "steady": rollback_config("steady"),
+    "slowed": slowed_config(),
 }
 
 
@@ -404,6 +411,46 @@ def test_no_rollback_on_noise(env):
     counters = envoy.counters()
     for kind in ("blocked", "killed", "reverted"):
         assert counters.get(f"wasmcustom.augur_rollback_events_total.rollout.steady.kind.{kind}", 0) == 0, kind
+
+
+def test_a_latency_regression_below_slow_ms_is_rolled_back(env):
+    """new_checkout makes tablets 300 ms slower — far below rollback.slow_ms
+    (1000): only the slow cut learned from the old stack's own latencies sees
+    it. Eight clients at once, so the planted sleeps overlap."""
+    import concurrent.futures
+
+    envoy = env["envoy"]
+    blocked = "wasmcustom.augur_rollback_events_total.rollout.slowed.kind.blocked"
+    uas = ["Mozilla/5.0 (iPhone) Mobile", "Mozilla/5.0 (iPad; CPU OS 17_0)", "Mozilla/5.0 (Windows NT 10.0)"]
+
+    def worker(k):
+        c = Client(env["ports"]["slowed"])
+        try:
+            for i in range(k, 6000, 8):
+                if i % 40 < 8 and envoy.counters().get(blocked, 0) > 0:
+                    return
+                h = {"x-user-id": f"sl-{i % 600}", "x-request-id": f"sl-{i}", "user-agent": uas[i % 3]}
+                if i % 3 == 1:
+                    h["x-demo-slow"] = "new_checkout:300"
+                c.request(h)
+        finally:
+            c.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert envoy.counters().get(blocked, 0) > 0, "no rollback: " + envoy.log()[-2000:]
+    log = envoy.log()
+    assert "feature new_checkout rolled back in device=tablet on latency" in log, log[-3000:]
+    # The innocent feature is left alone (records of this listener only).
+    recs = [r["decision"] for r in harness.read_records(env["logs"]["slowed"]) if isinstance(r.get("decision"), dict)]
+    assert recs and all(d["features"]["search_v2"]["reason"] != "rolled_back" for d in recs)
+    time.sleep(0.5)  # every worker has adopted the block
+    after = [{"x-user-id": f"sl-after-{i}", "x-request-id": f"sl-after-{i}", "user-agent": uas[1]} for i in range(30)]
+    send(env["ports"]["slowed"], after)
+    by_id = records_for(env, "slowed", [h["x-request-id"] for h in after])
+    tablets = [by_id[h["x-request-id"]]["decision"] for h in after]
+    tablets = [d for d in tablets if d["stack"] == "new"]
+    assert tablets and all(d["features"]["new_checkout"]["reason"] == "rolled_back" for d in tablets)
 
 
 def test_model_failure_fails_open_and_is_counted(env):

@@ -292,7 +292,9 @@ def ab_traffic(n):
 
 
 def independent_counts(recs, feature, holdout):
-    """The A/B arms counted straight from the log lines, without models/report.py."""
+    """The A/B arms counted straight from the log lines, without models/report.py:
+    holdout users (reason holdout) against the other users with a user id who
+    would have had the feature (the filter hashes each user into a holdout)."""
     t = {"n": 0, "err": 0, "eng": 0, "sec": 0, "lat": []}
     c = {"n": 0, "err": 0, "eng": 0, "sec": 0, "lat": []}
     for r in recs:
@@ -300,12 +302,9 @@ def independent_counts(recs, feature, holdout):
         if d["stack"] != "new":
             continue
         reason = d["features"][feature]["reason"]
-        exploring = any(v["reason"] == "exploring" for v in d["features"].values())
-        if reason in ("holdout", "exploring"):
+        if reason == "holdout":
             arm = c
-        elif (holdout and reason in ("enabled", "fallback_on", "forced_on") and d["x"][1] == 1) or (
-            reason in ("enabled", "fallback_on") and exploring
-        ):
+        elif holdout and reason in ("enabled", "fallback_on", "forced_on") and d["x"][1] == 1:
             arm = t
         else:
             continue
@@ -372,28 +371,57 @@ def test_retrain_finds_the_planted_cell_not_the_broad_ones():
     """The job's estimator on synthetic records (no Envoy): a harm of f1 on
     tablets only is attributed to device=tablet, not to the broad cells every
     record shares (location=other, method=read, ...), and f2 gets nothing."""
+    import report
+
     rng = random.Random(3)
-    slots = report_slots()
+    names = report.cell_names(str(harness.AUGUR_CLI))
+    assert names[1] == "device=tablet" and len(names) == 25, names
+    devices = {"mobile": 0, "tablet": 1, "desktop": 2}
     recs = []
     for i in range(3000):
-        device = rng.choice(["mobile", "tablet", "desktop"])
-        x = [0.0] * 20
-        x[slots["user_present"]] = 1.0
-        x[slots[f"device_{device}"]] = 1.0
+        device = rng.choice(list(devices))
         on = {f: rng.random() < 0.5 for f in ("f1", "f2")}
-        feats = {f: {"on": v, "reason": "enabled" if v else "exploring"} for f, v in on.items()}
+        feats = {f: {"on": v, "reason": "enabled" if v else "exploring", "randomised": True} for f, v in on.items()}
         bad = (on["f1"] and device == "tablet" and rng.random() < 0.6) or rng.random() < 0.01
-        recs.append({"decision": {"stack": "new", "rollout": "t", "features": feats, "x": x, "device": device},
+        cells = [devices[device], 9, 14, 15, 17, 19, 21, 23]
+        recs.append({"decision": {"stack": "new", "rollout": "t", "features": feats, "cells": cells,
+                                  "device": device},
                      "status": 503 if bad else 200, "duration_ms": 1, "signals": "none"})
-    effects = retrain.estimate_effects(recs, ["f1", "f2"], set(), slots, slow_ms=1000)
+    effects = retrain.estimate_effects(recs, ["f1", "f2"], names, slow_ms=1000)
     assert [(e.feature, e.impact, e.cell) for e in effects] == [("f1", "error_risk", "device=tablet")], effects
     assert effects[0].uplift == pytest.approx(0.6, abs=0.1)
-    y = retrain.targets([r["decision"]["x"] for r in recs], ["f1", "f2"], effects, slots)
+    y = retrain.targets([report.cells(r, names) for r in recs], ["f1", "f2"], effects)
     tablet = np.array([r["decision"]["device"] == "tablet" for r in recs])
     assert np.all(y[tablet, 1] == pytest.approx(effects[0].uplift)) and np.all(y[~tablet] == 0)
 
 
-def report_slots():
+def test_the_record_marks_what_report_counts(env):
+    """The record's `randomised` marks are the arms models/report.py counts, and
+    its `cells` are the filter's: holdout users in the off arm, the others in
+    the on arm, both marked; a feature without a holdout is never marked."""
     import report
 
-    return report.schema_slots()
+    reqs = ab_traffic(300)
+    for h in reqs:
+        h["x-request-id"] = "marks-" + h["x-request-id"]
+    c = Client(env["ports"]["ab"])
+    try:
+        for h in reqs:
+            c.request(h)
+    finally:
+        c.close()
+    ids = {h["x-request-id"] for h in reqs}
+    harness.wait_until(lambda: ids <= {r["decision"]["id"] for r in harness.read_records(env["logs"]["ab"])
+                                       if isinstance(r.get("decision"), dict)}, 15, "records")
+    recs = [r for r in harness.read_records(env["logs"]["ab"])
+            if isinstance(r.get("decision"), dict) and r["decision"]["id"] in ids]
+    names = report.cell_names(str(harness.AUGUR_CLI))
+    for r in recs:
+        d = r["decision"]
+        assert len(d["cells"]) == 8 and report.cells(r, names)[0] == f"device={d['device']}"
+        for f in ("banner", "widget"):
+            want = None
+            if d["stack"] == "new" and d["x"][1] == 1:
+                want = "control" if d["features"][f]["reason"] == "holdout" else "treatment"
+            assert report.arm(r, f) == want, (f, d["features"][f])
+        assert report.arm(r, "plain") is None

@@ -5,7 +5,8 @@ received, so tests and the demo can see exactly what augur sent upstream
 (routing header, feature flags, decision id), and tags the response with
 `x-served-by: <stack>`. Test knobs, sent by the client: `x-demo-status: 503`
 answers with that status; `x-demo-harm: <feature>:<rate>` answers 503 with
-that probability when <feature> is among the enabled features; `x-demo-engage: 1` / `x-demo-security: 1` make the
+that probability when <feature> is among the enabled features; `x-demo-slow: <feature>:<ms>` answers
+that much later when <feature> is enabled; `x-demo-engage: 1` / `x-demo-security: 1` make the
 app report an engagement / security event in `x-augur-engagement` /
 `x-augur-security`.
 
@@ -19,6 +20,7 @@ import json
 import random
 import socket
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -88,6 +90,12 @@ def make_handler(name):
                 enabled = (self.headers.get("x-augur-features") or "").split(",")
                 if feature in enabled and RNG.random() < float(rate or 1):
                     status = 503
+            # x-demo-slow: <feature>:<ms> — a latency regression planted on <feature>.
+            slow = self.headers.get("x-demo-slow")
+            if slow:
+                feature, _, ms = slow.partition(":")
+                if feature in (self.headers.get("x-augur-features") or "").split(","):
+                    time.sleep(min(float(ms or 0), 5000.0) / 1000.0)
             engaged = self.headers.get("x-demo-engage") == "1"
             security = self.headers.get("x-demo-security") == "1"
             send_answer(self, name, status, body, engaged, security)

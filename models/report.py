@@ -8,22 +8,15 @@ Input: Envoy access-log lines, each ``{"decision": {...augur record...}, "status
 Lines that are not JSON, or whose ``decision`` is not an object (requests the
 filter never saw), are skipped and counted.
 
-Which records count, per feature F (new-stack records only):
+Which records count, per feature F: those whose record marks F as
+``randomised`` (its on/off state was random on that request: an A/B holdout or
+an exploration draw), in the arm its ``on`` says — treatment when on, control
+when off. The filter decides which requests are randomised and writes it in the
+record; this report does not re-derive it. Everything else (model / rule
+decisions, rolled_back, old stack) is left out: comparing it would measure who
+gets the feature, not what the feature does.
 
-- **control**: F is off with reason ``holdout`` (the user is in F's sticky A/B
-  holdout) or ``exploring`` (automated rollback drew F off at random in a
-  suspect cell) — randomised off.
-- **treatment**: F is on while its state was being randomised on that same
-  request: reason ``enabled`` / ``fallback_on`` (or ``forced_on`` for a feature
-  with a holdout), and either F has a holdout (every eligible new-stack request
-  with a user id is randomised) or the request was in an exploration draw
-  (some feature on the record has reason ``exploring``; only ``auto`` features
-  are explored, so ``forced_on`` does not count there).
-
-Everything else (model / rule decisions, rolled_back, old stack) is not
-randomised and is left out: comparing it would measure who gets the feature,
-not what the feature does. A feature "has a holdout" when ``--config`` says so,
-or, without ``--config``, when any record has reason ``holdout`` for it.
+Cells (``--by cell``) are the record's ``cells``, named by ``augur schema``.
 
 KPIs per record: error = status >= 500 or no status (0); latency = duration_ms
 (Envoy's request duration); engagement = the app reported one (``signals``
@@ -43,20 +36,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-ON_REASONS = {"enabled", "fallback_on"}
-CONTROL_REASONS = {"holdout", "exploring"}
 KPIS = ("error", "latency_ms", "engagement", "security")
 Z95 = 1.959963984540054
-
-# Slot positions of the augur-profile-v1 encoding (see `augur schema`), used to
-# name a record's rollback cells for `--by`. `schema_slots()` reads them from
-# the CLI when it is there.
-V1_SLOTS = {
-    "user_present": 1, "device_mobile": 2, "location_0": 6, "method_write": 10, "path_class_0": 11,
-    "history_0": 16,
-}
-DEVICES = ("mobile", "tablet", "desktop", "bot", "unknown")
-
 
 # --------------------------------------------------------------------------
 # Reading records
@@ -103,47 +84,22 @@ def kpi_values(r: dict) -> dict:
     }
 
 
-def schema_slots(augur: str | None = None) -> dict:
-    """Slot name → index from `augur schema`, or the v1 layout without the CLI."""
+def cell_names(augur: str | None = None) -> list[str]:
+    """Rollback cell names by index, from `augur schema` (the filter's own list)."""
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import train  # noqa: WPS433
 
-        schema = train.augur_schema(augur or train.DEFAULT_AUGUR)
-        return {s["name"]: s["index"] for s in schema["slots"]}
-    except Exception:  # the report works from the log alone
-        names = {}
-        for name, start in V1_SLOTS.items():
-            names[name] = start
-        for i, d in enumerate(("mobile", "tablet", "desktop", "bot")):
-            names[f"device_{d}"] = 2 + i
-        for i in range(4):
-            names[f"location_{i}"] = 6 + i
-            names[f"path_class_{i}"] = 11 + i
-            names[f"history_{i}"] = 16 + i
-        return names
+        return list(train.augur_schema(augur or train.DEFAULT_AUGUR).get("cells", []))
+    except Exception:  # the report works from the log alone: cells by number
+        return []
 
 
-def cells(x: Sequence[float], slots: dict) -> list[str]:
-    """A record's rollback cells (src/rollback.rs `cells`), by name, from its `x`."""
-
-    def one_hot(prefix, n, labels=None):
-        for i in range(n):
-            if x[slots[f"{prefix}{i}" if labels is None else f"{prefix}{labels[i]}"]] > 0.5:
-                return i
-        return n
-
-    dev = one_hot("device_", 4, DEVICES)
-    loc = one_hot("location_", 4)
-    path = one_hot("path_class_", 4)
-    out = [
-        f"device={DEVICES[dev]}",
-        f"location_{loc}" if loc < 4 else "location=other",
-        f"path_class_{path}" if path < 4 else "path_class=none",
-        "method=write" if x[slots["method_write"]] > 0.5 else "method=read",
-    ]
-    for h in range(4):
-        out.append(f"history_{h}={'high' if x[slots[f'history_{h}']] >= 0.5 else 'low'}")
+def cells(r: dict, names: Sequence[str] = ()) -> list[str]:
+    """A record's rollback cells (one per attribute group), by name."""
+    out = []
+    for c in r["decision"].get("cells") or ():
+        out.append(names[c] if isinstance(c, int) and 0 <= c < len(names) else f"cell_{c}")
     return out
 
 
@@ -163,24 +119,13 @@ def holdout_features(records: Iterable[dict], config: dict | None) -> set[str]:
     return out
 
 
-def arm(r: dict, feature: str, holdouts: set[str], slots: dict) -> str | None:
-    """'treatment', 'control' or None (not randomised) for one record and feature."""
-    d = r["decision"]
-    if d.get("stack") != "new":
+def arm(r: dict, feature: str) -> str | None:
+    """'treatment', 'control' or None (not randomised) for one record and feature,
+    as the record says."""
+    f = r["decision"].get("features", {}).get(feature)
+    if not isinstance(f, dict) or f.get("randomised") is not True:
         return None
-    fs = d.get("features", {})
-    f = fs.get(feature)
-    if f is None:
-        return None
-    reason = f.get("reason")
-    if reason in CONTROL_REASONS:
-        return "control"
-    has_user = bool(d.get("x")) and d["x"][slots.get("user_present", 1)] > 0.5
-    if feature in holdouts and has_user and (reason in ON_REASONS or reason == "forced_on"):
-        return "treatment"
-    if reason in ON_REASONS and any(v.get("reason") == "exploring" for v in fs.values()):
-        return "treatment"
-    return None
+    return "treatment" if f.get("on") else "control"
 
 
 def features_of(records: Iterable[dict]) -> list[str]:
@@ -243,10 +188,10 @@ def compare(treat: list[dict], ctrl: list[dict]) -> dict:
     return out
 
 
-def report(records: list[dict], config: dict | None = None, by: str | None = None, slots: dict | None = None,
+def report(records: list[dict], config: dict | None = None, by: str | None = None, names: Sequence[str] | None = None,
            min_n: int = 1) -> dict:
     """The whole report as a dict (what --json prints)."""
-    slots = slots or schema_slots()
+    names_of_cells = cell_names() if names is None and by == "cell" else (names or [])
     holdouts = holdout_features(records, config)
     names = [f["name"] for f in config["features"]] if config else features_of(records)
     out = {
@@ -258,7 +203,7 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
     for name in names:
         treat, ctrl = [], []
         for r in records:
-            a = arm(r, name, holdouts, slots)
+            a = arm(r, name)
             if a == "treatment":
                 treat.append(r)
             elif a == "control":
@@ -268,7 +213,7 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
             groups: dict[str, tuple[list, list]] = {}
             for arm_list, ix in ((treat, 0), (ctrl, 1)):
                 for r in arm_list:
-                    keys = segment_keys(r, by, slots)
+                    keys = segment_keys(r, by, names_of_cells)
                     for key in keys:
                         groups.setdefault(key, ([], []))[ix].append(r)
             entry["by_" + by] = {
@@ -278,12 +223,11 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
     return out
 
 
-def segment_keys(r: dict, by: str, slots: dict) -> list[str]:
+def segment_keys(r: dict, by: str, names: Sequence[str]) -> list[str]:
     if by == "device":
         return [r["decision"].get("device", "unknown")]
     if by == "cell":
-        x = r["decision"].get("x")
-        return cells(x, slots) if x and len(x) >= 20 else []
+        return cells(r, names)
     raise ValueError(f"unknown --by {by!r} (device or cell)")
 
 
@@ -324,9 +268,8 @@ def print_report(rep: dict, by: str | None, out=sys.stdout) -> None:
         file=out,
     )
     print(
-        "  control = feature off with reason holdout/exploring; treatment = feature on (enabled/fallback_on,\n"
-        "  forced_on only with a holdout) on a request whose state for it was randomised (holdout feature,\n"
-        "  or the request was in an exploration draw). Effect = treatment - control, 95% CI, two-sided p.",
+        "  treatment / control = the feature on / off on requests whose record marks it randomised\n"
+        "  (A/B holdout or exploration draw). Effect = treatment - control, 95% CI, two-sided p.",
         file=out,
     )
     head = f"  {'feature':<34}{'kpi':<11}{'n_on':>7}{'n_ctl':>7}{'on':>10}{'control':>10}{'effect':>10}  {'95% CI':<22}{'p':>7}"

@@ -7,23 +7,24 @@
 
 1. **Read** the real Envoy's outputs: access-log lines ``{"decision": {...}, "status",
    "duration_ms", "signals", ...}`` — the decision record joined with its outcome.
-2. **Estimate** each feature's effect from the *randomised* records only (see
-   models/report.py: on vs off with reason holdout/exploring), per rollback cell
-   (device, location, path class, method, history low/high — the cells of
-   src/rollback.rs, named from the record's ``x`` through ``augur schema``), for
+2. **Estimate** each feature's effect from the *randomised* records only (the
+   record marks them, see models/report.py), per rollback cell (device,
+   location, path class, method, history low/high — the record's ``cells``,
+   named through ``augur schema``), for
    each impact: performance_cost = P(latency >= rollback.slow_ms), error_risk =
    P(5xx or no status), engagement = P(app engagement), security_risk = P(app
    security event). The effect of a feature in a cell is the uplift on − off;
    cells are chosen greedily, most specific first (largest significant uplift,
    then the rest re-estimated without the rows already explained), and only
-   uplifts with z >= --min-z on >= --min-n requests per arm count. A request's
+   uplifts whose evidence (models/augur_stats.py, the filter's own statistic)
+   reaches --min-evidence on >= --min-n requests per arm count. A request's
    target impact is the uplift of the chosen cell it is in (0 elsewhere).
 3. **Train** a scikit-learn MLP on (record ``x``, target) with models/train.py's
    ``fit`` and export it with ``export`` (augur's ONNX contract).
 4. **Validate** before pushing: the ONNX graph agrees with scikit-learn; it loads
    in tract (``augur inspect-model``) with the expected features/version/schema;
    the plugin configuration with the inline model passes ``augur check-config``;
-   on held-out records (20% of users, by the record's user hash) predictions are
+   on held-out records (20% of users, by the record's bucket) predictions are
    finite and, clamped to [0, 1] as the filter does, close to the targets (MAE)
    and to each learned effect in its cell, and the pushed policy does not turn
    any feature off for more than --max-off-share of requests.
@@ -70,6 +71,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "integration"))
 
+import augur_stats  # noqa: E402
 import report  # noqa: E402
 import train  # noqa: E402
 from train import IMPACTS, TrainError  # noqa: E402
@@ -115,32 +117,26 @@ class Effect:
     impact: str
     cell: str
     uplift: float
-    z: float
+    evidence: float
     n_on: int
     n_off: int
     rate_on: float
     rate_off: float
 
 
-def _z(k1, n1, k0, n0):
-    p = (k1 + k0) / (n1 + n0)
-    var = p * (1 - p) * (1 / n1 + 1 / n0)
-    return 0.0 if var <= 0 else (k1 / n1 - k0 / n0) / math.sqrt(var)
+# ln M of 1,000: each learned effect would be a false one with probability ≤ 0.1%.
+MIN_EVIDENCE = math.log(1000.0)
 
 
-def estimate_effects(records, features, holdouts, slots, slow_ms, min_z=4.0, min_n=20, max_cells=4):
-    """Per feature and impact, the chosen cells and their uplifts (list of Effect)."""
+def estimate_effects(records, features, names, slow_ms, min_evidence=MIN_EVIDENCE, min_n=20, max_cells=4):
+    """Per feature and impact, the chosen cells and their uplifts (list of Effect).
+    `names`: cell names by index (`report.cell_names`)."""
     effects = []
-    prepared = []
-    for r in records:
-        x = r["decision"].get("x")
-        if not x or len(x) < 20:
-            continue
-        prepared.append((r, report.cells(x, slots), outcome_bits(r, slow_ms)))
+    prepared = [(r, report.cells(r, names), outcome_bits(r, slow_ms)) for r in records]
     for f in features:
         arms = []
         for r, cs, bits in prepared:
-            a = report.arm(r, f, holdouts, slots)
+            a = report.arm(r, f)
             if a is not None:
                 arms.append((cs, bits, a == "treatment"))
         for impact in IMPACTS:
@@ -165,13 +161,13 @@ def estimate_effects(records, features, holdouts, slots, slow_ms, min_z=4.0, min
                         continue
                     p1, p0 = k1 / n1, k0 / n0
                     uplift = p1 - p0
-                    z = _z(k1, n1, k0, n0)
+                    ev = augur_stats.harm(n1, int(k1), n0, int(k0))
                     # Most specific explanation first: the largest uplift we are
                     # confident about (lower 95% bound), not the largest raw uplift,
                     # which small noisy cells would win.
                     lcb = uplift - 1.96 * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-                    if uplift > 0 and z >= min_z and (best is None or lcb > best_lcb):
-                        best, best_lcb = Effect(f, impact, c, uplift, z, n1, n0, p1, p0), lcb
+                    if uplift > 0 and ev >= min_evidence and (best is None or lcb > best_lcb):
+                        best, best_lcb = Effect(f, impact, c, uplift, ev, n1, n0, p1, p0), lcb
                 if best is None:
                     break
                 chosen.append(best.cell)
@@ -179,14 +175,15 @@ def estimate_effects(records, features, holdouts, slots, slow_ms, min_z=4.0, min
     return effects
 
 
-def targets(xs, features, effects, slots) -> np.ndarray:
-    """[N, 4F] target impacts: the uplift of the chosen cell each row is in."""
+def targets(cell_lists, features, effects) -> np.ndarray:
+    """[N, 4F] target impacts: the uplift of the chosen cell each row is in
+    (`cell_lists`: each row's cell names, `report.cells`)."""
     index = {(e.feature, e.impact): [] for e in effects}
     for e in effects:
         index[(e.feature, e.impact)].append(e)
-    y = np.zeros((len(xs), len(features) * len(IMPACTS)), dtype=np.float32)
-    for i, x in enumerate(xs):
-        cs = set(report.cells(x, slots))
+    y = np.zeros((len(cell_lists), len(features) * len(IMPACTS)), dtype=np.float32)
+    for i, cells in enumerate(cell_lists):
+        cs = set(cells)
         for fi, f in enumerate(features):
             for ki, impact in enumerate(IMPACTS):
                 for e in index.get((f, impact), ()):
@@ -434,7 +431,7 @@ class Candidate:
     check: str
 
 
-def build(records, plugin, version, thresholds, augur, slots, seed=7, min_z=4.0, min_n=20,
+def build(records, plugin, version, thresholds, augur, names, seed=7, min_evidence=MIN_EVIDENCE, min_n=20,
           max_off_share=0.5, max_mae=0.05, log=print) -> Candidate:
     """Effects → targets → MLP → ONNX → every pre-push check. Raises ValidationError."""
     rollout = plugin.get("name", "default")
@@ -442,22 +439,22 @@ def build(records, plugin, version, thresholds, augur, slots, seed=7, min_z=4.0,
     if len(records) < 200:
         raise ValidationError(f"only {len(records)} records of rollout {rollout!r}: not enough to retrain")
     features = [f["name"] for f in plugin["features"]]
-    holdouts = report.holdout_features(records, plugin)
     slow_ms = float((plugin.get("rollback") or {}).get("slow_ms", 1000))
-    randomised = {
-        f: sum(1 for r in records if report.arm(r, f, holdouts, slots) is not None) for f in features
-    }
-    effects = estimate_effects(records, features, holdouts, slots, slow_ms, min_z, min_n)
+    randomised = {f: sum(1 for r in records if report.arm(r, f) is not None) for f in features}
+    effects = estimate_effects(records, features, names, slow_ms, min_evidence, min_n)
     log(f"  data: {len(records)} records; randomised per feature: "
         + ", ".join(f"{f} {n}" for f, n in randomised.items()))
     if not effects:
         log("  effects: none significant (every target impact is 0)")
     for e in effects:
         log(f"  effect: {e.feature:<16}{e.impact:<17}{e.cell:<20} on {100 * e.rate_on:5.1f}% "
-            f"(n={e.n_on}) vs off {100 * e.rate_off:5.1f}% (n={e.n_off}): uplift {e.uplift:+.2f}, z={e.z:.1f}")
+            f"(n={e.n_on}) vs off {100 * e.rate_off:5.1f}% (n={e.n_off}): uplift {e.uplift:+.2f}, evidence {e.evidence:.1f}")
     xs = np.asarray([r["decision"]["x"] for r in records], dtype=np.float32)
-    y = targets(xs, features, effects, slots)
-    held = xs[:, slots.get("user_bucket", 0)] < 0.2
+    cell_lists = [report.cells(r, names) for r in records]
+    y = targets(cell_lists, features, effects)
+    # 20% of users, sticky: the record's rollout bucket.
+    held = np.array([isinstance(r["decision"].get("bucket"), int) and r["decision"]["bucket"] % 5 == 0
+                     for r in records])
     t0 = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -500,7 +497,7 @@ def build(records, plugin, version, thresholds, augur, slots, seed=7, min_z=4.0,
     if mae > max_mae:
         raise ValidationError(f"held-out MAE {mae:.3f} > {max_mae}")
     for e in effects:
-        rows = np.array([e.cell in report.cells(x, slots) for x in x_te])
+        rows = np.array([e.cell in cs for cs, h in zip(cell_lists, held) if h])
         if rows.sum() >= 20:
             col = features.index(e.feature) * len(IMPACTS) + IMPACTS.index(e.impact)
             got = float(pred[rows, col].mean())
@@ -547,8 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the model here")
     ap.add_argument("--augur", default=train.DEFAULT_AUGUR)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--min-z", type=float, default=4.0,
-                    help="significance of an effect (one-sided z; ~2000 cell tests per run, so well above 2)")
+    ap.add_argument("--min-evidence", type=float, default=MIN_EVIDENCE,
+                    help="evidence (ln of the always-valid mixture ratio, models/augur_stats.py) an effect needs "
+                         "(default ln 1000: a false effect per test with probability <= 0.1%%)")
     ap.add_argument("--min-n", type=int, default=20, help="minimum randomised requests per arm and cell")
     ap.add_argument("--max-off-share", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for Envoy's verdict")
@@ -573,8 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  tract: {json.dumps(info)}; check-config: {check_config(args.augur, new_plugin)}")
     else:
         records, skipped = report.read_log(args.log)
-        slots = report.schema_slots(args.augur)
-        cand = build(records, plugin, args.version, thresholds, args.augur, slots, args.seed, args.min_z,
+        names = report.cell_names(args.augur)
+        cand = build(records, plugin, args.version, thresholds, args.augur, names, args.seed, args.min_evidence,
                      args.min_n, args.max_off_share)
         print_candidate(cand)
         onnx_bytes, new_plugin = cand.onnx, cand.plugin

@@ -113,13 +113,18 @@ impl Default for RawStats {
 struct RawRollback {
     enabled: bool,
     slow_ms: u64,
-    z: f64,
-    z_suspect: f64,
+    slow_floor_ms: u64,
+    alpha: f64,
     min_samples: u32,
     kill_after_cells: u32,
     explore_share: f64,
+    explore_budget: f64,
     probation_s: Option<u64>,
     sync_ms: u64,
+    epoch: u64,
+    /// Replaced by `alpha`: refused with a message that says so.
+    z: Option<serde_json::Value>,
+    z_suspect: Option<serde_json::Value>,
 }
 
 impl Default for RawRollback {
@@ -128,13 +133,17 @@ impl Default for RawRollback {
         RawRollback {
             enabled: p.enabled,
             slow_ms: p.slow_ms,
-            z: p.z_block,
-            z_suspect: p.z_suspect,
+            slow_floor_ms: p.slow_floor_ms,
+            alpha: p.alpha,
             min_samples: p.min_samples,
             kill_after_cells: p.kill_after_cells,
             explore_share: p.explore_share,
+            explore_budget: p.explore_budget,
             probation_s: None,
             sync_ms: 1000,
+            epoch: p.epoch,
+            z: None,
+            z_suspect: None,
         }
     }
 }
@@ -612,28 +621,42 @@ fn compile_stats(raw: &RawStats) -> Result<u64, ConfigError> {
 }
 
 fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
-    if !(raw.z.is_finite() && raw.z >= 2.0) {
+    for (field, v) in [("rollback.z", &raw.z), ("rollback.z_suspect", &raw.z_suspect)] {
+        if v.is_some() {
+            return Err(ConfigError::new(
+                field,
+                "was replaced by rollback.alpha (always-valid sequential tests; default 0.01): remove it",
+            ));
+        }
+    }
+    if raw.slow_floor_ms > raw.slow_ms {
         return Err(ConfigError::new(
-            "rollback.z",
-            format!("{} is too low: repeated looks need z ≥ 2 (default 4)", raw.z),
+            "rollback.slow_floor_ms",
+            format!("{} is above rollback.slow_ms ({})", raw.slow_floor_ms, raw.slow_ms),
         ));
     }
-    if !(raw.z_suspect.is_finite() && raw.z_suspect > 0.0 && raw.z_suspect <= raw.z) {
+    if !(raw.alpha.is_finite() && raw.alpha > 0.0 && raw.alpha <= 0.2) {
         return Err(ConfigError::new(
-            "rollback.z_suspect",
-            format!("{} must be in (0, rollback.z]", raw.z_suspect),
+            "rollback.alpha",
+            format!("{} is outside (0, 0.2]: it is the chance of any false rollback over the rollout (default 0.01)", raw.alpha),
         ));
     }
-    if raw.min_samples < 10 {
+    if raw.min_samples < 5 {
         return Err(ConfigError::new(
             "rollback.min_samples",
-            format!("{} is below 10: a z-test on a handful of requests is noise", raw.min_samples),
+            format!("{} is below 5: the arms' shares are unstable on fewer requests", raw.min_samples),
         ));
     }
     if !(0.0..=0.9).contains(&raw.explore_share) {
         return Err(ConfigError::new(
             "rollback.explore_share",
             format!("{} is outside 0-0.9", raw.explore_share),
+        ));
+    }
+    if !(0.0..=1.0).contains(&raw.explore_budget) {
+        return Err(ConfigError::new(
+            "rollback.explore_budget",
+            format!("{} is outside 0-1 (a share of the new stack's traffic)", raw.explore_budget),
         ));
     }
     if !(100..=60_000).contains(&raw.sync_ms) {
@@ -645,15 +668,17 @@ fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
     Ok(Policy {
         enabled: raw.enabled,
         slow_ms: raw.slow_ms,
-        z_block: raw.z,
-        z_suspect: raw.z_suspect,
+        slow_floor_ms: raw.slow_floor_ms,
+        alpha: raw.alpha,
         min_samples: raw.min_samples,
         kill_after_cells: raw.kill_after_cells,
         explore_share: raw.explore_share,
+        explore_budget: raw.explore_budget,
         recovery: match raw.probation_s {
             None => Recovery::Manual,
             Some(seconds) => Recovery::Probation { seconds },
         },
+        epoch: raw.epoch,
     })
 }
 

@@ -31,6 +31,11 @@ pub struct Decision {
     /// Bit `i` set when feature `i`'s on/off state was random (holdout or
     /// exploration): the request counts in the feature's on/off comparison.
     pub randomised: u64,
+    /// Of those, features whose state was drawn for exploration (the draws the
+    /// sample-ratio check counts).
+    pub explored: u64,
+    /// Of those, features the draw turned off.
+    pub drawn_off: u64,
     /// Automated rollback has reverted the rollout to the old stack.
     pub reverted: bool,
 }
@@ -46,6 +51,8 @@ impl Default for Decision {
             holdout: 0,
             cells: [0; GROUPS],
             randomised: 0,
+            explored: 0,
+            drawn_off: 0,
             reverted: false,
         }
     }
@@ -182,11 +189,20 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
     };
     config.rules.decide(input, &mut out.flags);
     out.randomised = 0;
+    out.explored = 0;
+    out.drawn_off = 0;
     for (i, (flag, rule)) in out.flags.iter().zip(&config.rules.features).enumerate() {
-        let random =
-            (exploring && rule.override_ == Override::Auto) || (rule.holdout > 0 && holdout_user.is_some());
-        if random && flag.reason.is_eligible() {
+        let explored = exploring && rule.override_ == Override::Auto && flag.reason.is_eligible();
+        // A holdout randomises `override: on` features too (ForcedOn is their on arm).
+        let held = rule.holdout > 0
+            && holdout_user.is_some()
+            && (flag.reason.is_eligible() || flag.reason == Reason::ForcedOn);
+        if explored || held {
             out.randomised |= 1 << i;
+            if explored {
+                out.explored |= 1 << i;
+                out.drawn_off |= explore_off & (1 << i);
+            }
         }
     }
 

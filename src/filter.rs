@@ -119,12 +119,15 @@ impl MetricSink for ProxyMetrics {
 }
 
 /// One configuration's runtime on one worker, shared by the root context and
-/// the streams in flight; the last one to let go hands over the batched counts.
+/// the streams in flight; the last one to let go hands over the batched counts
+/// and the rollback outcomes counted since its last sync.
 struct Live(RefCell<Runtime>);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.get_mut().flush_stats(&mut ProxyMetrics);
+        let rt = self.0.get_mut();
+        rt.flush_stats(&mut ProxyMetrics);
+        rt.hand_over(&mut ProxyShared);
     }
 }
 
@@ -151,8 +154,10 @@ impl RootContext for AugurRoot {
                     cfg.percentage,
                     cfg.new_stack
                 );
-                let runtime = Runtime::new(cfg, &mut ProxyMetrics);
+                let mut runtime = Runtime::new(cfg, &mut ProxyMetrics);
                 runtime.model_loaded(ProxyHost.now_nanos() / 1_000_000_000, &mut ProxyMetrics);
+                // Before the first request: the rollout's blocks stay in force.
+                runtime.adopt_shared(&ProxyShared);
                 self.set_tick_period(Duration::from_millis(runtime.tick_period_ms().unwrap_or(0)));
                 // The replaced runtime flushes its counts when its last stream ends.
                 self.runtime = Some(Rc::new(Live(RefCell::new(runtime))));

@@ -19,6 +19,7 @@ use crate::engine::{decide, Decision, Worker};
 use crate::headers::{HeaderMap, Headers};
 use crate::metrics::{MetricSink, Metrics, Outcome};
 use crate::record;
+pub use crate::rollback::SharedStore;
 use crate::rollback::{self, Blocks, Counts, Event};
 use crate::routing::Stack;
 
@@ -41,14 +42,6 @@ pub trait Host {
     fn now_nanos(&self) -> u64;
 }
 
-/// Proxy-wide shared memory (proxy-wasm shared data): how workers pool outcomes.
-pub trait SharedStore {
-    /// The value and its compare-and-swap token.
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes `value` if the token still matches; false on a CAS mismatch.
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-}
-
 /// What is remembered between a stream's request and response.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StreamState {
@@ -58,9 +51,8 @@ pub struct StreamState {
     /// Features on / held out for this request (bitmasks).
     pub enabled: u64,
     pub holdout: u64,
-    /// Features whose on/off state was random (see `Decision::randomised`).
-    pub randomised: u64,
-    pub cells: [u8; rollback::GROUPS],
+    /// What automated rollback needs to know of the request.
+    pub exposure: rollback::Exposure,
 }
 
 /// An app signal header is set when its value is `1`, `true`, `yes` or a
@@ -111,8 +103,8 @@ pub struct Runtime {
     anonymous_ids: u64,
     /// Outcomes seen by this worker since its last merge into shared data.
     pending: Counts,
-    shared_key: String,
-    shared_buf: Vec<u8>,
+    /// The rollout's rollback state in shared data.
+    shared: rollback::Sync,
     /// When this worker last synced rollback state (ms since the epoch).
     synced_ms: Option<u64>,
 }
@@ -123,7 +115,12 @@ impl Runtime {
         let worker = Worker::new(&config);
         let metrics = Metrics::define(&config, sink);
         let pending = Counts::new(config.rules.features.len());
-        let shared_key = format!("augur.rollback.{}.{}", config.name, config.rollout.salt);
+        let shared = rollback::Sync::new(
+            &config.name,
+            &config.rollout.salt,
+            config.rollback.epoch,
+            config.feature_names(),
+        );
         Runtime {
             config,
             worker,
@@ -137,8 +134,7 @@ impl Runtime {
             generated_id: String::with_capacity(32),
             anonymous_ids: 0,
             pending,
-            shared_key,
-            shared_buf: Vec::new(),
+            shared,
             synced_ms: None,
         }
     }
@@ -195,13 +191,20 @@ impl Runtime {
         host.set_decision_record(&self.record);
         let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
         self.metrics.on_decision(d, spoofed, keyed, sink);
+        let enabled = d.enabled_mask();
         StreamState {
             stack: Some(d.stack),
             started_nanos,
-            enabled: d.enabled_mask(),
+            enabled,
             holdout: d.holdout,
-            randomised: d.randomised,
-            cells: d.cells,
+            exposure: rollback::Exposure {
+                stack: Some(d.stack),
+                cells: d.cells,
+                enabled,
+                randomised: d.randomised,
+                explored: d.explored,
+                drawn_off: d.drawn_off,
+            },
         }
     }
 
@@ -235,17 +238,22 @@ impl Runtime {
         host.set_outcome_record(outcome.signals());
         self.metrics.on_response(&outcome, sink);
         if self.config.rollback.enabled {
-            let bad =
-                outcome.is_error() || outcome.security || outcome.latency_ms >= self.config.rollback.slow_ms;
             // A block set while this request was in flight makes its comparison
             // stale: it no longer belongs to the feature's fresh on/off tallies.
-            let mut randomised = state.randomised;
-            for f in 0..self.config.rules.features.len() {
-                if randomised & (1 << f) != 0 && self.worker.blocks.blocks(f, &state.cells) {
-                    randomised &= !(1 << f);
+            let mut exposure = state.exposure;
+            for f in 0..self.config.rules.features.len().min(64) {
+                if exposure.randomised & (1 << f) != 0 && self.worker.blocks.blocks(f, &exposure.cells) {
+                    exposure.randomised &= !(1 << f);
+                    exposure.explored &= !(1 << f);
                 }
             }
-            self.pending.record(stack, &state.cells, bad, state.enabled, randomised);
+            let kpis = rollback::Outcome {
+                error: outcome.is_error(),
+                security: outcome.security,
+                latency_ms: outcome.latency_ms,
+            };
+            let slow_ms = self.worker.blocks.slow_ms(&self.config.rollback);
+            self.pending.record(&exposure, kpis, slow_ms);
         }
     }
 
@@ -292,48 +300,72 @@ impl Runtime {
             return Vec::new();
         }
         self.synced_ms = Some(now_ms);
-        let now_s = now_ms / 1000;
-        let features = self.config.rules.features.len();
-        for _ in 0..8 {
-            let (bytes, cas) = store.get(&self.shared_key);
-            let (mut blocks, mut counts) = bytes
-                .as_deref()
-                .and_then(|b| decode_shared(b, features))
-                .unwrap_or_else(|| (Blocks::new(features), Counts::new(features)));
-            counts.merge(&self.pending);
-            let events = rollback::evaluate(&self.config.rollback, &mut counts, &mut blocks, now_s);
-            encode_shared(&blocks, &counts, &mut self.shared_buf);
-            if store.set(&self.shared_key, &self.shared_buf, cas) {
-                self.pending = Counts::new(features);
+        match self.shared.sync(store, &self.pending, &self.config.rollback, now_ms / 1000) {
+            Ok((blocks, events)) => {
+                self.pending = Counts::new(self.config.rules.features.len());
                 self.worker.blocks = blocks;
                 for e in &events {
                     log::warn!("augur: rollback: {}", self.describe(e));
                     self.metrics.on_rollback(e, sink);
                 }
-                return events;
+                events
+            }
+            Err(rollback::shared::Contended) => {
+                log::warn!("augur: rollback: shared data stayed contended; will retry on the next tick");
+                Vec::new()
             }
         }
-        log::warn!("augur: rollback: shared data stayed contended; will retry on the next tick");
-        Vec::new()
+    }
+
+    /// Before a configuration serves its first request: applies the blocks
+    /// already in force for its rollout (set under an earlier configuration or
+    /// by another worker), so a push never re-exposes a rolled-back harm.
+    pub fn adopt_shared(&mut self, store: &impl SharedStore) {
+        if !self.config.rollback.enabled {
+            return;
+        }
+        if let Some(blocks) = self.shared.adopt(store) {
+            self.worker.blocks = blocks;
+        }
+    }
+
+    /// When a configuration goes away: hands the outcomes it counted since its
+    /// last sync over to the shared state, so the next configuration's tests see them.
+    pub fn hand_over(&mut self, store: &mut impl SharedStore) {
+        if self.config.rollback.enabled && self.shared.hand_over(store, &self.pending) {
+            self.pending = Counts::new(self.config.rules.features.len());
+        }
     }
 
     fn describe(&self, e: &Event) -> String {
         let name = |f: &usize| self.config.rules.features.get(*f).map_or("?", |r| r.name.as_str());
+        let kpi = |k: &usize| rollback::KPI_NAMES.get(*k).copied().unwrap_or("?");
         match e {
-            Event::Suspect { cell, z } => {
-                format!("cell {} suspect (z={z:.1}): exploring", rollback::cell_name(*cell))
-            }
+            Event::Suspect { cell, kpi: k, evidence } => format!(
+                "cell {} suspect on {} (evidence {evidence:.1}): exploring",
+                rollback::cell_name(*cell),
+                kpi(k)
+            ),
             Event::Cleared { cell } => format!("cell {} cleared", rollback::cell_name(*cell)),
-            Event::Blocked { feature, cell, z } => {
-                format!("feature {} rolled back in {} (z={z:.1})", name(feature), rollback::cell_name(*cell))
+            Event::Blocked { feature, cell, kpi: k, evidence, needed } => format!(
+                "feature {} rolled back in {} on {} (evidence {evidence:.1} ≥ {needed:.1})",
+                name(feature),
+                rollback::cell_name(*cell),
+                kpi(k)
+            ),
+            Event::Killed { feature, kpi: k, evidence } => {
+                format!("feature {} rolled back everywhere on {} (evidence {evidence:.1})", name(feature), kpi(k))
             }
-            Event::Killed { feature, z } => {
-                format!("feature {} rolled back everywhere (z={z:.1})", name(feature))
-            }
-            Event::Reverted { z } => {
-                format!("new stack regressed (z={z:.1}): all traffic reverts to the old stack")
-            }
+            Event::Reverted { kpi: k, evidence } => format!(
+                "new stack regressed on {} (evidence {evidence:.1}): all traffic reverts to the old stack",
+                kpi(k)
+            ),
             Event::Recovered { feature } => format!("feature {} back on probation", name(feature)),
+            Event::SampleRatioMismatch { feature, drawn_off, drawn, evidence } => format!(
+                "feature {}: sample ratio mismatch ({drawn_off} of {drawn} exploration draws off, configured {:.2}; evidence {evidence:.1}): no automated decisions for it until the next rollback.epoch",
+                name(feature),
+                self.config.rollback.explore_share
+            ),
         }
     }
 
@@ -343,30 +375,12 @@ impl Runtime {
     }
 }
 
-/// Shared value: blocks length (u32 LE), blocks, counts.
-fn encode_shared(blocks: &Blocks, counts: &Counts, out: &mut Vec<u8>) {
-    let mut b = Vec::new();
-    blocks.encode(&mut b);
-    let mut c = Vec::new();
-    counts.encode(&mut c);
-    out.clear();
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(&b);
-    out.extend_from_slice(&c);
-}
-
-fn decode_shared(bytes: &[u8], features: usize) -> Option<(Blocks, Counts)> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let blocks = Blocks::decode(bytes.get(4..4 + len)?, features)?;
-    let counts = Counts::decode(bytes.get(4 + len..)?, features)?;
-    Some((blocks, counts))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::config::compile;
     use crate::metrics::test_sink::MapSink;
+    use crate::rollback::shared::tests::FakeStore;
 
     /// A proxy stand-in: a header list plus what the filter did to it.
     #[derive(Default)]
@@ -585,32 +599,10 @@ pub(crate) mod tests {
         assert!(!signal(None));
     }
 
-    #[derive(Default)]
-    struct FakeStore {
-        data: std::collections::HashMap<String, (Vec<u8>, u32)>,
-    }
-
-    impl SharedStore for FakeStore {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.data.get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let current = self.data.get(key).map(|(_, c)| *c);
-            if cas.is_some() && cas != current {
-                return false;
-            }
-            self.data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-            true
-        }
-    }
-
     /// Two workers share one store; `new_checkout` fails half the time for
     /// tablets when `harm` is set. Returns the workers' final rollback state and
     /// the harmed exposures.
-    fn two_workers(harm: bool, requests: usize) -> (Blocks, Blocks, usize, MapSink) {
+    fn two_workers(harm: bool, requests: usize) -> (Blocks, Blocks, usize, MapSink, FakeStore) {
         let json = br#"{"rollout": {"percentage": 100},
             "features": [
               {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
@@ -647,15 +639,16 @@ pub(crate) mod tests {
             }
         }
         let [a, b] = workers;
-        (a.blocks().clone(), b.blocks().clone(), harmed, sink)
+        (a.blocks().clone(), b.blocks().clone(), harmed, sink, store)
     }
 
     #[test]
     fn workers_pool_outcomes_and_roll_back_the_harmful_feature_in_its_cell() {
-        let (a, b, harmed, sink) = two_workers(true, 8000);
+        let (a, b, harmed, sink, _) = two_workers(true, 8000);
         assert_eq!(a, b, "every worker applies the same blocks");
-        assert_eq!(a.cells[0], 1 << 1, "new_checkout rolled back for tablets only: {a:?}");
-        assert_eq!(a.cells[1], 0, "search_v2 untouched");
+        assert_eq!(a.single_blocks(0), 1 << 1, "new_checkout rolled back for tablets only: {a:?}");
+        assert_eq!(a.cells[0][1..], [0; 4], "no pair blocks");
+        assert!(a.cells[1].iter().all(|w| *w == 0), "search_v2 untouched");
         assert!(harmed < 200, "harmed {harmed} of ~2000 tablet requests");
         assert!(sink.counter("augur_rollback_events_total.rollout.default.kind.blocked") >= 1);
         assert!(
@@ -672,8 +665,54 @@ pub(crate) mod tests {
 
     #[test]
     fn no_rollback_without_harm() {
-        let (a, _, _, sink) = two_workers(false, 8000);
-        assert_eq!((a.cells.clone(), a.killed, a.reverted), (vec![0, 0], 0, false));
+        let (a, _, _, sink, _) = two_workers(false, 8000);
+        assert!(a.cells.iter().flatten().all(|w| *w == 0));
+        assert_eq!((a.killed, a.reverted), (0, false));
         assert_eq!(sink.counter("augur_rollback_events_total.rollout.default.kind.blocked"), 0);
+    }
+
+    #[test]
+    fn a_pushed_configuration_applies_the_blocks_in_force_before_its_first_request() {
+        let (blocks, _, _, _, mut store) = two_workers(true, 8000);
+        assert_eq!(blocks.single_blocks(0), 1 << 1, "new_checkout blocked for tablets");
+        // The push: same rollout, one feature more, a threshold changed.
+        let pushed = br#"{"rollout": {"percentage": 100}, "model": {"version": "v2"},
+            "features": [
+              {"name": "recommendations", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
+              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
+              {"name": "search_v2", "min_score": 1, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let tablet = || FakeHost::with(&[("x-user-id", "u1"), ("x-request-id", "r"), ("user-agent", "iPad")]);
+        let mut sink = MapSink::default();
+        let checkout_on = |rt: &Runtime| rt.last_decision().flags[1].on;
+
+        let mut unadopted = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        unadopted.on_request_headers(&mut tablet(), &mut sink);
+        assert!(checkout_on(&unadopted), "without adoption the harm is back (the bug this guards)");
+
+        let mut rt = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        rt.adopt_shared(&store);
+        rt.on_request_headers(&mut tablet(), &mut sink);
+        assert!(!checkout_on(&rt));
+        assert_eq!(rt.last_decision().flags[1].reason, crate::flags::Reason::RolledBack);
+        assert!(rt.last_decision().flags[0].on, "the new feature starts clean");
+
+        // What the replaced configuration counted after its last sync is handed over.
+        let mut host = tablet();
+        let st = rt.on_request_headers(&mut host, &mut sink);
+        host.response = vec![(":status".into(), "503".into())];
+        rt.on_response_headers(&st, &mut host, &mut sink);
+        let key = rt.shared.key().to_string();
+        let before = store.data[&key].1;
+        rt.hand_over(&mut store);
+        assert_eq!(store.data[&key].1, before + 1, "one write");
+        rt.hand_over(&mut store);
+        assert_eq!(store.data[&key].1, before + 1, "nothing left to hand over");
+
+        let epoch = br#"{"rollout": {"percentage": 100}, "rollback": {"epoch": 1},
+            "features": [{"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let mut fresh = Runtime::new(compile(epoch).unwrap(), &mut sink);
+        fresh.adopt_shared(&store);
+        fresh.on_request_headers(&mut tablet(), &mut sink);
+        assert!(fresh.last_decision().flags[0].on, "a new rollback.epoch starts clean");
     }
 }

@@ -220,7 +220,8 @@ pub struct Metrics {
     rollback_events: [Option<u32>; ROLLBACK_EVENTS.len()],
 }
 
-const ROLLBACK_EVENTS: [&str; 6] = ["suspect", "cleared", "blocked", "killed", "reverted", "recovered"];
+const ROLLBACK_EVENTS: [&str; 7] =
+    ["suspect", "cleared", "blocked", "killed", "reverted", "recovered", "srm"];
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
 const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
@@ -344,6 +345,7 @@ impl Metrics {
             Event::Killed { .. } => 3,
             Event::Reverted { .. } => 4,
             Event::Recovered { .. } => 5,
+            Event::SampleRatioMismatch { .. } => 6,
         };
         if let Some(id) = self.rollback_events[kind] {
             sink.increment(id, 1);

@@ -8,11 +8,16 @@
 //! ```json
 //! {"v":1,"rollout":"default","id":"<x-request-id>","stack":"new","route":"new","bucket":123456,
 //!  "model":"default-v1","model_ok":true,"device":"mobile","segments":["beta"],
-//!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72}},
-//!  "x":[0.41,1,1,0,...]}
+//!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72,"randomised":true}},
+//!  "cells":[1,7,14,15,17,19,21,23],"x":[0.41,1,1,0,...]}
 //! ```
 //! `x` is the model input vector (see `augur schema`), 4 decimals; `score` is
-//! absent when the model did not score the feature on this request.
+//! absent when the model did not score the feature on this request;
+//! `randomised` marks features whose on/off state was random (A/B holdout or
+//! exploration) — the requests an unbiased on/off comparison may use, in the arm
+//! `on` says; `cells` are the request's rollback cells, one per attribute group
+//! (names: `augur schema`, `cells`). Offline tools read these instead of
+//! re-deriving them.
 
 use std::fmt::Write as _;
 
@@ -139,9 +144,21 @@ pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut S
             out.push_str(",\"score\":");
             push_u64(out, u64::from(score));
         }
+        if i < 64 && decision.randomised & (1 << i) != 0 {
+            // The on/off state was random: this request is in the feature's
+            // on/off comparison, in the arm `on` says.
+            out.push_str(",\"randomised\":true");
+        }
         out.push('}');
     }
-    out.push_str("},\"x\":[");
+    out.push_str("},\"cells\":[");
+    for (i, c) in decision.cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_u64(out, u64::from(*c));
+    }
+    out.push_str("],\"x\":[");
     for (i, x) in decision.profile.vector.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -256,6 +273,31 @@ mod tests {
         assert_eq!(v["features"]["a"]["reason"], "forced_on");
         assert_eq!(v["features"]["b"]["reason"], "kill_switch");
         assert_eq!(v["x"].as_array().unwrap().len(), INPUT_DIM);
+        assert_eq!(v["cells"], serde_json::json!(d.cells), "the rollback cells");
+        assert!(v["features"]["a"].get("randomised").is_none(), "override on: never randomised");
+    }
+
+    #[test]
+    fn randomised_features_are_marked_with_their_arm() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 100},
+                 "features": [{"name": "a", "override": "on", "holdout": 50}, {"name": "b", "override": "on"}]}"#,
+        )
+        .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        let mut arms = std::collections::HashSet::new();
+        for u in 0..40 {
+            let req: Vec<(String, String)> = vec![("x-user-id".into(), format!("u{u}"))];
+            decide(&c, &mut w, &req, &mut d);
+            let mut s = String::new();
+            write(&c, &d, "r", &mut s);
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            assert_eq!(v["features"]["a"]["randomised"], true, "holdout users and the rest alike");
+            assert!(v["features"]["b"].get("randomised").is_none());
+            arms.insert(v["features"]["a"]["on"].as_bool().unwrap());
+        }
+        assert_eq!(arms.len(), 2, "both arms seen");
     }
 
     #[test]

@@ -7,7 +7,13 @@
 //! augur decide --config C.json          JSONL of header objects on stdin → decision records
 //! augur check-config C.json             compile a plugin configuration; exit 1 with the error
 //! augur inspect-model M.onnx            the model's metadata and shapes
+//! augur stat                            JSONL queries of the rollback statistic on stdin → JSONL
 //! ```
+//!
+//! `augur stat` answers `{"test": "harm", "bad_on": x, "bad": k, "pi": p}`,
+//! `{"test": "ratio", "x": x, "n": n, "p0": p}` with `{"ln_m": …}`, and
+//! `{"test": "levels", "alpha": a, "features": f}` with the alarm levels of each
+//! family: the filter's own numbers, for tools that must agree with it.
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -19,7 +25,7 @@ use augur::profile::{encode, Profile, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json | inspect-model M.onnx"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json | inspect-model M.onnx | stat"
     );
     ExitCode::from(2)
 }
@@ -69,7 +75,8 @@ fn run(args: &[String]) -> Result<(), String> {
                 .enumerate()
                 .map(|(i, s)| serde_json::json!({"index": i, "name": s.name, "doc": s.doc}))
                 .collect();
-            let v = serde_json::json!({"schema": SCHEMA_ID, "dim": INPUT_DIM, "slots": slots,
+            let cells: Vec<String> = (0..augur::rollback::CELLS).map(augur::rollback::cell_name).collect();
+            let v = serde_json::json!({"schema": SCHEMA_ID, "dim": INPUT_DIM, "slots": slots, "cells": cells,
                 "impacts": ["performance_cost", "error_risk", "engagement", "security_risk"]});
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             Ok(())
@@ -117,7 +124,47 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{v}");
             Ok(())
         }
+        (Some("stat"), None, _) => {
+            let stdin = io::stdin();
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for line in stdin.lock().lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let q: serde_json::Value =
+                    serde_json::from_str(&line).map_err(|e| format!("bad stat query: {e}"))?;
+                writeln!(out, "{}", stat(&q)?).map_err(|e| e.to_string())?;
+            }
+            out.flush().map_err(|e| e.to_string())
+        }
         _ => Err(String::new()),
+    }
+}
+
+/// One `augur stat` query.
+fn stat(q: &serde_json::Value) -> Result<serde_json::Value, String> {
+    use augur::rollback::{stats, Levels, Policy};
+    let num = |k: &str| {
+        q.get(k).and_then(serde_json::Value::as_f64).ok_or(format!("stat query needs a number \"{k}\""))
+    };
+    let count = |k: &str| {
+        q.get(k).and_then(serde_json::Value::as_u64).ok_or(format!("stat query needs a count \"{k}\""))
+    };
+    match q.get("test").and_then(serde_json::Value::as_str) {
+        Some("harm") => {
+            Ok(serde_json::json!({"ln_m": stats::ln_harm(count("bad_on")?, count("bad")?, num("pi")?)}))
+        }
+        Some("ratio") => {
+            Ok(serde_json::json!({"ln_m": stats::ln_ratio(count("x")?, count("n")?, num("p0")?)}))
+        }
+        Some("levels") => {
+            let policy = Policy { alpha: num("alpha")?, ..Policy::default() };
+            let l = Levels::new(&policy, count("features")? as usize);
+            Ok(serde_json::json!({"single": l.single, "pair": l.pair, "kill": l.kill, "revert": l.revert,
+                "screen": l.screen, "srm": l.srm}))
+        }
+        _ => Err("stat query needs \"test\": \"harm\", \"ratio\" or \"levels\"".into()),
     }
 }
 

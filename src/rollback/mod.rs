@@ -1,0 +1,811 @@
+//! Rollback: live refinement and automated rollback from observed outcomes.
+//!
+//! Every response is scored on three KPIs — an **error** (5xx or no status), an
+//! app-reported **security** event, a **slow** response (latency above the
+//! control requests' own p90, learned online, but at least `slow_floor_ms`
+//! and at most `slow_ms`) — and
+//! tallied per cell (see [`cells`]: single attributes and pairs of them):
+//!
+//! - per stack and single cell, over a sliding window: a cell whose new stack
+//!   is worse than the old stack in the same cell (or than the rest of its
+//!   group, which also works at 100%) becomes **suspect** — a screening step
+//!   that only starts exploration;
+//! - per feature, cell and arm (on / off), counting only *randomised* requests
+//!   (A/B holdout or exploration), so on and off are comparable groups.
+//!
+//! In a suspect cell augur **explores**: each `auto` feature that would be on is
+//! turned off for `explore_share` of the requests (reason `exploring`). The
+//! cell is cleared once it has seen enough explored requests with no culprit,
+//! and stays quiet for a while. A feature whose on arm is worse than its off
+//! arm in a cell is **blocked** there (reason `rolled_back`); the most specific
+//! cell that explains the harm is chosen (a pair when the harm lives where two
+//! attributes meet). Blocked in `kill_after_cells` single cells, or worse
+//! overall, it is **killed**; new-stack requests with no feature on that are
+//! worse than the old stack **revert** the rollout.
+//!
+//! Every action test is an always-valid sequential test ([`stats`]): the false
+//! alarm budget `alpha` holds however often the tests are looked at. It is
+//! split in four equal parts — single-cell blocks, pair-cell blocks, kills,
+//! reverts — each shared evenly (Bonferroni) over its features × cells × KPIs.
+//! A feature whose exploration split does not match `explore_share` (a sample
+//! ratio mismatch) gets no automated decision until the next epoch.
+//!
+//! This module is pure: the filter keeps per-worker deltas, merges them into
+//! proxy-wasm shared data ([`shared`]) on a timer, and runs [`evaluate`] on the
+//! merged state, which all workers then apply.
+
+pub mod cells;
+pub mod shared;
+pub mod stats;
+
+pub use cells::{cell_name, cells, ALL_CELLS, CELLS, GROUPS};
+pub use shared::{SharedStore, Sync};
+
+use crate::routing::Stack;
+use cells::{expand, parents, siblings, MASK_WORDS};
+use stats::{ln_harm, ln_ratio, threshold};
+
+/// KPIs judged per response.
+pub const KPIS: usize = 3;
+pub const KPI_NAMES: [&str; KPIS] = ["errors", "security", "latency"];
+
+/// Upper bounds (ms) of the control-latency histogram the slow cut is learned from.
+pub const LATENCY_BOUNDS: [u32; 22] =
+    [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000];
+const LATENCY_SLOTS: usize = LATENCY_BOUNDS.len() + 1;
+/// Control responses needed before the slow cut is learned (until then: `slow_ms`).
+const LATENCY_MIN: u32 = 200;
+/// Quantile of the control latency above which a response counts as slow.
+const SLOW_QUANTILE: f64 = 0.9;
+/// Screening window: suspect tests see the last one to two windows.
+const WINDOW_S: u64 = 30;
+/// False-alarm level of the screening (starts exploration only), over cells × KPIs.
+const SCREEN_ALPHA: f64 = 0.05;
+/// False-alarm level of the sample-ratio check, over features.
+const SRM_ALPHA: f64 = 0.001;
+/// Explored requests after which a suspect cell with no culprit is cleared…
+const EXPLORE_CLEAR: u32 = 300;
+/// …unless some feature is gathering evidence there, up to this many.
+const EXPLORE_MAX: u32 = 3000;
+/// A cleared cell is not suspected again for this long.
+const QUIET_S: u64 = 120;
+
+/// One response's KPIs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub error: bool,
+    pub security: bool,
+    pub latency_ms: u64,
+}
+
+impl Outcome {
+    fn bad(&self, slow_ms: u64) -> [bool; KPIS] {
+        [self.error, self.security, self.latency_ms > slow_ms]
+    }
+}
+
+/// Requests and bad events per KPI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub n: u32,
+    pub bad: [u32; KPIS],
+}
+
+impl Tally {
+    pub fn add(&mut self, other: Tally) {
+        self.n = self.n.saturating_add(other.n);
+        for (a, b) in self.bad.iter_mut().zip(other.bad) {
+            *a = a.saturating_add(b);
+        }
+    }
+    fn record(&mut self, bad: [bool; KPIS]) {
+        self.n = self.n.saturating_add(1);
+        for (a, b) in self.bad.iter_mut().zip(bad) {
+            *a = a.saturating_add(u32::from(b));
+        }
+    }
+    fn minus(self, other: Tally) -> Tally {
+        let mut out = Tally { n: self.n.saturating_sub(other.n), ..Tally::default() };
+        for k in 0..KPIS {
+            out.bad[k] = self.bad[k].saturating_sub(other.bad[k]);
+        }
+        out
+    }
+    fn rate(&self, k: usize) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            f64::from(self.bad[k]) / f64::from(self.n)
+        }
+    }
+}
+
+/// Evidence that `a` is worse than `b` on KPI `k` (ln of the mixture ratio),
+/// `a` and `b` being two randomised arms of one split.
+///
+/// Below [`EXACT_FROM`] it returns a cheap upper bound instead (the maximum
+/// likelihood ratio, which no mixture exceeds): every level the tests compare
+/// against is higher, so decisions are the same, and a sync does not compute
+/// thousands of incomplete beta functions for cells with nothing going on.
+pub fn evidence(a: Tally, b: Tally, k: usize) -> f64 {
+    let n = u64::from(a.n) + u64::from(b.n);
+    if a.n == 0 || b.n == 0 {
+        return 0.0;
+    }
+    let pi = f64::from(a.n) / n as f64;
+    let (x, total) = (f64::from(a.bad[k]), f64::from(a.bad[k]) + f64::from(b.bad[k]));
+    if total == 0.0 || x <= pi * total {
+        return 0.0; // no excess on the tested arm: M ≤ 1
+    }
+    let q = x / total;
+    let mut bound = x * (q / pi).ln();
+    if total > x {
+        bound += (total - x) * ((1.0 - q) / (1.0 - pi)).ln();
+    }
+    if bound < EXACT_FROM {
+        return bound;
+    }
+    ln_harm(u64::from(a.bad[k]), u64::from(a.bad[k]) + u64::from(b.bad[k]), pi)
+}
+
+/// Evidence below this is reported as its upper bound (see [`evidence`]); every
+/// level in [`Levels`] (and half of it) is above it.
+const EXACT_FROM: f64 = 2.0;
+
+/// Lower confidence bound (~2 standard errors) of `a`'s excess bad rate over `b`.
+fn excess_lcb(a: Tally, b: Tally, k: usize) -> f64 {
+    let (pa, pb) = (a.rate(k), b.rate(k));
+    let var = pa * (1.0 - pa) / f64::from(a.n.max(1)) + pb * (1.0 - pb) / f64::from(b.n.max(1));
+    pa - pb - 2.0 * var.sqrt()
+}
+
+/// What happens to rolled-back features after a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Blocks stay until a new `rollback.epoch` (or `rollout.salt`).
+    Manual,
+    /// Blocks are lifted after this many seconds and the feature is re-tested.
+    Probation { seconds: u64 },
+}
+
+/// The compiled `rollback` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub enabled: bool,
+    /// A response this slow is always slow (the learned cut may be lower).
+    pub slow_ms: u64,
+    /// …and one this fast never is: a regression smaller than this is not one
+    /// worth a rollback, however significant (sub-millisecond noise on a fast
+    /// service would otherwise be).
+    pub slow_floor_ms: u64,
+    /// False-alarm budget of all automated actions of one rollout.
+    pub alpha: f64,
+    /// Minimum requests in each arm before a test (keeps the arm shares stable).
+    pub min_samples: u32,
+    /// Blocked in this many single cells → killed everywhere.
+    pub kill_after_cells: u32,
+    /// Share of would-be-on requests turned off in suspect cells.
+    pub explore_share: f64,
+    /// Most of the new stack's traffic that may be in exploring cells.
+    pub explore_budget: f64,
+    pub recovery: Recovery,
+    /// Part of the shared-state key: a new epoch starts this rollout's rollback
+    /// state clean (e.g. after a retrained model absorbed the blocks).
+    pub epoch: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            enabled: true,
+            slow_ms: 1000,
+            slow_floor_ms: 100,
+            alpha: 0.01,
+            min_samples: 20,
+            kill_after_cells: 4,
+            explore_share: 0.5,
+            explore_budget: 0.3,
+            recovery: Recovery::Manual,
+            epoch: 0,
+        }
+    }
+}
+
+/// One feature's randomised tallies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arms {
+    /// Per cell (singles, then pairs) × arm (0 = on, 1 = off).
+    pub cells: Vec<[Tally; 2]>,
+    /// Exploration draws: [kept on, drawn off] (the sample-ratio check).
+    pub drawn: [u32; 2],
+}
+
+impl Default for Arms {
+    fn default() -> Self {
+        Arms::new()
+    }
+}
+
+impl Arms {
+    pub fn new() -> Arms {
+        Arms { cells: vec![[Tally::default(); 2]; ALL_CELLS], drawn: [0; 2] }
+    }
+}
+
+/// Outcome tallies, mergeable across workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Screening: window (0 = current, 1 = previous) × stack × single cell.
+    pub stack: [[[Tally; CELLS]; 2]; 2],
+    /// Old-stack requests [0], and new-stack requests with no feature on [1].
+    pub baseline: [Tally; 2],
+    pub arms: Vec<Arms>,
+    /// Latency histograms of control requests (old stack, or no feature on)
+    /// [0] and of every request [1] (the cut's fallback at 100% rollout).
+    pub latency: [[u32; LATENCY_SLOTS]; 2],
+    /// Explored requests per single cell since it became suspect.
+    pub explored: [u32; CELLS],
+    /// New-stack requests per cell (singles and pairs): which pairs are
+    /// narrower than their parents.
+    pub traffic: Vec<u32>,
+}
+
+fn stack_ix(s: Stack) -> usize {
+    match s {
+        Stack::Old => 0,
+        Stack::New => 1,
+    }
+}
+
+/// What the request side knew about one response's request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exposure {
+    pub stack: Option<Stack>,
+    pub cells: [u8; GROUPS],
+    /// Features on.
+    pub enabled: u64,
+    /// Features whose on/off state was random (holdout or exploration).
+    pub randomised: u64,
+    /// Of those, features drawn by exploration…
+    pub explored: u64,
+    /// …and of those, the ones the draw turned off.
+    pub drawn_off: u64,
+}
+
+impl Counts {
+    pub fn new(features: usize) -> Counts {
+        Counts {
+            stack: [[[Tally::default(); CELLS]; 2]; 2],
+            baseline: [Tally::default(); 2],
+            arms: (0..features).map(|_| Arms::new()).collect(),
+            latency: [[0; LATENCY_SLOTS]; 2],
+            explored: [0; CELLS],
+            traffic: vec![0; ALL_CELLS],
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stack.iter().flatten().flatten().all(|t| t.n == 0)
+            && self.baseline.iter().all(|t| t.n == 0)
+            && self.arms.iter().all(|a| a.cells.iter().flatten().all(|t| t.n == 0) && a.drawn == [0, 0])
+    }
+
+    /// Records one response; `slow_ms` is the slow cut in force.
+    pub fn record(&mut self, x: &Exposure, outcome: Outcome, slow_ms: u64) {
+        let Some(stack) = x.stack else { return };
+        let bad = outcome.bad(slow_ms);
+        for &c in &x.cells {
+            if let Some(t) = self.stack[0][stack_ix(stack)].get_mut(usize::from(c)) {
+                t.record(bad);
+            }
+        }
+        let slot = LATENCY_BOUNDS.iter().position(|&b| outcome.latency_ms <= u64::from(b));
+        let slot = slot.unwrap_or(LATENCY_BOUNDS.len());
+        let control = stack == Stack::Old || x.enabled == 0;
+        for (h, counted) in self.latency.iter_mut().zip([control, true]) {
+            if counted {
+                h[slot] = h[slot].saturating_add(1);
+            }
+        }
+        if control {
+            self.baseline[stack_ix(stack)].record(bad);
+        }
+        if stack != Stack::New {
+            return;
+        }
+        let all = expand(&x.cells);
+        for &c in &all {
+            if let Some(t) = self.traffic.get_mut(usize::from(c)) {
+                *t = t.saturating_add(1);
+            }
+        }
+        if x.randomised == 0 {
+            return;
+        }
+        if x.explored != 0 {
+            for &c in &x.cells {
+                if let Some(e) = self.explored.get_mut(usize::from(c)) {
+                    *e = e.saturating_add(1);
+                }
+            }
+        }
+        for (f, arms) in self.arms.iter_mut().enumerate().take(64) {
+            if x.randomised & (1 << f) == 0 {
+                continue;
+            }
+            let arm = usize::from(x.enabled & (1 << f) == 0);
+            if x.explored & (1 << f) != 0 {
+                let drawn = usize::from(x.drawn_off & (1 << f) != 0);
+                arms.drawn[drawn] = arms.drawn[drawn].saturating_add(1);
+            }
+            for &c in &all {
+                if let Some(cell) = arms.cells.get_mut(usize::from(c)) {
+                    cell[arm].record(bad);
+                }
+            }
+        }
+    }
+
+    /// Adds `other` (same feature count) into `self`.
+    pub fn merge(&mut self, other: &Counts) {
+        for (a, b) in self.stack.iter_mut().flatten().flatten().zip(other.stack.iter().flatten().flatten()) {
+            a.add(*b);
+        }
+        for (a, b) in self.baseline.iter_mut().zip(other.baseline.iter()) {
+            a.add(*b);
+        }
+        for (a, b) in self.arms.iter_mut().zip(other.arms.iter()) {
+            for (x, y) in a.cells.iter_mut().flatten().zip(b.cells.iter().flatten()) {
+                x.add(*y);
+            }
+            for (x, y) in a.drawn.iter_mut().zip(b.drawn) {
+                *x = x.saturating_add(y);
+            }
+        }
+        for (a, b) in self.latency.iter_mut().flatten().zip(other.latency.iter().flatten()) {
+            *a = a.saturating_add(*b);
+        }
+        for (a, b) in self.explored.iter_mut().zip(other.explored) {
+            *a = a.saturating_add(b);
+        }
+        for (a, b) in self.traffic.iter_mut().zip(&other.traffic) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    /// The screening tallies of both windows.
+    fn screened(&self, stack: usize, c: usize) -> Tally {
+        let mut t = self.stack[0][stack][c];
+        t.add(self.stack[1][stack][c]);
+        t
+    }
+}
+
+/// What the filter applies to every request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Blocks {
+    /// Per feature: bitmask of the cells (singles and pairs) where it is blocked.
+    pub cells: Vec<[u64; MASK_WORDS]>,
+    /// Features killed everywhere.
+    pub killed: u64,
+    /// Suspect single cells (bitmask): exploration runs there.
+    pub suspect: u32,
+    /// The rollout reverted to the old stack.
+    pub reverted: bool,
+    /// Per feature: when (seconds) its first block was set, for probation.
+    pub since: Vec<u64>,
+    /// Features whose exploration split mismatched: no automated decisions.
+    pub srm: u64,
+    /// The slow cut in force (ms); 0 until learned.
+    pub slow_ms: u32,
+    /// Start (seconds) of the current screening window.
+    pub window_s: u64,
+    /// Per single cell: not suspected again before this time (seconds).
+    pub quiet_until: Vec<u64>,
+}
+
+fn has(mask: &[u64; MASK_WORDS], c: usize) -> bool {
+    mask.get(c / 64).is_some_and(|w| w & (1 << (c % 64)) != 0)
+}
+
+fn set(mask: &mut [u64; MASK_WORDS], c: usize) {
+    if let Some(w) = mask.get_mut(c / 64) {
+        *w |= 1 << (c % 64);
+    }
+}
+
+impl Blocks {
+    pub fn new(features: usize) -> Blocks {
+        Blocks {
+            cells: vec![[0; MASK_WORDS]; features],
+            since: vec![0; features],
+            quiet_until: vec![0; CELLS],
+            ..Blocks::default()
+        }
+    }
+
+    /// Is feature `f` blocked for a request in `cells`?
+    pub fn blocks(&self, f: usize, cells: &[u8; GROUPS]) -> bool {
+        if f < 64 && self.killed & (1 << f) != 0 {
+            return true;
+        }
+        let Some(mask) = self.cells.get(f) else { return false };
+        if mask.iter().all(|w| *w == 0) {
+            return false;
+        }
+        if cells.iter().any(|&c| has(mask, usize::from(c))) {
+            return true;
+        }
+        let pairs_blocked = mask[0] >> CELLS != 0 || mask[1..].iter().any(|w| *w != 0);
+        pairs_blocked && expand(cells)[GROUPS..].iter().any(|&p| has(mask, usize::from(p)))
+    }
+
+    /// Single cells where feature `f` is blocked.
+    pub fn single_blocks(&self, f: usize) -> u32 {
+        self.cells.get(f).map_or(0, |m| (m[0] & ((1 << CELLS) - 1)) as u32)
+    }
+
+    /// Is any of the request's cells suspect?
+    pub fn exploring(&self, cells: &[u8; GROUPS]) -> bool {
+        self.suspect != 0 && cells.iter().any(|&c| c < 32 && self.suspect & (1 << c) != 0)
+    }
+
+    /// The slow cut for a response (ms): the learned p90, within
+    /// [`slow_floor_ms`](Policy::slow_floor_ms), [`slow_ms`](Policy::slow_ms).
+    pub fn slow_ms(&self, policy: &Policy) -> u64 {
+        match self.slow_ms {
+            0 => policy.slow_ms,
+            learned => u64::from(learned).max(policy.slow_floor_ms).min(policy.slow_ms),
+        }
+    }
+
+    fn any_block(&self, f: usize) -> bool {
+        self.cells.get(f).is_some_and(|m| m.iter().any(|w| *w != 0))
+    }
+}
+
+/// Something [`evaluate`] changed, for the log and the stats. `evidence` is
+/// the test's ln mixture ratio, `needed` the level it had to reach.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Suspect { cell: usize, kpi: usize, evidence: f64 },
+    Cleared { cell: usize },
+    Blocked { feature: usize, cell: usize, kpi: usize, evidence: f64, needed: f64 },
+    Killed { feature: usize, kpi: usize, evidence: f64 },
+    Reverted { kpi: usize, evidence: f64 },
+    Recovered { feature: usize },
+    SampleRatioMismatch { feature: usize, drawn_off: u32, drawn: u32, evidence: f64 },
+}
+
+/// The alarm levels (ln mixture ratio) of one evaluation, from the budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Levels {
+    /// Block a feature in a single / pair cell.
+    pub single: f64,
+    pub pair: f64,
+    /// Kill a feature everywhere; revert the rollout.
+    pub kill: f64,
+    pub revert: f64,
+    /// Start exploring a cell (screening, not an action).
+    pub screen: f64,
+    /// Sample-ratio mismatch of a feature's exploration draws.
+    pub srm: f64,
+}
+
+impl Levels {
+    pub fn new(policy: &Policy, features: usize) -> Levels {
+        let (f, k) = (features.max(1) as f64, KPIS as f64);
+        let part = policy.alpha / 4.0;
+        Levels {
+            single: threshold(part / (f * CELLS as f64 * k)),
+            pair: threshold(part / (f * cells::PAIRS as f64 * k)),
+            kill: threshold(part / (f * k)),
+            revert: threshold(part / k),
+            screen: threshold(SCREEN_ALPHA / (CELLS as f64 * k)),
+            srm: threshold(SRM_ALPHA / f),
+        }
+    }
+
+    fn block(&self, cell: usize) -> f64 {
+        if cell < CELLS {
+            self.single
+        } else {
+            self.pair
+        }
+    }
+}
+
+/// A significant cell for one feature.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    cell: usize,
+    kpi: usize,
+    evidence: f64,
+    lcb: f64,
+}
+
+/// Runs every test on the merged `counts` and updates `blocks`. The tallies a
+/// block makes stale (the blocked feature's arms) are reset in `counts`.
+pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s: u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    if !policy.enabled {
+        return events;
+    }
+    let features = counts.arms.len().min(blocks.cells.len()).min(64);
+    let levels = Levels::new(policy, features);
+    let enough = |a: Tally, b: Tally| a.n >= policy.min_samples && b.n >= policy.min_samples;
+
+    if let Recovery::Probation { seconds } = policy.recovery {
+        for f in 0..features {
+            let blocked = blocks.any_block(f) || blocks.killed & (1 << f) != 0;
+            if blocked && now_s.saturating_sub(blocks.since[f]) >= seconds {
+                blocks.cells[f] = [0; MASK_WORDS];
+                blocks.killed &= !(1 << f);
+                counts.arms[f] = Arms::new();
+                events.push(Event::Recovered { feature: f });
+            }
+        }
+    }
+
+    learn_slow_cut(policy, counts, blocks);
+    if blocks.window_s == 0 || now_s.saturating_sub(blocks.window_s) >= WINDOW_S {
+        counts.stack[1] = counts.stack[0];
+        counts.stack[0] = [[Tally::default(); CELLS]; 2];
+        blocks.window_s = now_s.max(1);
+    }
+
+    for f in 0..features {
+        let bit = 1u64 << f;
+        let arms = &counts.arms[f];
+        let (drawn_on, drawn_off) = (arms.drawn[0], arms.drawn[1]);
+        let drawn = drawn_on.saturating_add(drawn_off);
+        let srm = ln_ratio(u64::from(drawn_off), u64::from(drawn), policy.explore_share);
+        if blocks.srm & bit == 0 && policy.explore_share > 0.0 && srm >= levels.srm {
+            blocks.srm |= bit;
+            events.push(Event::SampleRatioMismatch { feature: f, drawn_off, drawn, evidence: srm });
+        }
+        if blocks.killed & bit != 0 || blocks.srm & bit != 0 {
+            continue;
+        }
+        if let Some(c) = choose_block(policy, &levels, &counts.arms[f], &counts.traffic, &blocks.cells[f]) {
+            if !blocks.any_block(f) {
+                blocks.since[f] = now_s;
+            }
+            set(&mut blocks.cells[f], c.cell);
+            events.push(Event::Blocked {
+                feature: f,
+                cell: c.cell,
+                kpi: c.kpi,
+                evidence: c.evidence,
+                needed: levels.block(c.cell),
+            });
+            // The feature's comparison restarts under its new regime.
+            counts.arms[f] = Arms::new();
+            if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
+                blocks.killed |= bit;
+                events.push(Event::Killed { feature: f, kpi: c.kpi, evidence: c.evidence });
+            }
+            continue;
+        }
+        // Overall (every request is in exactly one device cell).
+        if blocks.any_block(f) {
+            continue;
+        }
+        let (mut on, mut off) = (Tally::default(), Tally::default());
+        for c in siblings(0) {
+            on.add(counts.arms[f].cells[c][0]);
+            off.add(counts.arms[f].cells[c][1]);
+        }
+        for k in 0..KPIS {
+            let e = evidence(on, off, k);
+            // Worse everywhere, not just in one cell that a block will take:
+            // the harm must remain without its strongest single cell.
+            let spread = (0..CELLS).all(|c| {
+                let [c_on, c_off] = counts.arms[f].cells[c];
+                evidence(on.minus(c_on), off.minus(c_off), k) >= levels.kill / 2.0
+            });
+            if enough(on, off) && e >= levels.kill && spread {
+                blocks.killed |= bit;
+                blocks.since[f] = now_s;
+                events.push(Event::Killed { feature: f, kpi: k, evidence: e });
+                counts.arms[f] = Arms::new();
+                break;
+            }
+        }
+    }
+
+    screen(policy, &levels, counts, blocks, now_s, &mut events);
+
+    let (old, new) = (counts.baseline[0], counts.baseline[1]);
+    for k in 0..KPIS {
+        let e = evidence(new, old, k);
+        if !blocks.reverted && enough(new, old) && e >= levels.revert {
+            blocks.reverted = true;
+            events.push(Event::Reverted { kpi: k, evidence: e });
+        }
+    }
+    events
+}
+
+/// The cell to block feature `arms` in now, if any: among the significant
+/// cells the one with the largest lower bound on the excess, then narrowed to
+/// a pair inside it when the pair holds the harm and the rest of the cell is
+/// clean; a broad cell is not blocked while the rest of it is clean and a pair
+/// inside it that holds most of its excess is half-way to its own level.
+fn choose_block(
+    policy: &Policy,
+    levels: &Levels,
+    arms: &Arms,
+    traffic: &[u32],
+    blocked: &[u64; MASK_WORDS],
+) -> Option<Candidate> {
+    let enough = |a: Tally, b: Tally| a.n >= policy.min_samples && b.n >= policy.min_samples;
+    let test = |cell: usize, k: usize| {
+        let [on, off] = arms.cells[cell];
+        (enough(on, off), evidence(on, off, k), excess_lcb(on, off, k))
+    };
+    let size = |c: usize| u64::from(traffic.get(c).copied().unwrap_or(0));
+    // A pair that holds (nearly) all of a parent's traffic is that parent.
+    let same_as_parent = |p: usize| parents(p).is_some_and(|(a, b)| 10 * size(p) >= 9 * size(a).min(size(b)));
+    let mut best: Option<Candidate> = None;
+    for cell in 0..ALL_CELLS {
+        if has(blocked, cell) || parents(cell).is_some_and(|(a, b)| has(blocked, a) || has(blocked, b)) {
+            continue;
+        }
+        if cell >= CELLS && same_as_parent(cell) {
+            continue;
+        }
+        for k in 0..KPIS {
+            let (ok, e, lcb) = test(cell, k);
+            if ok && e >= levels.block(cell) && best.is_none_or(|b| lcb > b.lcb) {
+                best = Some(Candidate { cell, kpi: k, evidence: e, lcb });
+            }
+        }
+    }
+    let best = best?;
+    if best.cell >= CELLS {
+        return Some(best);
+    }
+    // A single cell: is the harm really in a narrower cell inside it — a pair
+    // with another attribute, or (when this cell holds nearly everyone, e.g.
+    // history=low) that other attribute's own cell?
+    let (s, k) = (best.cell, best.kpi);
+    let [s_on, s_off] = arms.cells[s];
+    let excess = |on: Tally, off: Tally| {
+        let pi = f64::from(on.n) / f64::from((on.n + off.n).max(1));
+        f64::from(on.bad[k]) - pi * f64::from(on.bad[k] + off.bad[k])
+    };
+    let s_excess = excess(s_on, s_off);
+    let mut narrow: Option<(Candidate, f64)> = None;
+    for other in 0..CELLS {
+        let Some(p) = cells::pair(s, other) else { continue };
+        if 10 * size(p) >= 9 * size(s) {
+            continue; // `other` holds (nearly) all of this cell: nothing narrower
+        }
+        // The narrower cell: the pair, or `other` itself when the pair is it.
+        let (narrower, level) =
+            if 10 * size(p) >= 9 * size(other) { (other, levels.single) } else { (p, levels.pair) };
+        let [p_on, p_off] = arms.cells[p];
+        // Confined: the rest of this cell is confidently clean — its excess rate
+        // (upper bound) below half the narrower cell's.
+        let (r_on, r_off) = (s_on.minus(p_on), s_off.minus(p_off));
+        let rest_ucb = -excess_lcb(r_off, r_on, k);
+        let [n_on, n_off] = arms.cells[narrower];
+        let narrow_rate = n_on.rate(k) - n_off.rate(k);
+        if !(rest_ucb < 0.5 * narrow_rate) || evidence(r_on, r_off, k) >= levels.single / 2.0 {
+            continue;
+        }
+        let share = excess(p_on, p_off) / s_excess.max(1e-9);
+        let (ok, e, lcb) = test(narrower, k);
+        if ok && e >= level {
+            return Some(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
+        }
+        if share >= 0.5 && e >= level / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
+            narrow = Some((Candidate { cell: narrower, kpi: k, evidence: e, lcb }, share));
+        }
+    }
+    match narrow {
+        // Wait for the narrower cell, unless the broad evidence is overwhelming.
+        Some(_) if best.evidence < 2.0 * levels.single => None,
+        _ => Some(best),
+    }
+}
+
+/// Learns the slow cut: the control requests' p90 (bucket bound) — or, until
+/// there are enough of them (e.g. at 100% rollout), every request's — never
+/// above `slow_ms`. Any cut keeps the tests valid (both arms of a split are
+/// judged against the same one); the control's makes a regression stand out.
+/// Old history fades (halved past 50,000 requests).
+fn learn_slow_cut(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks) {
+    for h in counts.latency.iter_mut() {
+        if h.iter().map(|&n| u64::from(n)).sum::<u64>() > 50_000 {
+            for n in h.iter_mut() {
+                *n /= 2;
+            }
+        }
+    }
+    let Some(h) = counts
+        .latency
+        .iter()
+        .find(|h| h.iter().map(|&n| u64::from(n)).sum::<u64>() >= u64::from(LATENCY_MIN))
+    else {
+        return;
+    };
+    let total: u64 = h.iter().map(|&n| u64::from(n)).sum();
+    let mut cum = 0u64;
+    for (i, &n) in h.iter().enumerate() {
+        cum += u64::from(n);
+        if cum as f64 >= SLOW_QUANTILE * total as f64 {
+            let bound = LATENCY_BOUNDS.get(i).map_or(policy.slow_ms, |&b| u64::from(b));
+            blocks.slow_ms = bound.min(policy.slow_ms).min(u64::from(u32::MAX)) as u32;
+            return;
+        }
+    }
+}
+
+/// Suspect screening on the windowed stack tallies, the exploration budget,
+/// and the end of exploration.
+fn screen(
+    policy: &Policy,
+    levels: &Levels,
+    counts: &mut Counts,
+    blocks: &mut Blocks,
+    now_s: u64,
+    events: &mut Vec<Event>,
+) {
+    let total_new: u32 = siblings(0).map(|c| counts.screened(1, c).n).sum();
+    let shares: [f64; CELLS] =
+        std::array::from_fn(|c| f64::from(counts.screened(1, c).n) / f64::from(total_new.max(1)));
+    let share = |c: usize| shares[c];
+    let mut used: f64 = (0..CELLS).filter(|&c| blocks.suspect & (1 << c) != 0).map(share).sum();
+
+    // End of exploration: enough explored requests and nothing building up.
+    for c in 0..CELLS {
+        if blocks.suspect & (1 << c) == 0 {
+            continue;
+        }
+        let explored = counts.explored[c];
+        let building = (0..counts.arms.len()).any(|f| {
+            let [on, off] = counts.arms[f].cells[c];
+            (0..KPIS).any(|k| evidence(on, off, k) >= levels.single / 2.0)
+        });
+        if explored >= EXPLORE_MAX || (explored >= EXPLORE_CLEAR && !building) {
+            blocks.suspect &= !(1 << c);
+            blocks.quiet_until[c] = now_s + QUIET_S;
+            used -= share(c);
+            events.push(Event::Cleared { cell: c });
+        }
+    }
+
+    let mut found: Vec<(usize, usize, f64)> = Vec::new();
+    for c in 0..CELLS {
+        if blocks.suspect & (1 << c) != 0 || now_s < blocks.quiet_until[c] {
+            continue;
+        }
+        let (old, new) = (counts.screened(0, c), counts.screened(1, c));
+        let mut rest = Tally::default();
+        for o in siblings(c).filter(|&o| o != c) {
+            rest.add(counts.screened(1, o));
+        }
+        for k in 0..KPIS {
+            let e = evidence(new, old, k).max(evidence(new, rest, k));
+            if new.n >= policy.min_samples && e >= levels.screen {
+                found.push((c, k, e));
+                break;
+            }
+        }
+    }
+    found.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (c, k, e) in found {
+        if used + share(c) > policy.explore_budget && used > 0.0 {
+            continue; // over budget: the strongest suspects explore first
+        }
+        used += share(c);
+        blocks.suspect |= 1 << c;
+        counts.explored[c] = 0;
+        events.push(Event::Suspect { cell: c, kpi: k, evidence: e });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,445 @@
+//! Rollback state in proxy-wasm shared data: the whole binary format and the
+//! sync protocol (merge → evaluate → write back, adopt, hand over) in one place.
+//!
+//! One value per rollout, under `augur.rollback.<name>.<salt>.<epoch>`: every
+//! worker and every configuration of that rollout reads and writes the same
+//! state, so a pushed configuration starts with the blocks already in force
+//! (it [`adopts`](Sync::adopt) them before it serves) and a replaced one hands
+//! its last counts over ([`Sync::hand_over`]). A new `rollback.epoch` or
+//! `rollout.salt` is a new key: that rollout's rollback starts clean.
+//!
+//! Features are stored by name, so a push that adds, removes or reorders
+//! features keeps the state of the features it keeps; new features start clean.
+//!
+//! Value layout (little-endian): `"AUGR"`, format version (u8), feature count
+//! (u16), per feature its name (u8 length + bytes), blocks length (u32), the
+//! blocks ([`Blocks::encode`]), the counts ([`Counts::encode`]).
+
+use super::cells::MASK_WORDS;
+use super::{evaluate, Blocks, Counts, Event, Policy, Tally, KPIS};
+
+/// Proxy-wide shared memory (proxy-wasm shared data): how workers pool outcomes.
+pub trait SharedStore {
+    /// The value and its compare-and-swap token.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes `value` if the token still matches; false on a CAS mismatch.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+const MAGIC: &[u8; 4] = b"AUGR";
+const FORMAT: u8 = 3;
+/// Compare-and-swap attempts per sync before giving up until the next tick.
+const ATTEMPTS: usize = 8;
+
+/// One configuration's view of its rollout's shared rollback state.
+pub struct Sync {
+    key: String,
+    names: Vec<String>,
+    buf: Vec<u8>,
+}
+
+/// The shared value stayed contended for every attempt of one sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contended;
+
+impl Sync {
+    pub fn new(
+        name: &str,
+        salt: &str,
+        epoch: u64,
+        features: impl Iterator<Item = impl Into<String>>,
+    ) -> Sync {
+        Sync {
+            key: format!("augur.rollback.{name}.{salt}.{epoch}"),
+            names: features.map(Into::into).collect(),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn fresh(&self) -> (Blocks, Counts) {
+        (Blocks::new(self.names.len()), Counts::new(self.names.len()))
+    }
+
+    /// The shared state mapped onto this configuration's features (`None`
+    /// when there is none yet or it cannot be read).
+    pub fn read(&self, store: &impl SharedStore) -> Option<(Blocks, Counts)> {
+        store.get(&self.key).0.and_then(|bytes| decode(&bytes, &self.names))
+    }
+
+    /// The blocks in force for this rollout, for a configuration about to serve.
+    pub fn adopt(&self, store: &impl SharedStore) -> Option<Blocks> {
+        self.read(store).map(|(blocks, _)| blocks)
+    }
+
+    /// Merges `pending` into the shared counts, runs the rollback tests on the
+    /// pooled counts and writes the result back. Returns the blocks every
+    /// worker must now apply and what changed.
+    pub fn sync(
+        &mut self,
+        store: &mut impl SharedStore,
+        pending: &Counts,
+        policy: &Policy,
+        now_s: u64,
+    ) -> Result<(Blocks, Vec<Event>), Contended> {
+        self.update(store, |blocks, counts| {
+            counts.merge(pending);
+            evaluate(policy, counts, blocks, now_s)
+        })
+    }
+
+    /// Merges `pending` without testing: a configuration that goes away hands
+    /// over what it counted since its last sync. False when contended.
+    pub fn hand_over(&mut self, store: &mut impl SharedStore, pending: &Counts) -> bool {
+        pending.is_empty() || self.update(store, |_, counts| counts.merge(pending)).is_ok()
+    }
+
+    fn update<T>(
+        &mut self,
+        store: &mut impl SharedStore,
+        mut change: impl FnMut(&mut Blocks, &mut Counts) -> T,
+    ) -> Result<(Blocks, T), Contended> {
+        for _ in 0..ATTEMPTS {
+            let (bytes, cas) = store.get(&self.key);
+            let (mut blocks, mut counts) =
+                bytes.as_deref().and_then(|b| decode(b, &self.names)).unwrap_or_else(|| self.fresh());
+            let out = change(&mut blocks, &mut counts);
+            encode(&self.names, &blocks, &counts, &mut self.buf);
+            if store.set(&self.key, &self.buf, cas) {
+                return Ok((blocks, out));
+            }
+        }
+        Err(Contended)
+    }
+}
+
+/// Writes the shared value for features `names`.
+pub fn encode(names: &[String], blocks: &Blocks, counts: &Counts, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+    for n in names {
+        let n = &n.as_bytes()[..n.len().min(255)];
+        out.push(n.len() as u8);
+        out.extend_from_slice(n);
+    }
+    let mut b = Vec::new();
+    blocks.encode(&mut b);
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(&b);
+    let mut c = Vec::new();
+    counts.encode(&mut c);
+    out.extend_from_slice(&c);
+}
+
+/// Reads a shared value and maps it onto the features `names` (by name);
+/// `None` when the bytes are not a value of this format.
+pub fn decode(bytes: &[u8], names: &[String]) -> Option<(Blocks, Counts)> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    let (&format, rest) = rest.split_first()?;
+    if format != FORMAT {
+        return None;
+    }
+    let stored_n = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
+    let mut rest = &rest[2..];
+    let mut stored = Vec::with_capacity(stored_n);
+    for _ in 0..stored_n {
+        let (&len, r) = rest.split_first()?;
+        let name = r.get(..usize::from(len))?;
+        stored.push(name);
+        rest = &r[usize::from(len)..];
+    }
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let blocks = Blocks::decode(rest.get(4..4 + len)?, stored_n)?;
+    let counts = Counts::decode(rest.get(4 + len..)?, stored_n)?;
+    let map: Vec<Option<usize>> =
+        names.iter().map(|n| stored.iter().position(|s| *s == &n.as_bytes()[..n.len().min(255)])).collect();
+    Some((blocks.remap(&map), counts.remap(&map)))
+}
+
+/// Little-endian words in order; the reader returns `None` past the end.
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn tally(&mut self, t: &Tally) {
+        self.u32(t.n);
+        for b in t.bad {
+            self.u32(b);
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_at_checked(N)?;
+        self.0 = rest;
+        head.try_into().ok()
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn tally(&mut self) -> Option<Tally> {
+        let n = self.u32()?;
+        let mut bad = [0; KPIS];
+        for b in bad.iter_mut() {
+            *b = self.u32()?;
+        }
+        Some(Tally { n, bad })
+    }
+}
+
+impl Blocks {
+    /// The state of stored feature `map[i]` as feature `i` (fresh where `None`).
+    pub fn remap(&self, map: &[Option<usize>]) -> Blocks {
+        let mut out = Blocks { cells: Vec::new(), since: Vec::new(), killed: 0, srm: 0, ..self.clone() };
+        out.cells = vec![[0; MASK_WORDS]; map.len()];
+        out.since = vec![0; map.len()];
+        for (f, from) in map.iter().enumerate() {
+            let Some(s) = *from else { continue };
+            out.cells[f] = self.cells.get(s).copied().unwrap_or([0; MASK_WORDS]);
+            out.since[f] = self.since.get(s).copied().unwrap_or(0);
+            if s < 64 && f < 64 {
+                out.killed |= ((self.killed >> s) & 1) << f;
+                out.srm |= ((self.srm >> s) & 1) << f;
+            }
+        }
+        out
+    }
+
+    /// Little-endian fields, for [`encode`].
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut w = Writer(out);
+        w.u64(self.killed);
+        w.u32(self.suspect);
+        w.u32(u32::from(self.reverted));
+        w.u64(self.srm);
+        w.u32(self.slow_ms);
+        w.u64(self.window_s);
+        for q in &self.quiet_until {
+            w.u64(*q);
+        }
+        for (mask, since) in self.cells.iter().zip(&self.since) {
+            for word in mask {
+                w.u64(*word);
+            }
+            w.u64(*since);
+        }
+    }
+
+    /// Inverse of [`Blocks::encode`]; `None` when the bytes do not fit `features`.
+    pub fn decode(bytes: &[u8], features: usize) -> Option<Blocks> {
+        let mut r = Reader(bytes);
+        let mut b = Blocks::new(features);
+        b.killed = r.u64()?;
+        b.suspect = r.u32()?;
+        b.reverted = r.u32()? != 0;
+        b.srm = r.u64()?;
+        b.slow_ms = r.u32()?;
+        b.window_s = r.u64()?;
+        for q in b.quiet_until.iter_mut() {
+            *q = r.u64()?;
+        }
+        for f in 0..features {
+            for word in b.cells[f].iter_mut() {
+                *word = r.u64()?;
+            }
+            b.since[f] = r.u64()?;
+        }
+        r.0.is_empty().then_some(b)
+    }
+}
+
+impl Counts {
+    /// The tallies of stored feature `map[i]` as feature `i` (empty where `None`).
+    pub fn remap(&self, map: &[Option<usize>]) -> Counts {
+        let mut out = Counts { arms: Vec::new(), ..self.clone() };
+        out.arms =
+            map.iter().map(|from| from.and_then(|s| self.arms.get(s)).cloned().unwrap_or_default()).collect();
+        out
+    }
+
+    /// Little-endian words, for [`encode`].
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut w = Writer(out);
+        for t in self.stack.iter().flatten().flatten().chain(&self.baseline) {
+            w.tally(t);
+        }
+        for n in self.latency.iter().flatten().chain(&self.explored).chain(&self.traffic) {
+            w.u32(*n);
+        }
+        for arms in &self.arms {
+            for t in arms.cells.iter().flatten() {
+                w.tally(t);
+            }
+            w.u32(arms.drawn[0]);
+            w.u32(arms.drawn[1]);
+        }
+    }
+
+    /// Inverse of [`Counts::encode`]; `None` when the bytes do not fit `features`.
+    pub fn decode(bytes: &[u8], features: usize) -> Option<Counts> {
+        let mut c = Counts::new(features);
+        let mut r = Reader(bytes);
+        for t in c.stack.iter_mut().flatten().flatten().chain(c.baseline.iter_mut()) {
+            *t = r.tally()?;
+        }
+        for n in c.latency.iter_mut().flatten().chain(c.explored.iter_mut()).chain(c.traffic.iter_mut()) {
+            *n = r.u32()?;
+        }
+        for arms in c.arms.iter_mut() {
+            for t in arms.cells.iter_mut().flatten() {
+                *t = r.tally()?;
+            }
+            arms.drawn = [r.u32()?, r.u32()?];
+        }
+        r.0.is_empty().then_some(c)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::rollback::{cells, Arms, Exposure, Outcome, GROUPS};
+    use crate::routing::Stack;
+
+    /// proxy-wasm shared data stand-in: the CAS token counts writes.
+    #[derive(Default)]
+    pub struct FakeStore {
+        pub data: std::collections::HashMap<String, (Vec<u8>, u32)>,
+    }
+
+    impl SharedStore for FakeStore {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.data.get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let current = self.data.get(key).map(|(_, c)| *c);
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            self.data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
+            true
+        }
+    }
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn some_cells() -> [u8; GROUPS] {
+        cells(&crate::profile::Profile::default())
+    }
+
+    fn exposure(enabled: u64, randomised: u64) -> Exposure {
+        Exposure {
+            stack: Some(Stack::New),
+            cells: some_cells(),
+            enabled,
+            randomised,
+            explored: randomised,
+            drawn_off: randomised & !enabled,
+        }
+    }
+
+    fn bad(error: bool) -> Outcome {
+        Outcome { error, ..Outcome::default() }
+    }
+
+    #[test]
+    fn state_round_trips_and_follows_features_by_name() {
+        let mut blocks = Blocks::new(3);
+        blocks.cells[0][0] = 0b1;
+        blocks.cells[1][0] = 0b10;
+        blocks.cells[2][4] = 0b100;
+        blocks.since = vec![5, 6, 7];
+        blocks.killed = 0b100;
+        blocks.srm = 0b001;
+        blocks.suspect = 1 << 9;
+        blocks.slow_ms = 42;
+        blocks.quiet_until[3] = 99;
+        let mut counts = Counts::new(3);
+        counts.record(&exposure(0b111, 0b111), bad(true), 1000);
+        counts.record(&Exposure { stack: Some(Stack::Old), ..exposure(0, 0) }, bad(false), 1000);
+        let from = names(&["a", "b", "c"]);
+        let mut bytes = Vec::new();
+        encode(&from, &blocks, &counts, &mut bytes);
+        assert_eq!(decode(&bytes, &from), Some((blocks.clone(), counts.clone())));
+
+        // Reordered, one dropped, one new: kept by name, the new one fresh.
+        let (b, c) = decode(&bytes, &names(&["new", "c", "a"])).unwrap();
+        assert_eq!(b.cells, vec![[0; MASK_WORDS], blocks.cells[2], blocks.cells[0]]);
+        assert_eq!(b.since, vec![0, 7, 5]);
+        assert_eq!(b.killed, 0b010, "c's kill follows c");
+        assert_eq!(b.srm, 0b100, "a's sample-ratio flag follows a");
+        assert_eq!((b.suspect, b.slow_ms, b.quiet_until[3]), (blocks.suspect, 42, 99));
+        assert_eq!(c.arms[0], Arms::new());
+        assert_eq!(c.arms[2], counts.arms[0]);
+        assert_eq!(c.stack, counts.stack);
+        assert_eq!(c.latency, counts.latency);
+
+        assert_eq!(decode(&bytes[..bytes.len() - 1], &from), None);
+        assert_eq!(decode(b"junk", &from), None);
+        let mut wrong = bytes.clone();
+        wrong[4] = 1;
+        assert_eq!(decode(&wrong, &from), None, "an older format is not misread");
+    }
+
+    #[test]
+    fn epoch_and_salt_are_part_of_the_key() {
+        let key = |salt, epoch| Sync::new("r", salt, epoch, ["a"].into_iter()).key().to_string();
+        assert_ne!(key("s", 0), key("s", 1));
+        assert_ne!(key("s", 0), key("t", 0));
+    }
+
+    #[test]
+    fn a_new_configuration_adopts_and_a_replaced_one_hands_over() {
+        let mut store = FakeStore::default();
+        let policy = Policy::default();
+        let mut first = Sync::new("r", "s", 0, ["a", "b"].into_iter());
+        let mut pending = Counts::new(2);
+        for i in 0..200 {
+            pending.record(&exposure(0b01, 0b01), bad(i % 2 == 0), 1000);
+            pending.record(&exposure(0b00, 0b01), bad(false), 1000);
+        }
+        let (blocks, events) = first.sync(&mut store, &pending, &policy, 10).unwrap();
+        assert!(blocks.any_block(0) || blocks.killed & 1 != 0, "{events:?}");
+
+        // A pushed configuration with one more feature, before serving.
+        let second = Sync::new("r", "s", 0, ["z", "a", "b"].into_iter());
+        let adopted = second.adopt(&store).unwrap();
+        assert_eq!(adopted.cells[1], blocks.cells[0]);
+        assert_eq!(adopted.killed & 0b010 != 0, blocks.killed & 1 != 0);
+
+        // The replaced one hands over its last counts without testing them.
+        let mut last = Counts::new(2);
+        last.record(&Exposure { stack: Some(Stack::Old), ..exposure(0, 0) }, bad(false), 1000);
+        let cell = usize::from(some_cells()[0]);
+        let before = second.read(&store).unwrap().1.stack[0][0][cell].n;
+        assert!(first.hand_over(&mut store, &last));
+        assert_eq!(second.read(&store).unwrap().1.stack[0][0][cell].n, before + 1);
+        assert!(
+            Sync::new("r", "s", 1, ["a"].into_iter()).adopt(&store).is_none(),
+            "a new epoch starts clean"
+        );
+    }
+}
