@@ -692,7 +692,8 @@ fn choose_block(
         let rest_ucb = -excess_lcb(r_off, r_on, k);
         let [n_on, n_off] = arms.cells[narrower];
         let narrow_rate = n_on.rate(k) - n_off.rate(k);
-        if !(rest_ucb < 0.5 * narrow_rate) || evidence(r_on, r_off, k) >= levels.single / 2.0 {
+        let confined = rest_ucb < 0.5 * narrow_rate && evidence(r_on, r_off, k) < levels.single / 2.0;
+        if !confined {
             continue;
         }
         let share = excess(p_on, p_off) / s_excess.max(1e-9);
