@@ -50,7 +50,9 @@ def env(tmp_path_factory):
     envoy = None
     try:
         admin = harness.free_port()
-        envoy = Envoy(envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"]), workdir=work)
+        # A slow start (V8 compiles the module per thread) is not what this tests.
+        envoy = Envoy(envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"]), workdir=work,
+                      ready_timeout=300)
         yield {"envoy": envoy, "ports": ports, "logs": logs, "watched": watched, "admin": f"127.0.0.1:{admin}"}
     finally:
         if envoy:
