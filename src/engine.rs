@@ -94,7 +94,7 @@ pub struct Worker {
 fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x6175_6775_72);
+    h.write_u64(0x0061_7567_7572);
     h.finish()
 }
 
