@@ -12,13 +12,14 @@ ENVOY        := $(VENV)/bin/envoy
 WASM_TARGET  := wasm32-wasip1
 WASM_RAW     := target/$(WASM_TARGET)/wasm/augur.wasm
 WASM         := target/augur.wasm
+EMPTY_WASM   := target/empty_filter.wasm
 CLI          := target/release/augur
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/config.toml models/default.onnx
 # wasm-opt flags: the module's own features only (Envoy refuses --all-features).
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e loop-demo ab-report clean help image deploy-tools rules-check node-deps
+.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo ab-report clean help image deploy-tools rules-check node-deps
 
 all: wasm cli
 
@@ -31,7 +32,8 @@ help:
 	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p) from an access log (AB_LOG=...)"
 	@echo "make bench        criterion micro-benchmarks of the hot path"
 	@echo "make bench-vm     the same hot path inside V8 (Node), as the filter runs it"
-	@echo "make bench-e2e    Envoy alone vs weighted_clusters vs augur on loopback (< 10 min)"
+	@echo "make bench-e2e    Envoy alone, weighted_clusters, sticky split, an empty wasm filter and augur on loopback (< 10 min)"
+	@echo "make soak         30 min at a fixed rate, a push every 30 s, hostile requests (SOAK_MINUTES=5 to shorten)"
 	@echo "make model        retrain models/default.onnx from seeded synthetic data"
 	@echo "make envoy-config re-render envoy/envoy.yaml from envoy/augur-demo.json"
 
@@ -69,6 +71,13 @@ $(WASM): $(RUST_SOURCES) .rustup-target.stamp
 	@ls -l $@ | awk '{printf "wasm: %s (%.2f MB)\n", $$9, $$5/1048576}'
 
 wasm: $(WASM)
+
+# The bench-e2e floor: a proxy-wasm filter that does nothing, same profile and flags.
+$(EMPTY_WASM): examples/empty_filter.rs Cargo.toml .rustup-target.stamp
+	cargo build --profile wasm --target $(WASM_TARGET) --example empty_filter
+	@if command -v wasm-opt >/dev/null 2>&1; then \
+		wasm-opt $(WASM_OPT_FLAGS) target/$(WASM_TARGET)/wasm/examples/empty_filter.wasm -o $@; \
+	else cp target/$(WASM_TARGET)/wasm/examples/empty_filter.wasm $@; fi
 
 $(CLI): $(RUST_SOURCES)
 	cargo build --release --bin augur
@@ -120,10 +129,13 @@ lint: .rustup-target.stamp
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
 
+# Includes the property tests and the stable fuzz harnesses (tests/fuzz_stable.rs),
+# FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 2
 unit:
-	cargo test
+	FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test
 
-integration: $(WASM) $(CLI) venv .deploy-tools.stamp node-deps rules-check
+integration: $(WASM) $(EMPTY_WASM) $(CLI) venv .deploy-tools.stamp node-deps rules-check
 	cd clients/node && node --test test/
 	$(VPY) -m pytest -q integration clients/python
 
@@ -151,13 +163,17 @@ bench-vm: .rustup-target.stamp
 # Load generators from package registries: wrk (Debian) and oha (crates.io; first build ~5-7 min).
 OHA_VERSION := 1.16.0
 
-bench-e2e: $(WASM) $(CLI) venv
+bench-e2e: $(WASM) $(EMPTY_WASM) $(CLI) venv
 	@command -v wrk >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
 		else echo "bench-e2e needs wrk: sudo apt-get install wrk"; exit 2; fi; }
 	@command -v oha >/dev/null 2>&1 || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/oha" || \
 		cargo install --locked oha --version $(OHA_VERSION)
 	$(VPY) integration/bench_e2e.py $(BENCH_ARGS)
+
+# Not in CI: 30 minutes (SOAK_MINUTES), a push every 30 s (SOAK_PUSH_S), SOAK_RATE req/s.
+soak: $(WASM) $(CLI) venv
+	$(VPY) integration/soak.py
 
 # ---- models and generated files ---------------------------------------------
 

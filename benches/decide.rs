@@ -58,7 +58,7 @@ fn stages(c: &mut Criterion) {
     c.bench_function("record/write", |b| {
         let mut s = String::new();
         b.iter(|| {
-            augur::record::write(&config, black_box(&d), "0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10", &mut s)
+            augur::record::write(&config, black_box(&d), Some("0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10"), &mut s)
         })
     });
     c.bench_function("decide/whole", |b| {

@@ -61,7 +61,7 @@ fn main() {
     time("model/predict (tract)", n, || st.predict(black_box(&d.profile.vector), &mut out).unwrap());
     let mut rec = String::new();
     time("record/write", n, || {
-        augur::record::write(&config, &d, "0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10", &mut rec)
+        augur::record::write(&config, &d, Some("0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10"), &mut rec)
     });
     time("decide/whole (dense)", n, || decide(&config, &mut worker, black_box(&headers), &mut d));
     let mut tw = Worker::new(&tract);

@@ -8,6 +8,13 @@ Envoy under test (`--concurrency 1`, one Envoy process per configuration):
   weighted_clusters  what users build with Envoy alone: a header-match route
                      (`x-user-tier: beta` → new) and a 30/70 `weighted_clusters`
                      split, each route adding a stack header for the upstream
+  sticky_split       Envoy's own sticky split (Envoy >= 1.36): `weighted_clusters`
+                     with `use_hash_policy: true` and a route `hash_policy` on the
+                     user header, so each user keeps its stack (what augur's
+                     bucketing does, without features, model or records)
+  empty_filter       an empty proxy-wasm filter (examples/empty_filter.rs, the
+                     same wasm profile, target, SIMD and wasm-opt flags as augur)
+                     in the same V8: the floor any wasm filter pays here
   augur              the augur filter (target/augur.wasm, default model) with
                      envoy/augur-demo.json, routing on the header it writes
   augur_tiny_model   (--breakdown) augur with a 20→32→4 model and no model
@@ -78,8 +85,10 @@ import envoyconf  # noqa: E402
 
 DEMO_PLUGIN = ROOT / "envoy" / "augur-demo.json"
 DEFAULT_MODEL = ROOT / "models" / "default.onnx"
-CONFIGS = ("passthrough", "weighted_clusters", "augur")
-TARGETS = {"added_p50_us": 25, "added_p99_us": 100, "rps_ratio": 0.85, "wasm_mb": 4, "ready_s": 3, "push_ms": 1000}
+CONFIGS = ("passthrough", "weighted_clusters", "sticky_split", "empty_filter", "augur")
+EMPTY_WASM = ROOT / "target" / "empty_filter.wasm"
+TARGETS = {"added_p50_us": 25, "added_p99_us": 100, "rps_ratio": 0.85, "wasm_mb": 4, "ready_s": 3, "push_ms": 1000,
+           "over_empty_us": 10}
 HARD_LIMIT_S = 570  # the whole run stops itself before 10 minutes
 
 INSTALL_HINT = {
@@ -116,6 +125,8 @@ def check_tools(need_taskset):
         problems.append(f"Envoy not found at {ENVOY}: run `make venv`")
     if not WASM.exists():
         problems.append(f"{WASM} not found: run `make wasm`")
+    if not EMPTY_WASM.exists():
+        problems.append(f"{EMPTY_WASM} not found: run `make {EMPTY_WASM.relative_to(ROOT)}`")
     if missing or problems:
         print("bench-e2e: cannot run:", file=sys.stderr)
         for p in problems:
@@ -526,6 +537,35 @@ def tiny_model_plugin(plugin_text):
     return json.dumps(c)
 
 
+def sticky_split_route_config(new_weight=30, user_header="x-user-id", stack_header="x-stack"):
+    """Envoy's own sticky split: `weighted_clusters` picks the cluster from the
+    route's hash policy (the user header) instead of a random draw, so a user
+    keeps its stack while the weights stay the same (Envoy >= 1.36,
+    `use_hash_policy`). Each cluster tells the upstream its stack, as augur does."""
+
+    def weighted(cluster, stack, weight):
+        return {
+            "name": cluster,
+            "weight": weight,
+            "request_headers_to_add": [
+                {"header": {"key": stack_header, "value": stack}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+        }
+
+    route = {
+        "name": "sticky",
+        "match": {"prefix": "/"},
+        "route": {
+            "hash_policy": [{"header": {"header_name": user_header}}],
+            "weighted_clusters": {
+                "use_hash_policy": True,
+                "clusters": [weighted("new_stack", "new", new_weight), weighted("old_stack", "old", 100 - new_weight)],
+            },
+        },
+    }
+    return {"name": "sticky", "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]}
+
+
 def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text, wasm):
     if kind == "passthrough":
         lst = envoyconf.http_listener(kind, port, envoyconf.single_cluster_route_config(),
@@ -533,6 +573,13 @@ def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_
     elif kind == "weighted_clusters":
         lst = envoyconf.http_listener(kind, port, envoyconf.weighted_clusters_route_config(new_weight=30),
                                       [envoyconf.router_filter()], access_log)
+    elif kind == "sticky_split":
+        lst = envoyconf.http_listener(kind, port, sticky_split_route_config(new_weight=30),
+                                      [envoyconf.router_filter()], access_log)
+    elif kind == "empty_filter":
+        lst = envoyconf.http_listener(kind, port, envoyconf.route_config(),
+                                      [envoyconf.wasm_filter("{}", wasm.parent / "empty_filter.wasm"),
+                                       envoyconf.router_filter()], access_log)
     elif kind.startswith("augur"):
         lst = envoyconf.listener(kind, port, plugin_text, wasm, access_log)
     else:
@@ -802,7 +849,7 @@ def verdict(ok):
 
 
 def report(results, push, ready_all, ctx, args, started):
-    P, W, A = (results[k] for k in CONFIGS)
+    P, W, S, E, A = (results[k] for k in CONFIGS)
     print()
     print(f"== augur end-to-end benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
           f"layout {args.layout}: envoy under test on CPU {ctx['envoy_cpus'] or 'any'}, "
@@ -866,6 +913,9 @@ def report(results, push, ready_all, ctx, args, started):
           f"{ua - uw:.1f} us more than weighted_clusters ({uw:.1f} us); the rps ratio the Envoy CPU per request "
           f"implies (independent of what else limited throughput): {up_ / ua:.3f} vs passthrough, "
           f"{uw / ua:.3f} vs weighted_clusters")
+    ue, us_ = E["saturation"]["envoy_us_per_req"], S["saturation"]["envoy_us_per_req"]
+    print(f"the V8 floor: an empty proxy-wasm filter costs {ue - up_:.1f} us of Envoy CPU per request over "
+          f"passthrough; Envoy's sticky split (use_hash_policy) {us_ - up_:.1f} us")
     print(f"first request after ready (fresh connection): augur {A['first_request_us']:.0f} us, "
           f"passthrough {P['first_request_us']:.0f} us")
     if "augur_tiny_model" in results:
@@ -906,6 +956,11 @@ def report(results, push, ready_all, ctx, args, started):
     print(f"vs weighted_clusters added p50 us: {w_p50:.0f}")
     print(f"vs weighted_clusters added p99 us: {w_p99:.0f}")
     print(f"vs weighted_clusters rps ratio: {w_ratio:.3f}")
+    print(f"empty filter over passthrough us: {ue - up_:.1f}")
+    print(f"augur over empty filter us: {ua - ue:.1f}")
+    print(f"augur over sticky split us: {ua - us_:.1f}")
+    print(f"vs empty filter added p50 us: {A['latency']['p50'] - E['latency']['p50']:.0f}")
+    print(f"vs empty filter added p99 us: {A['latency']['p99'] - E['latency']['p99']:.0f}")
     print(f"wasm size MB: {wasm_mb:.2f}")
     print(f"envoy ready s: {ready_all:.2f}")
     print(f"model push applied ms: {'-' if applied_ms is None else f'{applied_ms:.0f}'}")
@@ -917,7 +972,8 @@ def report(results, push, ready_all, ctx, args, started):
           f"rps ratio >= {TARGETS['rps_ratio']} {verdict(ratio >= TARGETS['rps_ratio'])}; "
           f"wasm <= {TARGETS['wasm_mb']} MB {verdict(wasm_mb <= TARGETS['wasm_mb'])}; "
           f"ready <= {TARGETS['ready_s']} s {verdict(ready_all <= TARGETS['ready_s'])}; "
-          f"push <= {TARGETS['push_ms']} ms {verdict(applied_ms is not None and applied_ms <= TARGETS['push_ms'])}")
+          f"push <= {TARGETS['push_ms']} ms {verdict(applied_ms is not None and applied_ms <= TARGETS['push_ms'])}; "
+          f"augur over empty filter <= {TARGETS['over_empty_us']} us {verdict(ua - ue <= TARGETS['over_empty_us'])}")
     print(f"(run took {time.monotonic() - started:.0f} s; logs and configs in {ctx['work']})")
 
 
@@ -981,6 +1037,7 @@ def main(argv=None):
     # A snapshot: a concurrent `make wasm` must not swap the module mid-run.
     wasm = work / "augur.wasm"
     shutil.copyfile(WASM, wasm)
+    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
     import hashlib
 
     configs = list(CONFIGS)

@@ -136,7 +136,7 @@ def report(plugin, decisions, users):
             mean = sum(scores) / len(scores)
             print(f"  {f:16} {mean:5.1f} {bar(mean / 100)}")
 
-    spoofed = [d for d in decisions if d["id"].startswith("demo-spoof")]
+    spoofed = [d for d in decisions if (d.get("request_id") or "").startswith("demo-spoof")]
     print(f"\nSpoofed requests: {len(spoofed)} sent x-augur-stack: new; routed to new: "
           f"{sum(d['stack'] == 'new' for d in spoofed)} (their own bucket decides)")
 

@@ -56,6 +56,17 @@ def otel_access_log_format(rollout):
     return "{" + body + "}\n"
 
 
+# Headers with '_' in their names are dropped before any filter runs: apps and
+# frameworks that fold '_' into '-' (CGI, Django, Rails) would otherwise read
+# `x_augur_stack` as a control header, and `x_user_id` as the user. augur also
+# strips its own '_' look-alikes itself, for listeners that must ALLOW them.
+HEADERS_WITH_UNDERSCORES_ACTION = "DROP_HEADER"
+
+
+def protocol_options(underscores=HEADERS_WITH_UNDERSCORES_ACTION):
+    return {"headers_with_underscores_action": underscores}
+
+
 def stats_config():
     tags = [
         {
@@ -168,6 +179,7 @@ def listener(name, port, plugin_config, wasm_path, access_log_path):
                             "@type": "type.googleapis.com/envoy.extensions.filters.network."
                             "http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": name,
+                            "common_http_protocol_options": protocol_options(),
                             "access_log": [
                                 {
                                     "name": "augur_decisions",
@@ -295,6 +307,7 @@ def http_listener(name, port, route_config, http_filters, access_log_path=None, 
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
+        "common_http_protocol_options": protocol_options(),
         "route_config": route_config,
         "http_filters": http_filters,
     }

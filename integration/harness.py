@@ -19,8 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
-WASM = ROOT / "target" / "augur.wasm"
-AUGUR_CLI = ROOT / "target" / "release" / "augur"
+# AUGUR_WASM / AUGUR_CLI: run the tests against another build (e.g. a release
+# candidate, or the previous one to see a new test fail there).
+WASM = Path(os.environ.get("AUGUR_WASM") or ROOT / "target" / "augur.wasm")
+AUGUR_CLI = Path(os.environ.get("AUGUR_CLI") or ROOT / "target" / "release" / "augur")
 sys.path.insert(0, str(ROOT / "integration"))
 sys.path.insert(0, str(ROOT / "models"))
 

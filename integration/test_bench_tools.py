@@ -128,3 +128,39 @@ def test_bench_refuses_to_run_without_its_tools_and_says_how_to_install(tmp_path
     )
     assert r.returncode == 2
     assert "apt-get install -y wrk" in r.stderr and "cargo install --locked oha" in r.stderr
+
+
+def test_sticky_split_keeps_each_user_on_one_stack_and_splits_users(tmp_path):
+    # The bench's Envoy-only sticky row: weighted_clusters with use_hash_policy
+    # on the user header. Real Envoy, real upstreams: every user keeps its stack.
+    ups = Upstreams()
+    envoy = None
+    try:
+        port = harness.free_port()
+        lst = envoyconf.http_listener("sticky", port, bench_e2e.sticky_split_route_config(new_weight=30),
+                                      [envoyconf.router_filter()], tmp_path / "a.log")
+        envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [lst], ups.ports["old"], ups.ports["new"]),
+                      workdir=tmp_path)
+        c = Client(port)
+        try:
+            first = [c.request({"x-user-id": f"sticky-{i}"})[1]["x-served-by"] for i in range(300)]
+            again = [c.request({"x-user-id": f"sticky-{i}"})[1]["x-served-by"] for i in range(300)]
+        finally:
+            c.close()
+        assert first == again, "sticky per user"
+        assert 45 <= first.count("new") <= 135, first.count("new")
+    finally:
+        if envoy:
+            envoy.close()
+        ups.close()
+
+
+def test_empty_filter_row_is_a_valid_wasm_listener(tmp_path):
+    if not bench_e2e.EMPTY_WASM.exists():
+        pytest.fail(f"{bench_e2e.EMPTY_WASM} missing: `make {bench_e2e.EMPTY_WASM.relative_to(ROOT)}`")
+    cfg = bench_e2e.under_test_config("empty_filter", harness.free_port(), harness.free_port(), 1,
+                                      tmp_path / "a.log", "{}", bench_e2e.EMPTY_WASM.parent / "augur.wasm")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    rc, out = harness.validate(path)
+    assert rc == 0, out[-2000:]

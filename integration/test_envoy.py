@@ -116,7 +116,7 @@ def records_for(env, name, ids):
     ids = set(ids)
 
     def by_id():
-        return {r["decision"]["id"]: r for r in harness.read_records(env["logs"][name])}
+        return {r["decision"]["request_id"]: r for r in harness.read_records(env["logs"][name])}
 
     harness.wait_until(lambda: ids <= by_id().keys(), 15, f"{len(ids)} records in {name}.log")
     return by_id()
@@ -157,14 +157,14 @@ def test_feature_headers_reach_new_stack_only(env):
             rec = by_id[req["x-request-id"]]
             enabled = [f for f, d in rec["decision"]["features"].items() if d["on"]]
             assert echoed["x-augur-features"] == ",".join(enabled)
-            assert echoed["x-augur-decision"] == req["x-request-id"]
+            assert echoed["x-augur-decision"] == rec["decision"]["id"] != req["x-request-id"]
     assert seen["old"] > 0 and seen["new"] > 0
 
 
 def test_filter_decides_exactly_like_the_native_library(env):
     reqs = harness.synthetic_requests(300, seed=23, prefix="parity")
     send(env["ports"]["demo"], reqs)
-    native = {d["id"]: d for d in harness.cli_decide(ROOT / "envoy" / "augur-demo.json", reqs)}
+    native = {d["request_id"]: d for d in harness.cli_decide(ROOT / "envoy" / "augur-demo.json", reqs)}
     want = {r["x-request-id"] for r in reqs}
     got = {rid: r["decision"] for rid, r in records_for(env, "demo", want).items()}
     for rid in want:

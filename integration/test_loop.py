@@ -114,12 +114,17 @@ def records(env, name="ecds"):
     return [r for r in harness.read_records(env["logs"][name]) if isinstance(r.get("decision"), dict)]
 
 
+def rid(record):
+    """The x-request-id a logged request was sent with (the decision id is augur's own)."""
+    return record["decision"].get("request_id") or ""
+
+
 def decide_ids(env, ids, timeout=10):
     """{id: decision} once every id is in the ecds access log."""
     want = set(ids)
 
     def got():
-        return {r["decision"]["id"]: r["decision"] for r in records(env) if r["decision"]["id"] in want}
+        return {rid(r): r["decision"] for r in records(env) if rid(r) in want}
 
     harness.wait_until(lambda: want <= got().keys(), timeout, f"{len(want)} records")
     return got()
@@ -223,10 +228,10 @@ def test_model_push_under_steady_load_loses_no_request(env):
         w.join(timeout=40)
     assert not errors, errors[:5]
     assert len(statuses) == n and set(statuses) == {200}, (len(statuses), set(statuses))
-    recs = {r["decision"]["id"]: r for r in records(env) if r["decision"]["id"].startswith("load-")}
-    harness.wait_until(lambda: len({r["decision"]["id"] for r in records(env)
-                                    if r["decision"]["id"].startswith("load-")}) >= n, 15, "load records")
-    recs = {r["decision"]["id"]: r for r in records(env) if r["decision"]["id"].startswith("load-")}
+    recs = {rid(r): r for r in records(env) if rid(r).startswith("load-")}
+    harness.wait_until(lambda: len({rid(r) for r in records(env)
+                                    if rid(r).startswith("load-")}) >= n, 15, "load records")
+    recs = {rid(r): r for r in records(env) if rid(r).startswith("load-")}
     assert len(recs) == n and all(r["status"] == 200 and r["decision"]["model_ok"] for r in recs.values())
     seen = {r["decision"]["model"] for r in recs.values()}
     assert set(versions) <= seen, seen

@@ -22,6 +22,12 @@ use crate::routing::{self, Rollout, WhenAbsent, BUCKETS};
 
 /// Largest accepted feature count (flag decisions are kept per request).
 pub const MAX_FEATURES: usize = 64;
+/// Largest accepted plugin configuration, in bytes (JSON, inline model included).
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
+/// Most user ids one segment may list (looked up in a hash set).
+pub const MAX_USERS_PER_SEGMENT: usize = 10_000;
+/// Most earlier control-header prefixes a migration may keep stripping.
+pub const MAX_PREVIOUS_PREFIXES: usize = 4;
 
 /// A refused configuration: which field, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +87,10 @@ struct RawConfig {
     stacks: RawStacks,
     #[serde(default = "default_prefix")]
     control_header_prefix: String,
+    /// Earlier prefixes during a prefix migration: still stripped from
+    /// clients, and the stack header is also written under them.
+    #[serde(default)]
+    previous_control_header_prefixes: Vec<String>,
     #[serde(default)]
     profile: RawProfile,
     #[serde(default)]
@@ -380,8 +390,15 @@ struct RawWeights {
 /// Names of the headers the filter writes (and strips from clients).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlHeaders {
-    /// Every incoming header starting with this prefix is removed.
+    /// Every incoming header starting with this prefix is removed, and so is
+    /// every look-alike with `_` for `-` (`x_augur_stack`).
     pub prefix: String,
+    /// Earlier prefixes of a migration (`previous_control_header_prefixes`):
+    /// stripped like `prefix`.
+    pub previous: Vec<String>,
+    /// `<previous>stack` for each earlier prefix: written with the same value
+    /// as `stack`, so a route table still matching the old name keeps working.
+    pub previous_stack: Vec<String>,
     /// `<prefix>stack`: the stack name, matched by Envoy's route table.
     pub stack: String,
     /// `<prefix>features`: enabled features, comma-separated (new stack only).
@@ -395,6 +412,54 @@ pub struct ControlHeaders {
     pub engagement: String,
     /// `<prefix>security`: response header the app sets on a security event.
     pub security: String,
+}
+
+impl ControlHeaders {
+    /// The header names for `prefix` (lowercase, ending in '-'), plus the
+    /// earlier prefixes of a migration.
+    pub fn new(prefix: &str, previous: Vec<String>) -> ControlHeaders {
+        ControlHeaders {
+            stack: format!("{prefix}stack"),
+            features: format!("{prefix}features"),
+            decision: format!("{prefix}decision"),
+            flags: format!("{prefix}flags"),
+            engagement: format!("{prefix}engagement"),
+            security: format!("{prefix}security"),
+            previous_stack: previous.iter().map(|p| format!("{p}stack")).collect(),
+            previous,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Whether `name` (lowercase) is a control header a client must not send:
+    /// it starts with the prefix or an earlier one, where any `-` of the
+    /// prefix may also be `_` (frameworks that fold `_` into `-` — CGI,
+    /// Django, Rails — would read `x_augur_stack` as `x-augur-stack`).
+    pub fn is_control(&self, name: &str) -> bool {
+        starts_with_folded(name, &self.prefix) || self.previous.iter().any(|p| starts_with_folded(name, p))
+    }
+}
+
+fn starts_with_folded(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.bytes().zip(prefix.bytes()).all(|(n, p)| n == p || (p == b'-' && n == b'_'))
+}
+
+/// Refuses a pushed configuration that changes `control_header_prefix` from
+/// `previous` (the one last accepted for the same rollout) without a
+/// migration: the route table would still match `<previous>stack`, which
+/// augur would no longer strip, so clients could choose their stack again.
+pub fn check_prefix_change(previous: &str, next: &ControlHeaders) -> Result<(), ConfigError> {
+    if previous == next.prefix || next.previous.iter().any(|p| p == previous) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "control_header_prefix",
+        format!(
+            "changes from \"{previous}\" to \"{new}\" without a migration: the route table still matches \"{previous}stack\", which clients could then send to choose their stack; add \"previous_control_header_prefixes\": [\"{previous}\"] (both prefixes are stripped and the stack header is written under both) and move the route table to \"{new}stack\" (check with `augur check-config --envoy`), or keep \"{previous}\"",
+            new = next.prefix
+        ),
+    ))
 }
 
 /// The compiled configuration: everything the request path needs, validated.
@@ -439,26 +504,95 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn header_name(field: &str, raw: &str, prefix: &str) -> Result<String, ConfigError> {
+fn header_name(field: &str, raw: &str, control: &ControlHeaders) -> Result<String, ConfigError> {
     let h = raw.trim().to_ascii_lowercase();
     if !is_token(&h) {
         return Err(ConfigError::new(field, format!("\"{raw}\" is not a valid header name")));
     }
-    if h.starts_with(prefix) {
+    if control.is_control(&h) {
         return Err(ConfigError::new(
             field,
-            format!("\"{h}\" starts with control_header_prefix \"{prefix}\" and would be stripped; pick another header"),
+            format!(
+                "\"{h}\" starts with control_header_prefix \"{}\" (or an earlier or '_' form of it) and would be stripped; pick another header",
+                control.prefix
+            ),
         ));
     }
     Ok(h)
 }
 
 fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    if json.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::new(
+            "",
+            format!(
+                "the configuration is {} bytes, at most {MAX_CONFIG_BYTES} bytes (MAX_CONFIG_BYTES); list large groups of users by a header segment (`header` + `values`) instead of inline user ids",
+                json.len()
+            ),
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        ConfigError::new(path, e.into_inner().to_string())
+        let inner = e.into_inner();
+        match inner.classify() {
+            // Not valid JSON (truncated, a stray character): the path is only
+            // where the parser stopped, so name the position instead.
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                let at = format!(" at line {} column {}", inner.line(), inner.column());
+                let text = inner.to_string();
+                let what = text.strip_suffix(&at).unwrap_or(&text);
+                ConfigError::new(
+                    "",
+                    format!(
+                        "invalid JSON{at}: {what}; the configuration is truncated or malformed (check it with `augur check-config`)"
+                    ),
+                )
+            }
+            _ => ConfigError::new(path, inner.to_string()),
+        }
     })
+}
+
+/// The control headers of a raw configuration, validated.
+fn compile_control_headers(raw: &RawConfig) -> Result<ControlHeaders, ConfigError> {
+    let norm = |p: &str| p.trim().to_ascii_lowercase();
+    let valid = |p: &str| is_token(p) && p.ends_with('-');
+    let prefix = norm(&raw.control_header_prefix);
+    if !valid(&prefix) {
+        return Err(ConfigError::new(
+            "control_header_prefix",
+            format!(
+                "\"{}\" must be a lowercase header-name prefix ending in '-', e.g. \"x-augur-\"",
+                raw.control_header_prefix
+            ),
+        ));
+    }
+    if raw.previous_control_header_prefixes.len() > MAX_PREVIOUS_PREFIXES {
+        return Err(ConfigError::new(
+            "previous_control_header_prefixes",
+            format!("at most {MAX_PREVIOUS_PREFIXES} earlier prefixes; drop those no route table matches any more"),
+        ));
+    }
+    let mut previous = Vec::with_capacity(raw.previous_control_header_prefixes.len());
+    for (i, p) in raw.previous_control_header_prefixes.iter().enumerate() {
+        let field = format!("previous_control_header_prefixes[{i}]");
+        let p = norm(p);
+        if !valid(&p) {
+            return Err(ConfigError::new(
+                field,
+                format!("\"{p}\" must be a lowercase header-name prefix ending in '-', e.g. \"x-augur-\""),
+            ));
+        }
+        if p == prefix {
+            return Err(ConfigError::new(
+                field,
+                format!("\"{p}\" is control_header_prefix itself; list only earlier prefixes"),
+            ));
+        }
+        previous.push(p);
+    }
+    Ok(ControlHeaders::new(&prefix, previous))
 }
 
 /// Compiles only what the profile needs (encoding and segments), without loading
@@ -466,8 +600,8 @@ fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
 /// model exists.
 pub fn compile_profile_only(json: &[u8]) -> Result<(ProfileSpec, Vec<Segment>), ConfigError> {
     let raw = parse(json)?;
-    let prefix = raw.control_header_prefix.trim().to_ascii_lowercase();
-    Ok((compile_profile(&raw.profile, &prefix)?, compile_segments(&raw.segments, &prefix)?))
+    let control = compile_control_headers(&raw)?;
+    Ok((compile_profile(&raw.profile, &control)?, compile_segments(&raw.segments, &control)?))
 }
 
 /// Parses and compiles a plugin configuration. `default_model` is used when the
@@ -485,25 +619,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
             format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it labels every stat)", raw.name),
         ));
     }
-    let prefix = raw.control_header_prefix.trim().to_ascii_lowercase();
-    if !is_token(&prefix) || !prefix.ends_with('-') {
-        return Err(ConfigError::new(
-            "control_header_prefix",
-            format!(
-                "\"{}\" must be a lowercase header-name prefix ending in '-', e.g. \"x-augur-\"",
-                raw.control_header_prefix
-            ),
-        ));
-    }
-    let headers = ControlHeaders {
-        stack: format!("{prefix}stack"),
-        features: format!("{prefix}features"),
-        decision: format!("{prefix}decision"),
-        flags: format!("{prefix}flags"),
-        engagement: format!("{prefix}engagement"),
-        security: format!("{prefix}security"),
-        prefix,
-    };
+    let headers = compile_control_headers(&raw)?;
 
     let pct = raw.rollout.percentage;
     if !(0.0..=100.0).contains(&pct) {
@@ -523,8 +639,8 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         return Err(ConfigError::new("stacks.new", "must differ from stacks.old"));
     }
 
-    let profile = compile_profile(&raw.profile, &headers.prefix)?;
-    let segments = compile_segments(&raw.segments, &headers.prefix)?;
+    let profile = compile_profile(&raw.profile, &headers)?;
+    let segments = compile_segments(&raw.segments, &headers)?;
 
     let weights = match &raw.scoring.weights {
         None => ScoreWeights::default(),
@@ -682,7 +798,7 @@ fn compile_rollback(raw: &RawRollback) -> Result<Policy, ConfigError> {
     })
 }
 
-fn compile_profile(raw: &RawProfile, prefix: &str) -> Result<ProfileSpec, ConfigError> {
+fn compile_profile(raw: &RawProfile, prefix: &ControlHeaders) -> Result<ProfileSpec, ConfigError> {
     let user_header = header_name("profile.user_header", &raw.user_header, prefix)?;
     let location_header = header_name("profile.location_header", &raw.location_header, prefix)?;
     if raw.locations.len() > MAX_LOCATIONS {
@@ -731,7 +847,7 @@ fn compile_profile(raw: &RawProfile, prefix: &str) -> Result<ProfileSpec, Config
     })
 }
 
-fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, ConfigError> {
+fn compile_segments(raw: &[RawSegment], prefix: &ControlHeaders) -> Result<Vec<Segment>, ConfigError> {
     if raw.len() > MAX_SEGMENTS {
         return Err(ConfigError::new("segments", format!("at most {MAX_SEGMENTS} segments")));
     }
@@ -766,6 +882,15 @@ fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, Co
                 ))
             }
         };
+        if s.users.len() > MAX_USERS_PER_SEGMENT {
+            return Err(ConfigError::new(
+                format!("{field}.users"),
+                format!(
+                    "{} user ids, at most {MAX_USERS_PER_SEGMENT} per segment (MAX_USERS_PER_SEGMENT); for larger groups match a header your auth layer sets (`header` + `values`)",
+                    s.users.len()
+                ),
+            ));
+        }
         let static_criteria = !(s.users.is_empty() && s.devices.is_empty() && s.locations.is_empty());
         if !static_criteria && header.is_none() && s.predicted.is_none() {
             return Err(ConfigError::new(
@@ -775,7 +900,7 @@ fn compile_segments(raw: &[RawSegment], prefix: &str) -> Result<Vec<Segment>, Co
         }
         out.push(Segment {
             name: s.name.clone(),
-            users: s.users.clone(),
+            users: s.users.iter().cloned().collect(),
             devices: s.devices.clone(),
             locations: s.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
             header,
@@ -1144,6 +1269,56 @@ mod tests {
         assert_eq!(zero.stats_flush_ms, 0);
         let e = err(&format!(r#"{base}, "stats": {{"flush_ms": 5}}}}"#));
         assert!(e.starts_with("stats.flush_ms: 5 is outside 100-60000"), "{e}");
+    }
+
+    #[test]
+    fn control_headers_cover_underscore_look_alikes_and_earlier_prefixes() {
+        let h = ControlHeaders::new("x-ctl-", vec!["x-augur-".into()]);
+        for name in ["x-ctl-stack", "x_ctl_stack", "x-ctl_x", "x_ctl-", "x-augur-stack", "x_augur_features"] {
+            assert!(h.is_control(name), "{name}");
+        }
+        for name in ["x-ctl", "x-ct-stack", "x-user-id", "x_user_id", "", "y-ctl-stack"] {
+            assert!(!h.is_control(name), "{name}");
+        }
+        assert_eq!(h.previous_stack, ["x-augur-stack"]);
+    }
+
+    #[test]
+    fn a_prefix_change_needs_the_old_prefix_listed() {
+        let base = r#""rollout": {"percentage": 5}, "features": [{"name":"a","override":"on"}]"#;
+        let moved = compile(format!(r#"{{{base}, "control_header_prefix": "x-ctl-"}}"#).as_bytes()).unwrap();
+        let e = check_prefix_change("x-augur-", &moved.headers).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                r#"control_header_prefix: changes from "x-augur-" to "x-ctl-" without a migration"#
+            ),
+            "{e}"
+        );
+        assert!(e.contains(r#""previous_control_header_prefixes": ["x-augur-"]"#), "{e}");
+        assert!(check_prefix_change("x-ctl-", &moved.headers).is_ok());
+        let migrating = compile(
+            format!(r#"{{{base}, "control_header_prefix": "x-ctl-", "previous_control_header_prefixes": ["X-Augur-"]}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(check_prefix_change("x-augur-", &migrating.headers).is_ok());
+        assert!(check_prefix_change("x-other-", &migrating.headers).is_err());
+        let e = err(&format!(r#"{{{base}, "previous_control_header_prefixes": ["x-augur-"]}}"#));
+        assert!(
+            e.starts_with(
+                "previous_control_header_prefixes[0]: \"x-augur-\" is control_header_prefix itself"
+            ),
+            "{e}"
+        );
+        let e = err(&format!(r#"{{{base}, "previous_control_header_prefixes": ["nodash"]}}"#));
+        assert!(e.starts_with("previous_control_header_prefixes[0]: \"nodash\" must be"), "{e}");
+        let e = err(&format!(
+            r#"{{{base}, "control_header_prefix": "x-ctl-", "previous_control_header_prefixes": ["x-augur-"], "profile": {{"user_header": "x_augur_user"}}}}"#
+        ));
+        assert!(
+            e.starts_with("profile.user_header: \"x_augur_user\" starts with control_header_prefix"),
+            "{e}"
+        );
     }
 
     #[test]

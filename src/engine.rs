@@ -38,6 +38,10 @@ pub struct Decision {
     pub drawn_off: u64,
     /// Automated rollback has reverted the rollout to the old stack.
     pub reverted: bool,
+    /// The decision id: augur's own per-request random draw (never anything
+    /// the client sent), written as 16 hex digits by [`Decision::write_id`].
+    /// The request's exploration and `per_request` draws are keyed on it.
+    pub id: u64,
 }
 
 impl Default for Decision {
@@ -54,6 +58,7 @@ impl Default for Decision {
             explored: 0,
             drawn_off: 0,
             reverted: false,
+            id: 0,
         }
     }
 }
@@ -62,6 +67,14 @@ impl Decision {
     /// Bit `i` set when feature `i` is on.
     pub fn enabled_mask(&self) -> u64 {
         self.flags.iter().enumerate().filter(|(_, f)| f.on).fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Appends the decision id (16 lowercase hex digits) to `out`.
+    pub fn write_id(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in (0..16).rev() {
+            out.push(char::from(HEX[((self.id >> (i * 4)) & 0xf) as usize]));
+        }
     }
 
     /// Names of the features that are on, in configuration order.
@@ -77,8 +90,19 @@ pub struct Worker {
     impacts: Vec<Impact>,
     /// Automated-rollback state, refreshed from shared data on every tick.
     pub blocks: Blocks,
-    /// Draws for requests without an `x-request-id`.
+    /// Secret per-worker seed and request counter: each request's draw is
+    /// `stable_hash(seed, counter)`, so a client can neither choose nor
+    /// replay it (it used to be keyed on the client's `x-request-id`).
+    seed: u64,
     draws: u64,
+}
+
+/// A random seed from the host (WASI `random_get` in the filter, the OS natively).
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x0061_7567_7572);
+    h.finish()
 }
 
 impl Worker {
@@ -86,27 +110,34 @@ impl Worker {
     /// leaves the worker unscored (every request uses fallbacks) rather than
     /// failing the configuration, which was already validated.
     pub fn new(config: &Config) -> Worker {
+        Worker::with_seed(config, fresh_seed())
+    }
+
+    /// [`Worker::new`] with a fixed seed (reproducible draws: tests, benches).
+    pub fn with_seed(config: &Config, seed: u64) -> Worker {
         Worker {
             session: config.model.session().ok(),
             impacts: Vec::with_capacity(config.model.features().len()),
             blocks: Blocks::new(config.rules.features.len()),
+            seed,
             draws: 0,
         }
+    }
+
+    /// The next request's draw.
+    fn draw(&mut self) -> u64 {
+        self.draws = self.draws.wrapping_add(1);
+        stable_hash(&[&self.seed.to_le_bytes(), &self.draws.to_le_bytes()])
     }
 }
 
 /// Bit `i` set when `user` is in feature `i`'s holdout. Sticky: a stable hash of
 /// the rollout salt, the feature name and the user, independent of the stack bucket.
-fn holdout_mask(config: &Config, user: &str) -> u64 {
+fn holdout_mask(config: &Config, user: &[u8]) -> u64 {
     let mut mask = 0;
     for (i, rule) in config.rules.features.iter().enumerate() {
         if rule.holdout > 0 {
-            let h = stable_hash(&[
-                config.rollout.salt.as_bytes(),
-                b"holdout",
-                rule.name.as_bytes(),
-                user.as_bytes(),
-            ]);
+            let h = stable_hash(&[config.rollout.salt.as_bytes(), b"holdout", rule.name.as_bytes(), user]);
             if (h % u64::from(BUCKETS)) < u64::from(rule.holdout) {
                 mask |= 1 << i;
             }
@@ -116,11 +147,10 @@ fn holdout_mask(config: &Config, user: &str) -> u64 {
 }
 
 /// Features drawn off for exploration: each `auto` feature independently with
-/// probability `share`, from a hash of the request id (or a per-worker counter).
-fn exploration_draw(config: &Config, draws: &mut u64, request_id: Option<&str>) -> u64 {
-    *draws += 1;
-    let counter = draws.to_le_bytes();
-    let key = request_id.map_or(&counter[..], str::as_bytes);
+/// probability `share`, from a hash of the request's own draw.
+fn exploration_draw(config: &Config, draw: u64) -> u64 {
+    let key = draw.to_le_bytes();
+    let key = &key[..];
     let cut = (config.rollback.explore_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
     let mut mask = 0;
     for (i, rule) in config.rules.features.iter().enumerate() {
@@ -133,6 +163,7 @@ fn exploration_draw(config: &Config, draws: &mut u64, request_id: Option<&str>) 
 
 /// Decides one request into `out` (reusing its allocations).
 pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized), out: &mut Decision) {
+    out.id = worker.draw();
     profile::encode(&config.profile, &config.segments, req, &mut out.profile);
 
     out.cells = rollback::cells(&out.profile);
@@ -153,18 +184,18 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
     (out.stack, out.bucket) = if config.global_off || out.reverted {
         (Stack::Old, None)
     } else {
-        let user = req.header(&config.profile.user_header);
+        let user = req.header_bytes(&config.profile.user_header);
         let segments = out.profile.segments;
         let threshold = config
             .rollout_by_segment
             .iter()
             .find(|(seg, _)| segments & (1 << seg) != 0)
             .map_or(config.rollout.threshold, |(_, t)| *t);
-        config.rollout.choose_with(threshold, user, req.header("x-request-id"))
+        config.rollout.choose_with(threshold, user, Some(&out.id.to_le_bytes()))
     };
 
     let holdout_user =
-        req.header(&config.profile.user_header).filter(|u| !u.is_empty() && out.stack == Stack::New);
+        req.header_bytes(&config.profile.user_header).filter(|u| !u.is_empty() && out.stack == Stack::New);
     let holdout = holdout_user.map_or(0, |user| holdout_mask(config, user));
     out.holdout = holdout;
     let (mut rolled_back, mut explore_off, mut exploring) = (0, 0, false);
@@ -176,7 +207,7 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         }
         exploring = worker.blocks.exploring(&out.cells);
         if exploring {
-            explore_off = exploration_draw(config, &mut worker.draws, req.header("x-request-id"));
+            explore_off = exploration_draw(config, out.id);
         }
     }
     let input = FlagInputs {

@@ -2,6 +2,9 @@
 //! [`Host`] and [`MetricSink`] with host calls and forwards callbacks to
 //! [`Runtime`]; all decisions live in the pure modules. Host calls go through
 //! [`abi`] (errors, not panics; no allocation of their own).
+//!
+//! Log lines carry no "augur:" of their own: Envoy prefixes every wasm log
+//! line with the plugin name, root id and VM id (`wasm log augur augur augur: `).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -11,7 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
-use crate::config;
+use crate::config::{self, ControlHeaders};
 use crate::headers::HeaderMap;
 use crate::host::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
@@ -26,6 +29,30 @@ const OUTCOME_PROPERTY: &str = "augur_outcome";
 /// Envoy does not start a filter whose configuration was refused).
 const DEFAULT_CONTROL_PREFIX: &str = "x-augur-";
 
+/// The control-header prefix last accepted for rollout `name`, kept in
+/// proxy-wide shared data (one store per vm_id): Envoy configures a pushed
+/// plugin first in a base VM that has seen no earlier configuration, so a
+/// VM-local memory would let the push through there and refuse it only on
+/// the workers. A push that changes it needs an explicit migration
+/// (`config::check_prefix_change`); a fresh Envoy starts empty, and `augur
+/// check-config --envoy` is the static check against the route table.
+fn prefix_key(name: &str) -> String {
+    format!("augur.control_header_prefix.{name}")
+}
+
+fn accepted_prefix(name: &str) -> Option<String> {
+    match abi::get_shared_data(&prefix_key(name)) {
+        Ok((Some(v), _)) => String::from_utf8(v).ok().filter(|p| !p.is_empty()),
+        _ => None,
+    }
+}
+
+fn remember_prefix(name: &str, prefix: &str) {
+    if let Err(e) = abi::set_shared_data(&prefix_key(name), prefix.as_bytes(), None) {
+        log::warn!("cannot record the accepted control_header_prefix: {e:?}");
+    }
+}
+
 proxy_wasm::main! {{
     // Also installs a panic hook that writes the panic message to Envoy's log.
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -38,37 +65,37 @@ struct ProxyHost;
 impl Host for ProxyHost {
     fn request_headers(&self, into: &mut HeaderMap) {
         if let Err(e) = abi::load_header_map(abi::REQUEST_HEADERS, into) {
-            log::warn!("augur: cannot read request headers: {e:?}");
+            log::warn!("cannot read request headers: {e:?}");
         }
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         if let Err(e) = abi::set_header(abi::REQUEST_HEADERS, name, value) {
-            log::warn!("augur: cannot set request header {name}: {e:?}");
+            log::warn!("cannot set request header {name}: {e:?}");
         }
     }
 
     fn set_decision_record(&mut self, record: &str) {
         if let Err(e) = abi::set_property(RECORD_PROPERTY, record.as_bytes()) {
-            log::warn!("augur: cannot store decision record: {e:?}");
+            log::warn!("cannot store decision record: {e:?}");
         }
     }
 
     fn response_headers(&self, into: &mut HeaderMap) {
         if let Err(e) = abi::load_header_map(abi::RESPONSE_HEADERS, into) {
-            log::warn!("augur: cannot read response headers: {e:?}");
+            log::warn!("cannot read response headers: {e:?}");
         }
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         if let Err(e) = abi::set_header(abi::RESPONSE_HEADERS, name, value) {
-            log::warn!("augur: cannot set response header {name}: {e:?}");
+            log::warn!("cannot set response header {name}: {e:?}");
         }
     }
 
     fn set_outcome_record(&mut self, signals: &str) {
         if let Err(e) = abi::set_property(OUTCOME_PROPERTY, signals.as_bytes()) {
-            log::warn!("augur: cannot store outcome: {e:?}");
+            log::warn!("cannot store outcome: {e:?}");
         }
     }
 
@@ -83,14 +110,14 @@ struct ProxyShared;
 impl SharedStore for ProxyShared {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         abi::get_shared_data(key).unwrap_or_else(|e| {
-            log::warn!("augur: cannot read shared data {key}: {e:?}");
+            log::warn!("cannot read shared data {key}: {e:?}");
             (None, None)
         })
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         abi::set_shared_data(key, value, cas).unwrap_or_else(|e| {
-            log::warn!("augur: cannot write shared data {key}: {e:?}");
+            log::warn!("cannot write shared data {key}: {e:?}");
             false
         })
     }
@@ -106,7 +133,7 @@ impl MetricSink for ProxyMetrics {
             MetricKind::Gauge => abi::GAUGE,
             MetricKind::Histogram => abi::HISTOGRAM,
         };
-        abi::define_metric(t, name).map_err(|e| log::warn!("augur: cannot define stat {name}: {e:?}")).ok()
+        abi::define_metric(t, name).map_err(|e| log::warn!("cannot define stat {name}: {e:?}")).ok()
     }
 
     fn increment(&mut self, id: u32, by: i64) {
@@ -141,13 +168,20 @@ impl Context for AugurRoot {}
 impl RootContext for AugurRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(bytes) = self.get_plugin_configuration() else {
-            log::error!("augur: configuration refused: no plugin configuration; set `configuration` to the augur JSON");
+            log::error!(
+                "configuration refused: no plugin configuration; set `configuration` to the augur JSON"
+            );
             return false;
         };
-        match config::compile(&bytes) {
+        let compiled = config::compile(&bytes).and_then(|cfg| match accepted_prefix(&cfg.name) {
+            Some(p) => config::check_prefix_change(&p, &cfg.headers).map(|()| cfg),
+            None => Ok(cfg),
+        });
+        match compiled {
             Ok(cfg) => {
+                remember_prefix(&cfg.name, &cfg.headers.prefix);
                 log::info!(
-                    "augur: configuration accepted: {} features, model {} on {}, rollout {}% to \"{}\"",
+                    "configuration accepted: {} features, model {} on {}, rollout {}% to \"{}\"",
                     cfg.rules.features.len(),
                     cfg.model_version,
                     cfg.model.engine(),
@@ -164,7 +198,7 @@ impl RootContext for AugurRoot {
                 true
             }
             Err(e) => {
-                log::error!("augur: configuration refused: {e}");
+                log::error!("configuration refused: {e}");
                 false
             }
         }
@@ -201,7 +235,8 @@ impl HttpContext for AugurStream {
             _ => {
                 let mut headers = HeaderMap::default();
                 ProxyHost.request_headers(&mut headers);
-                strip_control_headers(&mut ProxyHost, &mut headers, DEFAULT_CONTROL_PREFIX);
+                let control = ControlHeaders::new(DEFAULT_CONTROL_PREFIX, Vec::new());
+                strip_control_headers(&mut ProxyHost, &mut headers, &control);
             }
         }
         Action::Continue

@@ -5,6 +5,12 @@
 pub trait Headers {
     /// The first value of header `name` (lowercase), if present.
     fn header(&self, name: &str) -> Option<&str>;
+
+    /// The first value of header `name` as bytes, also when it is not UTF-8
+    /// (HTTP/1.1 allows obs-text): what user ids are hashed from.
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.header(name).map(str::as_bytes)
+    }
 }
 
 /// Envoy hands headers over as a list of lowercase `(name, value)` pairs; a
@@ -166,6 +172,14 @@ impl Headers for HeaderMap {
             .iter()
             .find(|p| self.buf.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes()))
             .and_then(|p| p.value_utf8.then(|| self.str_at(p.value)))
+    }
+
+    fn header_bytes(&self, name: &str) -> Option<&[u8]> {
+        let p = self
+            .pairs
+            .iter()
+            .find(|p| self.buf.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes()))?;
+        self.buf.get(p.value.0 as usize..p.value.1 as usize)
     }
 }
 

@@ -12,9 +12,7 @@
 //! test with forged `x-augur-stack` headers guards this: Envoy computes the
 //! route before the filter runs, with the forged value.
 
-use std::fmt::Write as _;
-
-use crate::config::Config;
+use crate::config::{Config, ControlHeaders};
 use crate::engine::{decide, Decision, Worker};
 use crate::headers::{HeaderMap, Headers};
 use crate::metrics::{MetricSink, Metrics, Outcome};
@@ -69,18 +67,23 @@ fn signal(value: Option<&str>) -> bool {
 }
 
 /// Clients never pick their own stack or features: removes every request
-/// header whose name starts with `prefix`, from the proxy and from `headers`.
-/// True when there was one (a spoofing attempt).
-pub fn strip_control_headers(host: &mut impl Host, headers: &mut HeaderMap, prefix: &str) -> bool {
+/// header that is a control header ([`ControlHeaders::is_control`]: the
+/// prefix, an earlier prefix of a migration, or a `_` look-alike), from the
+/// proxy and from `headers`. True when there was one (a spoofing attempt).
+pub fn strip_control_headers(
+    host: &mut impl Host,
+    headers: &mut HeaderMap,
+    control: &ControlHeaders,
+) -> bool {
     let mut found = false;
     for (name, _) in headers.iter() {
-        if name.starts_with(prefix) {
+        if control.is_control(name) {
             host.set_request_header(name, None);
             found = true;
         }
     }
     if found {
-        headers.retain_names(|name| !name.starts_with(prefix));
+        headers.retain_names(|name| !control.is_control(name));
     }
     found
 }
@@ -98,9 +101,8 @@ pub struct Runtime {
     /// The current stream's headers (reused: no allocation per request).
     request: HeaderMap,
     response: HeaderMap,
-    /// Buffer for generated ids of requests that arrive without `x-request-id`.
-    generated_id: String,
-    anonymous_ids: u64,
+    /// The decision id of the current request (see `Decision::id`).
+    decision_id: String,
     /// Outcomes seen by this worker since its last merge into shared data.
     pending: Counts,
     /// The rollout's rollback state in shared data.
@@ -131,8 +133,7 @@ impl Runtime {
             flags: String::with_capacity(256),
             request: HeaderMap::default(),
             response: HeaderMap::default(),
-            generated_id: String::with_capacity(32),
-            anonymous_ids: 0,
+            decision_id: String::with_capacity(16),
             pending,
             shared,
             synced_ms: None,
@@ -152,7 +153,7 @@ impl Runtime {
     pub fn on_request_headers(&mut self, host: &mut impl Host, sink: &mut impl MetricSink) -> StreamState {
         let started_nanos = host.now_nanos();
         host.request_headers(&mut self.request);
-        let spoofed = strip_control_headers(host, &mut self.request, &self.config.headers.prefix);
+        let spoofed = strip_control_headers(host, &mut self.request, &self.config.headers);
         let headers = &self.request;
 
         decide(&self.config, &mut self.worker, headers, &mut self.decision);
@@ -164,19 +165,16 @@ impl Runtime {
             Stack::New => &self.config.new_stack,
         };
         host.set_request_header(&h.stack, Some(stack_name));
+        // A prefix migration: the route table may still match the old name.
+        for name in &h.previous_stack {
+            host.set_request_header(name, Some(stack_name));
+        }
 
-        let request_id = match headers.header("x-request-id") {
-            Some(id) => id,
-            None => {
-                self.anonymous_ids += 1;
-                self.generated_id.clear();
-                let _ = write!(self.generated_id, "augur-{}", self.anonymous_ids);
-                self.generated_id.as_str()
-            }
-        };
-        record::write(&self.config, d, request_id, &mut self.record);
+        self.decision_id.clear();
+        d.write_id(&mut self.decision_id);
+        record::write(&self.config, d, headers.header("x-request-id"), &mut self.record);
         if d.stack == Stack::New {
-            host.set_request_header(&h.decision, Some(request_id));
+            host.set_request_header(&h.decision, Some(&self.decision_id));
             self.features.clear();
             for (i, name) in d.enabled(&self.config).enumerate() {
                 if i > 0 {
@@ -231,7 +229,7 @@ impl Runtime {
             holdout: state.holdout,
         };
         for (name, _) in headers.iter() {
-            if name.starts_with(&h.prefix) {
+            if h.is_control(name) {
                 host.set_response_header(name, None);
             }
         }
@@ -305,13 +303,13 @@ impl Runtime {
                 self.pending = Counts::new(self.config.rules.features.len());
                 self.worker.blocks = blocks;
                 for e in &events {
-                    log::warn!("augur: rollback: {}", self.describe(e));
+                    log::warn!("rollback: {}", self.describe(e));
                     self.metrics.on_rollback(e, sink);
                 }
                 events
             }
             Err(rollback::shared::Contended) => {
-                log::warn!("augur: rollback: shared data stayed contended; will retry on the next tick");
+                log::warn!("rollback: shared data stayed contended; will retry on the next tick");
                 Vec::new()
             }
         }
@@ -459,13 +457,13 @@ pub(crate) mod tests {
         assert_eq!(st.stack, Some(Stack::New));
         assert_eq!(host.header("x-augur-stack"), Some("new"));
         assert_eq!(host.header("x-augur-features"), Some("a,c"));
-        assert_eq!(host.header("x-augur-decision"), Some("req-1"));
         assert_eq!(
             host.header("x-augur-flags"),
             Some("@model=default-v1,a=on;forced_on,b=off;kill_switch,c=on;forced_on")
         );
         let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
-        assert_eq!(rec["id"], "req-1");
+        assert_eq!(host.header("x-augur-decision"), rec["id"].as_str());
+        assert_eq!(rec["request_id"], "req-1");
         assert_eq!(rec["stack"], "new");
     }
 
@@ -479,7 +477,8 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-decision"), None);
         assert_eq!(host.header("x-augur-flags"), None);
         let rec: serde_json::Value = serde_json::from_str(host.record.as_deref().unwrap()).unwrap();
-        assert_eq!(rec["id"], "augur-1", "a request without x-request-id still gets an id");
+        assert_eq!(rec["id"].as_str().map(str::len), Some(16), "every request gets augur's own id");
+        assert_eq!(rec["request_id"], serde_json::Value::Null);
     }
 
     #[test]

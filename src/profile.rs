@@ -6,6 +6,8 @@
 //! `augur encode`, which calls the same function, so the two can never drift.
 //! Every slot is documented in [`SLOTS`] (printed by `augur schema`).
 
+use std::collections::HashSet;
+
 use crate::headers::Headers;
 
 /// Identifies this encoding. A model carries it in its ONNX metadata
@@ -178,7 +180,9 @@ pub struct ProfileSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
     pub name: String,
-    pub users: Vec<String>,
+    /// User ids (a hash set: membership is O(1) whatever the list's length,
+    /// up to `config::MAX_USERS_PER_SEGMENT`).
+    pub users: HashSet<String>,
     pub devices: Vec<Device>,
     pub locations: Vec<String>,
     pub header: Option<(String, Vec<String>)>,
@@ -232,10 +236,11 @@ pub fn encode(
     let v = &mut profile.vector;
     *v = [0.0; INPUT_DIM];
 
-    let user = req.header(&spec.user_header).filter(|u| !u.is_empty());
+    // As bytes: an id that is not UTF-8 (obs-text) is still that user, not anonymous.
+    let user = req.header_bytes(&spec.user_header).filter(|u| !u.is_empty());
     if let Some(user) = user {
         // 24 bits are plenty for a [0,1) bucket and exact in f32.
-        let h = stable_hash(&[user.as_bytes()]) >> 40;
+        let h = stable_hash(&[user]) >> 40;
         v[SLOT_USER_BUCKET] = h as f32 / (1u64 << 24) as f32;
         v[SLOT_USER_PRESENT] = 1.0;
     }
@@ -266,16 +271,20 @@ pub fn encode(
     }
 
     if let Some(len) = req.header("content-length").and_then(|s| s.trim().parse::<f64>().ok()) {
-        if len.is_finite() && len > 0.0 {
+        // Beyond f64 parses as infinity and clamps to 1 like any huge value.
+        if len > 0.0 {
             let scaled = (len.ln_1p() / f64::from(PAYLOAD_SCALE_BYTES).ln_1p()) as f32;
             v[SLOT_PAYLOAD] = scaled.clamp(0.0, 1.0);
         }
     }
 
     for (i, signal) in spec.history.iter().enumerate().take(MAX_HISTORY) {
-        let value = req.header(&signal.header).and_then(|s| s.trim().parse::<f32>().ok());
-        if let Some(x) = value.filter(|x| x.is_finite()) {
-            v[SLOT_HISTORY + i] = (x / signal.max).clamp(0.0, 1.0);
+        // Parsed as f64 and clamped before narrowing: `1e39` (beyond f32) or
+        // `1e400` (beyond f64, infinity) encodes like any large value (1.0),
+        // never as 0; only NaN is "no value".
+        let value = req.header(&signal.header).and_then(|s| s.trim().parse::<f64>().ok());
+        if let Some(x) = value.filter(|x| !x.is_nan()) {
+            v[SLOT_HISTORY + i] = (x / f64::from(signal.max)).clamp(0.0, 1.0) as f32;
         }
     }
 
@@ -289,12 +298,13 @@ pub fn encode(
 
 fn segment_matches(
     seg: &Segment,
-    user: Option<&str>,
+    user: Option<&[u8]>,
     device: Device,
     location: Option<&str>,
     req: &(impl Headers + ?Sized),
 ) -> bool {
-    let users_ok = seg.users.is_empty() || user.is_some_and(|u| seg.users.iter().any(|s| s == u));
+    let users_ok = seg.users.is_empty()
+        || user.and_then(|u| std::str::from_utf8(u).ok()).is_some_and(|u| seg.users.contains(u));
     let devices_ok = seg.devices.is_empty() || seg.devices.contains(&device);
     let locations_ok = seg.locations.is_empty()
         || location.is_some_and(|l| seg.locations.iter().any(|s| s.eq_ignore_ascii_case(l)));
@@ -428,21 +438,21 @@ mod tests {
         let segs = vec![
             Segment {
                 name: "beta".into(),
-                users: vec![],
+                users: HashSet::new(),
                 devices: vec![],
                 locations: vec![],
                 header: Some(("x-tier".into(), vec!["beta".into()])),
             },
             Segment {
                 name: "eu_mobile".into(),
-                users: vec![],
+                users: HashSet::new(),
                 devices: vec![Device::Mobile],
                 locations: vec!["eu".into()],
                 header: None,
             },
             Segment {
                 name: "staff".into(),
-                users: vec!["alice".into()],
+                users: HashSet::from(["alice".to_string()]),
                 devices: vec![],
                 locations: vec![],
                 header: None,

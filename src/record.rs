@@ -6,11 +6,15 @@
 //! reused buffer: no allocation per request once the buffer has grown.
 //!
 //! ```json
-//! {"v":1,"rollout":"default","id":"<x-request-id>","stack":"new","route":"new","bucket":123456,
+//! {"v":1,"rollout":"default","id":"<augur's decision id>","request_id":"<x-request-id>",
+//!  "stack":"new","route":"new","bucket":123456,
 //!  "model":"default-v1","model_ok":true,"device":"mobile","segments":["beta"],
 //!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72,"randomised":true}},
 //!  "cells":[1,7,14,15,17,19,21,23],"x":[0.41,1,1,0,...]}
 //! ```
+//! `id` is augur's own (16 hex digits, see `Decision::id`): the client cannot
+//! choose it. `request_id` is the request's `x-request-id` as it reached the
+//! filter (`null` without one), for correlation only.
 //! `x` is the model input vector (see `augur schema`), 4 decimals; `score` is
 //! absent when the model did not score the feature on this request;
 //! `randomised` marks features whose on/off state was random (A/B holdout or
@@ -85,15 +89,20 @@ pub fn write_flags(config: &Config, decision: &Decision, out: &mut String) {
 }
 
 /// Writes the decision record for one request into `out` (cleared first).
-pub fn write(config: &Config, decision: &Decision, request_id: &str, out: &mut String) {
+pub fn write(config: &Config, decision: &Decision, request_id: Option<&str>, out: &mut String) {
     out.clear();
     // push_str and push_u64 rather than `write!`: core::fmt is slow in wasm.
     out.push_str("{\"v\":");
     push_u64(out, u64::from(RECORD_VERSION));
     out.push_str(",\"rollout\":\"");
     out.push_str(&config.name);
-    out.push_str("\",\"id\":");
-    push_json_str(out, request_id);
+    out.push_str("\",\"id\":\"");
+    decision.write_id(out);
+    out.push_str("\",\"request_id\":");
+    match request_id {
+        Some(id) => push_json_str(out, id),
+        None => out.push_str("null"),
+    }
     out.push_str(",\"stack\":\"");
     out.push_str(decision.stack.as_str());
     out.push_str("\",\"route\":\"");
@@ -260,11 +269,12 @@ mod tests {
             vec![("x-user-id".into(), "u1".into()), ("x-tier".into(), "beta".into())];
         decide(&c, &mut w, &req, &mut d);
         let mut s = String::new();
-        write(&c, &d, "id-with-\"quote\"\n", &mut s);
+        write(&c, &d, Some("id-with-\"quote\"\n"), &mut s);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["rollout"], "default");
-        assert_eq!(v["id"], "id-with-\"quote\"\n");
+        assert_eq!(v["request_id"], "id-with-\"quote\"\n");
+        assert_eq!(v["id"].as_str().map(str::len), Some(16));
         assert_eq!(v["stack"], "new");
         assert_eq!(v["route"], "new");
         assert!(v["bucket"].is_u64());

@@ -34,7 +34,8 @@ pub enum WhenAbsent {
     /// Anonymous requests stay on the old stack (stable, the safe default).
     #[default]
     Old,
-    /// Anonymous requests are bucketed by their request id: split by the
+    /// Anonymous requests are bucketed by a per-request random draw of
+    /// augur's own (not the client's `x-request-id`): split by the
     /// percentage, but not sticky (each request rolls again).
     PerRequest,
 }
@@ -60,12 +61,19 @@ impl Rollout {
 
     /// The user's bucket in `0..BUCKETS`.
     pub fn bucket(&self, key: &str) -> u32 {
-        (stable_hash(&[self.salt.as_bytes(), key.as_bytes()]) % u64::from(BUCKETS)) as u32
+        self.bucket_of(key.as_bytes())
     }
 
-    /// Chooses the stack. Returns the bucket used, if any.
-    pub fn choose(&self, user: Option<&str>, request_id: Option<&str>) -> (Stack, Option<u32>) {
-        self.choose_with(self.threshold, user, request_id)
+    /// [`Rollout::bucket`] of raw bytes (a user id need not be UTF-8).
+    pub fn bucket_of(&self, key: &[u8]) -> u32 {
+        (stable_hash(&[self.salt.as_bytes(), key]) % u64::from(BUCKETS)) as u32
+    }
+
+    /// Chooses the stack. Returns the bucket used, if any. `draw` is the
+    /// request's own random key (never anything the client sent): what an
+    /// anonymous request is bucketed by under `when_absent: per_request`.
+    pub fn choose(&self, user: Option<&str>, draw: Option<&str>) -> (Stack, Option<u32>) {
+        self.choose_with(self.threshold, user.map(str::as_bytes), draw.map(str::as_bytes))
     }
 
     /// [`Rollout::choose`] with another threshold (a per-segment percentage):
@@ -73,18 +81,18 @@ impl Rollout {
     pub fn choose_with(
         &self,
         threshold: u32,
-        user: Option<&str>,
-        request_id: Option<&str>,
+        user: Option<&[u8]>,
+        draw: Option<&[u8]>,
     ) -> (Stack, Option<u32>) {
         let key = match (user.filter(|u| !u.is_empty()), self.when_absent) {
             (Some(u), _) => u,
-            (None, WhenAbsent::PerRequest) => match request_id {
+            (None, WhenAbsent::PerRequest) => match draw {
                 Some(id) => id,
                 None => return (Stack::Old, None),
             },
             (None, WhenAbsent::Old) => return (Stack::Old, None),
         };
-        let b = self.bucket(key);
+        let b = self.bucket_of(key);
         (if b < threshold { Stack::New } else { Stack::Old }, Some(b))
     }
 }

@@ -5,7 +5,10 @@
 //! augur schema                          the feature-vector encoding, as JSON
 //! augur encode --config C.json          JSONL of header objects on stdin → JSONL vectors
 //! augur decide --config C.json          JSONL of header objects on stdin → decision records
-//! augur check-config C.json             compile a plugin configuration; exit 1 with the error
+//! augur check-config C.json [--envoy E.yaml]
+//!                                       compile a plugin configuration; exit 1 with the error;
+//!                                       with --envoy, also check Envoy's route table matches
+//!                                       the stack header the configuration writes
 //! augur inspect-model M.onnx            the model's metadata and shapes
 //! augur stat                            JSONL queries of the rollback statistic on stdin → JSONL
 //! ```
@@ -25,7 +28,7 @@ use augur::profile::{encode, Profile, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json | inspect-model M.onnx | stat"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | stat"
     );
     ExitCode::from(2)
 }
@@ -96,19 +99,22 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut worker = Worker::new(&config);
             let mut d = Decision::default();
             let mut rec = String::new();
-            let mut n = 0u64;
             for_each_line(|h, out| {
-                n += 1;
                 decide(&config, &mut worker, h, &mut d);
-                let id = augur::headers::Headers::header(h, "x-request-id")
-                    .map(str::to_string)
-                    .unwrap_or(format!("cli-{n}"));
-                augur::record::write(&config, &d, &id, &mut rec);
+                let id = augur::headers::Headers::header(h, "x-request-id");
+                augur::record::write(&config, &d, id, &mut rec);
                 writeln!(out, "{rec}").map_err(|e| e.to_string())
             })
         }
-        (Some("check-config"), Some(path), None) => {
+        (Some("check-config"), Some(path), envoy) => {
             let c = compile(&read(path)?).map_err(|e| e.to_string())?;
+            match (envoy, arg(4)) {
+                (None, _) => {}
+                (Some("--envoy"), Some(envoy_path)) if arg(5).is_none() => {
+                    println!("{}", check_envoy(&c, envoy_path)?);
+                }
+                _ => return Err(String::new()),
+            }
             println!(
                 "ok: {} features, model {}, rollout {}% to \"{}\"",
                 c.rules.features.len(),
@@ -166,6 +172,95 @@ fn stat(q: &serde_json::Value) -> Result<serde_json::Value, String> {
         }
         _ => Err("stat query needs \"test\": \"harm\", \"ratio\" or \"levels\"".into()),
     }
+}
+
+/// Every route (an object with a `match`) in an Envoy configuration, with its name.
+fn routes<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("match").is_some_and(|x| x.is_object())
+                && (m.contains_key("route") || m.contains_key("direct_response"))
+            {
+                out.push(v);
+            }
+            m.values().for_each(|x| routes(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| routes(x, out)),
+        _ => {}
+    }
+}
+
+/// Whether any HTTP connection manager sets `headers_with_underscores_action`.
+fn underscores_action(v: &serde_json::Value) -> Vec<String> {
+    let mut found = Vec::new();
+    fn walk(v: &serde_json::Value, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(a) = m.get("headers_with_underscores_action").and_then(|a| a.as_str()) {
+                    found.push(a.to_string());
+                }
+                m.values().for_each(|x| walk(x, found));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, found)),
+            _ => {}
+        }
+    }
+    walk(v, &mut found);
+    found
+}
+
+/// Cross-checks Envoy's route table against the configuration: some route
+/// must send `<prefix>stack: <stacks.new>` somewhere, and no route may match
+/// a `...stack` header augur does not write (a client could send it).
+fn check_envoy(c: &Config, path: &str) -> Result<String, String> {
+    let text = read(path)?;
+    let v: serde_json::Value = serde_yaml::from_slice(&text)
+        .map_err(|e| format!("{path}: not an Envoy configuration (YAML or JSON): {e}"))?;
+    let h = &c.headers;
+    let written = |name: &str| name == h.stack || h.previous_stack.iter().any(|p| p == name);
+    let mut all = Vec::new();
+    routes(&v, &mut all);
+    let mut reaches_new = Vec::new();
+    for (i, r) in all.iter().enumerate() {
+        let route = r.get("name").and_then(|n| n.as_str()).map_or_else(|| format!("#{i}"), str::to_string);
+        let matchers = r.pointer("/match/headers").and_then(|x| x.as_array()).cloned().unwrap_or_default();
+        for m in &matchers {
+            let Some(name) = m.get("name").and_then(|n| n.as_str()).map(str::to_ascii_lowercase) else {
+                continue;
+            };
+            let exact =
+                m.pointer("/string_match/exact").or_else(|| m.get("exact_match")).and_then(|x| x.as_str());
+            if written(&name) {
+                if exact == Some(c.new_stack.as_str()) {
+                    reaches_new.push(format!("{route} ({name})"));
+                }
+            } else if name.ends_with("stack") || h.is_control(&name) {
+                let why = if h.is_control(&name) {
+                    "which augur strips but no longer writes: that route is unreachable".to_string()
+                } else {
+                    "which augur neither writes nor strips: a client could send it and choose its stack"
+                        .to_string()
+                };
+                return Err(format!(
+                    "{path}: route \"{route}\" matches header \"{name}\", {why}; the configuration (control_header_prefix \"{}\") writes \"{}\": match that in the route table, or add the old prefix to previous_control_header_prefixes during a migration",
+                    h.prefix, h.stack
+                ));
+            }
+        }
+    }
+    if reaches_new.is_empty() {
+        return Err(format!(
+            "{path}: no route matches header \"{}\" exactly \"{}\": the new stack is unreachable; add a route with match.headers [{{name: {}, string_match: {{exact: {}}}}}]",
+            h.stack, c.new_stack, h.stack, c.new_stack
+        ));
+    }
+    let actions = underscores_action(&v);
+    if !actions.iter().any(|a| a == "REJECT_REQUEST" || a == "DROP_HEADER") {
+        eprintln!(
+            "augur: warning: {path}: no http_connection_manager sets common_http_protocol_options.headers_with_underscores_action to DROP_HEADER or REJECT_REQUEST; augur strips its own '_' look-alikes, but apps that fold '_' into '-' see every other one"
+        );
+    }
+    Ok(format!("ok: {path}: \"{}: {}\" routes via {}", h.stack, c.new_stack, reaches_new.join(", ")))
 }
 
 fn main() -> ExitCode {
