@@ -416,10 +416,10 @@ def test_the_record_marks_what_report_counts(env):
     finally:
         c.close()
     ids = {h["x-request-id"] for h in reqs}
-    harness.wait_until(lambda: ids <= {r["decision"]["id"] for r in harness.read_records(env["logs"]["ab"])
+    harness.wait_until(lambda: ids <= {r["decision"].get("request_id") for r in harness.read_records(env["logs"]["ab"])
                                        if isinstance(r.get("decision"), dict)}, 15, "records")
     recs = [r for r in harness.read_records(env["logs"]["ab"])
-            if isinstance(r.get("decision"), dict) and r["decision"]["id"] in ids]
+            if isinstance(r.get("decision"), dict) and r["decision"].get("request_id") in ids]
     names = report.cell_names(str(harness.AUGUR_CLI))
     for r in recs:
         d = r["decision"]

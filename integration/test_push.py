@@ -89,7 +89,7 @@ def tablet_requests_across(env, plugin, version, tag, after_s=1.5):
     recs = {}
 
     def got():
-        recs.update({r["decision"]["id"]: r["decision"] for r in harness.read_records(env["log"])
+        recs.update({r["decision"].get("request_id"): r["decision"] for r in harness.read_records(env["log"])
                      if isinstance(r.get("decision"), dict)})
         return all(i in recs for i in ids)
 
@@ -137,7 +137,7 @@ def test_a_push_never_re_exposes_a_blocked_harm(env):
     decided = tablet_requests_across(env, v2, "v2", "v2")
     after = [d for d in decided if d["model"] == "guard-v2"]
     assert len(after) >= 20, f"only {len(after)} requests decided by the pushed configuration"
-    exposed = [d["id"] for d in decided if checkout(d)["on"]]
+    exposed = [d["request_id"] for d in decided if checkout(d)["on"]]
     assert exposed == [], f"{len(exposed)} of {len(decided)} tablet requests got the blocked feature"
     assert all(checkout(d)["reason"] == "rolled_back" for d in decided)
 
@@ -148,7 +148,7 @@ def test_a_push_never_re_exposes_a_blocked_harm(env):
     decided = tablet_requests_across(env, v3, "v3", "v3")
     after = [d for d in decided if d["model"] == "guard-v3"]
     assert len(after) >= 20
-    assert [d["id"] for d in decided if checkout(d)["on"]] == []
+    assert [d["request_id"] for d in decided if checkout(d)["on"]] == []
     assert all(d["features"]["recommendations"]["reason"] != "rolled_back" for d in after), "a new feature starts clean"
 
 
@@ -173,7 +173,7 @@ def test_a_new_rollback_epoch_starts_clean(env):
     recs = {}
 
     def got():
-        recs.update({r["decision"]["id"]: r["decision"] for r in harness.read_records(env["log"])
+        recs.update({r["decision"].get("request_id"): r["decision"] for r in harness.read_records(env["log"])
                      if isinstance(r.get("decision"), dict)})
         return all(i in recs for i in ids)
 
