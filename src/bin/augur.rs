@@ -6,7 +6,8 @@
 //! augur encode --config C.json          JSONL of header objects on stdin → JSONL vectors
 //! augur decide --config C.json          JSONL of header objects on stdin → decision records
 //! augur check-config C.json             compile a plugin configuration; exit 1 with the error
-//! augur inspect-model M.onnx            the model's metadata and shapes
+//! augur inspect-model M.onnx            the model's metadata, and which kernel runs it and why
+//! augur predict M.onnx                  JSONL input vectors on stdin → JSONL raw model outputs
 //! ```
 
 use std::io::{self, BufRead, Write};
@@ -15,11 +16,11 @@ use std::process::ExitCode;
 use augur::config::{compile, compile_profile_only, Config};
 use augur::engine::{decide, Decision, Worker};
 use augur::model::Model;
-use augur::profile::{encode, Profile, INPUT_DIM, SCHEMA_ID, SLOTS};
+use augur::profile::{encode, Profile, Vector, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json | inspect-model M.onnx"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json | inspect-model M.onnx | predict M.onnx"
     );
     ExitCode::from(2)
 }
@@ -116,6 +117,27 @@ fn run(args: &[String]) -> Result<(), String> {
             let v = serde_json::json!({"version": m.version(), "features": m.features(), "input": [1, INPUT_DIM], "schema": SCHEMA_ID, "engine": m.engine()});
             println!("{v}");
             Ok(())
+        }
+        (Some("predict"), Some(path), None) => {
+            let m = Model::from_onnx(&read(path)?).map_err(|e| e.to_string())?;
+            let mut s = m.session().map_err(|e| e.to_string())?;
+            let mut raw = Vec::new();
+            let stdin = io::stdin();
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for line in stdin.lock().lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: Vec<f32> = serde_json::from_str(&line).map_err(|e| format!("bad input vector: {e}"))?;
+                let x: Vector = v.as_slice().try_into().map_err(|_| {
+                    format!("input vectors must have {INPUT_DIM} numbers, this one has {}", v.len())
+                })?;
+                s.predict_raw(&x, &mut raw).map_err(|e| e.to_string())?;
+                writeln!(out, "{}", serde_json::to_string(&raw).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+            out.flush().map_err(|e| e.to_string())
         }
         _ => Err(String::new()),
     }
