@@ -308,10 +308,7 @@ fn graph_input(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelError>
 /// Agreement of a lowered program with its reference evaluation on every probe.
 fn verified_program(program: &Program, outputs: usize) -> Result<f32, ModelError> {
     if program.input_dim() != INPUT_DIM || program.output_dim() != outputs {
-        return Err(ModelError::Shape(format!(
-            "{} ({outputs} outputs expected)",
-            program.describe()
-        )));
+        return Err(ModelError::Shape(format!("{} ({outputs} outputs expected)", program.describe())));
     }
     let mut scratch = program.scratch();
     let mut worst = 0.0f32;
@@ -375,12 +372,8 @@ impl Model {
         let output = chosen_output(graph)?;
         prune(graph, &output);
         let input = graph_input(graph)?;
-        let ml: Vec<&str> = graph
-            .node
-            .iter()
-            .map(|n| n.op_type.as_str())
-            .filter(|op| graph::ML_OPS.contains(op))
-            .collect();
+        let ml: Vec<&str> =
+            graph.node.iter().map(|n| n.op_type.as_str()).filter(|op| graph::ML_OPS.contains(op)).collect();
         if let Some(op) = ml.first() {
             if choice == EngineChoice::Tract {
                 return Err(ModelError::Parse(format!(
@@ -458,7 +451,9 @@ impl Model {
     /// costs ~20% more.
     pub fn session(&self) -> Result<Session, ModelError> {
         let runner = match &self.kernel {
-            Kernel::Tract { dense: Some(net), .. } => Runner::Dense { scratch: net.scratch(), net: Arc::clone(net) },
+            Kernel::Tract { dense: Some(net), .. } => {
+                Runner::Dense { scratch: net.scratch(), net: Arc::clone(net) }
+            }
             Kernel::Tract { plan, dense: None } => {
                 Runner::Tract(plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?)
             }
@@ -731,8 +726,7 @@ mod tests {
 
     #[test]
     fn standard_converter_exports_run_on_augurs_kernels_and_agree_with_onnxruntime() {
-        let expected: serde_json::Value =
-            serde_json::from_slice(&fixture("ml_expected.json")).unwrap();
+        let expected: serde_json::Value = serde_json::from_slice(&fixture("ml_expected.json")).unwrap();
         for (name, kernel) in ML_FIXTURES {
             let m = Model::from_onnx(&fixture(&format!("{name}.onnx")))
                 .unwrap_or_else(|e| panic!("{name} refused: {e}"));
@@ -804,7 +798,8 @@ mod tests {
             ("linear", "linear "),
             ("mlp_skl", "dense 20→32(relu)→32(relu)→20(linear)"),
         ] {
-            let bytes = std::fs::read(format!("{}/benches/models/{file}.onnx", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            let bytes =
+                std::fs::read(format!("{}/benches/models/{file}.onnx", env!("CARGO_MANIFEST_DIR"))).unwrap();
             let m = Model::from_onnx(&bytes).unwrap();
             assert!(m.engine().starts_with(kernel), "{file}: {}", m.engine());
         }

@@ -129,7 +129,8 @@ fn run(args: &[String]) -> Result<(), String> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: Vec<f32> = serde_json::from_str(&line).map_err(|e| format!("bad input vector: {e}"))?;
+                let v: Vec<f32> =
+                    serde_json::from_str(&line).map_err(|e| format!("bad input vector: {e}"))?;
                 let x: Vector = v.as_slice().try_into().map_err(|_| {
                     format!("input vectors must have {INPUT_DIM} numbers, this one has {}", v.len())
                 })?;

@@ -188,7 +188,13 @@ pub(crate) fn lower_layer(node: &NodeProto, consts: &Constants, width: usize) ->
     if rows != width {
         return Err(format!("MatMul weight {rows}×{cols} after width {width}"));
     }
-    Ok(Layer { inputs: rows, outputs: cols, weights: w.values, bias: vec![0.0; cols], activation: Activation::Identity })
+    Ok(Layer {
+        inputs: rows,
+        outputs: cols,
+        weights: w.values,
+        bias: vec![0.0; cols],
+        activation: Activation::Identity,
+    })
 }
 
 /// Lowers `proto` to a [`Dense`] network, or says why it cannot.

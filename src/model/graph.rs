@@ -25,11 +25,16 @@ use super::dense::{self, Activation, Layer};
 use super::trees::{Aggregate, Ensemble, Mode, PostTransform, RawNode, RawTree, Shape, TreeError, Trees};
 
 /// The `ai.onnx.ml` operators that make a graph run here rather than on tract.
-pub const ML_OPS: [&str; 5] =
-    ["TreeEnsembleRegressor", "TreeEnsembleClassifier", "TreeEnsemble", "LinearRegressor", "LinearClassifier"];
+pub const ML_OPS: [&str; 5] = [
+    "TreeEnsembleRegressor",
+    "TreeEnsembleClassifier",
+    "TreeEnsemble",
+    "LinearRegressor",
+    "LinearClassifier",
+];
 
 /// Every operator a [`Program`] can lower.
-pub const OPS: [&str; 25] = [
+pub const OPS: [&str; 26] = [
     "TreeEnsembleRegressor",
     "TreeEnsembleClassifier",
     "TreeEnsemble",
@@ -55,6 +60,7 @@ pub const OPS: [&str; 25] = [
     "Abs",
     "Clip",
     "Softmax",
+    "Normalizer",
 ];
 
 /// Why a graph could not be lowered.
@@ -116,6 +122,15 @@ enum Unary {
     Abs,
     Clip(f32, f32),
     Softmax,
+    /// `Normalizer`: divide by max |x|, Σ|x| or √Σx² (at least 1e-30).
+    Normalize(Norm),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Norm {
+    Max,
+    L1,
+    L2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,12 +143,36 @@ enum BinOp {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
-    Trees { kernel: Box<Trees>, reference: Box<Ensemble>, binary: Option<BinaryScores>, x: Span, y: Span },
-    Linear { layer: Layer, post: PostTransform, x: Span, y: Span },
-    Concat { parts: Vec<Span>, y: Span },
-    Unary { op: Unary, x: Span, y: Span },
+    Trees {
+        kernel: Box<Trees>,
+        reference: Box<Ensemble>,
+        binary: Option<BinaryScores>,
+        x: Span,
+        y: Span,
+    },
+    Linear {
+        layer: Layer,
+        post: PostTransform,
+        x: Span,
+        y: Span,
+    },
+    Concat {
+        parts: Vec<Span>,
+        y: Span,
+    },
+    Unary {
+        op: Unary,
+        x: Span,
+        y: Span,
+    },
     /// `x op c` (or `c op x` when `const_left`); `c` has 1 or `y.len` values.
-    Binary { op: BinOp, c: Vec<f32>, const_left: bool, x: Span, y: Span },
+    Binary {
+        op: BinOp,
+        c: Vec<f32>,
+        const_left: bool,
+        x: Span,
+        y: Span,
+    },
 }
 
 /// A binary `TreeEnsembleClassifier` whose leaves vote for one class only:
@@ -300,6 +339,15 @@ fn unary(op: Unary, x: &[f32], y: &mut [f32]) {
         Unary::Abs => y.iter_mut().for_each(|v| *v = v.abs()),
         Unary::Clip(lo, hi) => y.iter_mut().for_each(|v| *v = v.max(lo).min(hi)),
         Unary::Softmax => PostTransform::Softmax.apply(y),
+        Unary::Normalize(n) => {
+            let d = match n {
+                Norm::Max => y.iter().fold(0.0f32, |m, v| m.max(v.abs())),
+                Norm::L1 => y.iter().map(|v| v.abs()).sum(),
+                Norm::L2 => y.iter().map(|v| v * v).sum::<f32>().sqrt(),
+            };
+            let d = d.max(1e-30);
+            y.iter_mut().for_each(|v| *v /= d);
+        }
     }
 }
 
@@ -368,7 +416,12 @@ fn index(v: i64, what: &str, op: &str) -> Result<usize, GraphError> {
 fn post_transform(node: &NodeProto) -> Result<PostTransform, GraphError> {
     let s = string(node, "post_transform").unwrap_or_else(|| "NONE".into());
     PostTransform::parse(&s).map_or_else(
-        || unsupported(format!("{}: post_transform {s} (supported: NONE, LOGISTIC, SOFTMAX, SOFTMAX_ZERO)", node.op_type)),
+        || {
+            unsupported(format!(
+                "{}: post_transform {s} (supported: NONE, LOGISTIC, SOFTMAX, SOFTMAX_ZERO)",
+                node.op_type
+            ))
+        },
         Ok,
     )
 }
@@ -394,7 +447,9 @@ fn classic_trees(node: &NodeProto, prefix: &str) -> Result<Vec<RawTree>, GraphEr
     if n == 0 {
         return unsupported(format!("{op} without nodes"));
     }
-    if [node_ids.len(), features.len(), values.len(), modes.len(), yes.len(), no.len()].iter().any(|l| *l != n)
+    if [node_ids.len(), features.len(), values.len(), modes.len(), yes.len(), no.len()]
+        .iter()
+        .any(|l| *l != n)
         || !(missing.is_empty() || missing.len() == n)
     {
         return unsupported(format!("{op}: the nodes_* attributes have different lengths"));
@@ -415,7 +470,10 @@ fn classic_trees(node: &NodeProto, prefix: &str) -> Result<Vec<RawTree>, GraphEr
             sizes.len() - 1
         });
         if local.insert((tree_ids[i], node_ids[i]), sizes[t]).is_some() {
-            return unsupported(format!("{op}: node {} of tree {} is defined twice", node_ids[i], tree_ids[i]));
+            return unsupported(format!(
+                "{op}: node {} of tree {} is defined twice",
+                node_ids[i], tree_ids[i]
+            ));
         }
         sizes[t] += 1;
     }
@@ -443,7 +501,12 @@ fn classic_trees(node: &NodeProto, prefix: &str) -> Result<Vec<RawTree>, GraphEr
                 .map_or_else(|| unsupported(format!("{op}: node mode {}", modes[i])), Ok)?;
             let child = |id: i64| {
                 local.get(&(tree_ids[i], id)).copied().map_or_else(
-                    || unsupported(format!("{op}: tree {} node {} has no child {id}", tree_ids[i], node_ids[i])),
+                    || {
+                        unsupported(format!(
+                            "{op}: tree {} node {} has no child {id}",
+                            tree_ids[i], node_ids[i]
+                        ))
+                    },
                     Ok,
                 )
             };
@@ -511,7 +574,10 @@ fn v5_trees(node: &NodeProto) -> Result<Vec<RawTree>, GraphError> {
         nodes.push(RawNode::Leaf { votes: Vec::new() });
         while let Some((leaf, i, slot)) = stack.pop() {
             if !seen.insert((leaf, i)) {
-                return unsupported(format!("{op}: tree {t} reaches {} {i} twice", if leaf { "leaf" } else { "node" }));
+                return unsupported(format!(
+                    "{op}: tree {t} reaches {} {i} twice",
+                    if leaf { "leaf" } else { "node" }
+                ));
             }
             if nodes.len() > super::trees::MAX_TREE_NODES {
                 return Err(GraphError::Limit("too many tree nodes (limit max_tree_nodes)".into()));
@@ -519,7 +585,11 @@ fn v5_trees(node: &NodeProto) -> Result<Vec<RawTree>, GraphError> {
             nodes[slot] = if leaf {
                 let (target, w) = match (targets.get(i), weights.get(i)) {
                     (Some(t), Some(w)) => (index(*t, "leaf target", op)?, *w),
-                    _ => return unsupported(format!("{op}: tree {t} refers to leaf {i}, which does not exist")),
+                    _ => {
+                        return unsupported(format!(
+                            "{op}: tree {t} refers to leaf {i}, which does not exist"
+                        ))
+                    }
                 };
                 RawNode::Leaf { votes: vec![(target, w)] }
             } else {
@@ -563,13 +633,15 @@ fn ensemble(node: &NodeProto, inputs: usize) -> Result<(Ensemble, Option<BinaryS
             let targets = index(int(node, "n_targets").unwrap_or(1), "n_targets", op)?;
             let trees = classic_trees(node, "target_")?;
             let agg = string(node, "aggregate_function").unwrap_or_else(|| "SUM".into());
-            let aggregate = Aggregate::parse(&agg).map_or_else(|| unsupported(format!("{op}: aggregate {agg}")), Ok)?;
+            let aggregate =
+                Aggregate::parse(&agg).map_or_else(|| unsupported(format!("{op}: aggregate {agg}")), Ok)?;
             let base = base_values(node, targets)?;
             let e = Ensemble { trees, inputs, targets, aggregate, base, post: post_transform(node)? };
             Ok((e, None, targets))
         }
         "TreeEnsembleClassifier" => {
-            let classes = ints(node, "classlabels_int64s").len().max(strings(node, "classlabels_strings").len());
+            let classes =
+                ints(node, "classlabels_int64s").len().max(strings(node, "classlabels_strings").len());
             let trees = classic_trees(node, "class_")?;
             let ids: HashSet<i64> = ints(node, "class_ids").iter().copied().collect();
             let post = post_transform(node)?;
@@ -581,7 +653,10 @@ fn ensemble(node: &NodeProto, inputs: usize) -> Result<(Ensemble, Option<BinaryS
                 // becomes [1 - s, s] (NONE) or [-s, s] then the post-transform
                 // (as the ONNX reference and onnxruntime).
                 if !ids.contains(&0) {
-                    return unsupported(format!("binary {op} whose leaves vote for class {:?} (expected 0)", ids));
+                    return unsupported(format!(
+                        "binary {op} whose leaves vote for class {:?} (expected 0)",
+                        ids
+                    ));
                 }
                 let base = base_values(node, 2)?;
                 if base[0] != base[1] {
@@ -656,13 +731,21 @@ impl Builder<'_> {
     }
 
     fn value(&self, name: &str, op: &str) -> Result<Value, GraphError> {
-        self.values.get(name).cloned().map_or_else(|| unsupported(format!("{op} input \"{name}\" is not computed")), Ok)
+        self.values
+            .get(name)
+            .cloned()
+            .map_or_else(|| unsupported(format!("{op} input \"{name}\" is not computed")), Ok)
     }
 }
 
 /// Lowers `graph` with output `output` into a [`Program`] reading a row of
 /// `input_dim` floats.
-pub fn lower(graph: &GraphProto, input: &str, output: &str, input_dim: usize) -> Result<(Program, Vec<Shape>), GraphError> {
+pub fn lower(
+    graph: &GraphProto,
+    input: &str,
+    output: &str,
+    input_dim: usize,
+) -> Result<(Program, Vec<Shape>), GraphError> {
     // Only what the output depends on.
     let producer: HashMap<&str, &NodeProto> =
         graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
@@ -692,7 +775,12 @@ pub fn lower(graph: &GraphProto, input: &str, output: &str, input_dim: usize) ->
             b.consts.define(node).map_err(GraphError::Unsupported)?;
             continue;
         }
-        let out = node.output.first().map_or_else(|| unsupported(format!("{op} node without output")), Ok)?;
+        // A classifier's outputs are (label, scores): the scores are its value.
+        let at = usize::from(matches!(op, "TreeEnsembleClassifier" | "LinearClassifier"));
+        let out = node
+            .output
+            .get(at)
+            .map_or_else(|| unsupported(format!("{op} node without its output {at}")), Ok)?;
         if b.values.contains_key(out) {
             return unsupported(format!("\"{out}\" is computed twice"));
         }
@@ -709,12 +797,18 @@ fn data_input(b: &Builder, node: &NodeProto) -> Result<(Value, Option<String>), 
     let op = node.op_type.as_str();
     let mut data = None;
     let mut other = None;
+    // The first computed input is the data (ops with several check them
+    // themselves); the first constant is the other operand.
     for name in node.input.iter().filter(|n| !n.is_empty()) {
-        if b.values.contains_key(name) && data.is_none() {
-            data = Some(b.value(name, op)?);
-        } else if b.consts.has(name) && other.is_none() {
-            other = Some(name.clone());
-        } else if !b.consts.has(name) {
+        if b.values.contains_key(name) {
+            if data.is_none() {
+                data = Some(b.value(name, op)?);
+            }
+        } else if b.consts.has(name) {
+            if other.is_none() {
+                other = Some(name.clone());
+            }
+        } else {
             return unsupported(format!("{op} input \"{name}\" is neither computed nor a constant"));
         }
     }
@@ -749,7 +843,17 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             let n = x.len() as i64;
             let dims: Vec<usize> = shape
                 .iter()
-                .map(|d| if *d < 0 { if known > 0 { (n / known) as usize } else { 0 } } else { *d as usize })
+                .map(|d| {
+                    if *d < 0 {
+                        if known > 0 {
+                            (n / known) as usize
+                        } else {
+                            0
+                        }
+                    } else {
+                        *d as usize
+                    }
+                })
                 .collect();
             if dims.iter().product::<usize>() != x.len() || shape.iter().filter(|d| **d < 0).count() > 1 {
                 return unsupported(format!("Reshape of {:?} to {target:?}", x.shape));
@@ -779,7 +883,10 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                 let v = b.value(name, op)?;
                 let last = v.shape.len() as i64 - 1;
                 if !(v.is_row() && (axis == last || axis == -1)) {
-                    return unsupported(format!("Concat on axis {axis} of shape {:?} (only rows, last axis)", v.shape));
+                    return unsupported(format!(
+                        "Concat on axis {axis} of shape {:?} (only rows, last axis)",
+                        v.shape
+                    ));
                 }
                 len += v.len();
                 parts.push(v.span());
@@ -842,7 +949,8 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                     return unsupported(format!("{op}: {rows} coefficient rows for {t} targets"));
                 }
             } else {
-                let classes = ints(node, "classlabels_ints").len().max(strings(node, "classlabels_strings").len());
+                let classes =
+                    ints(node, "classlabels_ints").len().max(strings(node, "classlabels_strings").len());
                 if rows == 1 && classes == 2 {
                     // Binary with one row: scores [-s, s].
                     let neg: Vec<f32> = coef.iter().map(|c| -c).collect();
@@ -868,14 +976,18 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                 }
             }
             let post = post_transform(node)?;
-            let layer = Layer { inputs, outputs: rows, weights, bias: intercepts, activation: Activation::Identity };
+            let layer =
+                Layer { inputs, outputs: rows, weights, bias: intercepts, activation: Activation::Identity };
             let layer = dense::Dense::new(vec![layer.clone()])
                 .map(|_| layer)
                 .map_or_else(|| unsupported(format!("{op}: a coefficient is not finite")), Ok)?;
-            b.parts.push(format!("{op}[{inputs}→{rows}{}]", match post {
-                PostTransform::None => String::new(),
-                p => format!(", {}", p.as_str()),
-            }));
+            b.parts.push(format!(
+                "{op}[{inputs}→{rows}{}]",
+                match post {
+                    PostTransform::None => String::new(),
+                    p => format!(", {}", p.as_str()),
+                }
+            ));
             let y = b.alloc(vec![1, rows]);
             b.steps.push(Step::Linear { layer, post, x: x.span(), y: y.span() });
             Ok(y)
@@ -897,7 +1009,10 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             let fits = c.values.len() == 1
                 || (c.values.len() == n && x.is_row() && matches!(c.shape.as_slice(), [_] | [1, _]));
             if !fits {
-                return unsupported(format!("{op} of shape {:?} with a constant of shape {:?}", x.shape, c.shape));
+                return unsupported(format!(
+                    "{op} of shape {:?} with a constant of shape {:?}",
+                    x.shape, c.shape
+                ));
             }
             let op2 = match op {
                 "Add" => BinOp::Add,
@@ -910,8 +1025,20 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             b.steps.push(Step::Binary { op: op2, c: c.values, const_left, x: x.span(), y: y.span() });
             Ok(y)
         }
-        "Relu" | "Sigmoid" | "Tanh" | "Abs" | "Clip" | "Softmax" => {
+        "Relu" | "Sigmoid" | "Tanh" | "Abs" | "Clip" | "Softmax" | "Normalizer" => {
             let u = match op {
+                "Normalizer" => {
+                    let norm = string(node, "norm").unwrap_or_default();
+                    if !x.is_row() {
+                        return unsupported(format!("Normalizer of shape {:?}", x.shape));
+                    }
+                    Unary::Normalize(match norm.as_str() {
+                        "MAX" => Norm::Max,
+                        "L1" => Norm::L1,
+                        "L2" => Norm::L2,
+                        n => return unsupported(format!("Normalizer norm {n:?}")),
+                    })
+                }
                 "Relu" => Unary::Relu,
                 "Sigmoid" => Unary::Sigmoid,
                 "Tanh" => Unary::Tanh,
@@ -926,7 +1053,9 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                 _ => {
                     let bound = |i: usize| -> Result<Option<f32>, GraphError> {
                         match node.input.get(i).filter(|n| !n.is_empty()) {
-                            Some(n) => Ok(b.consts.get(n).map_err(GraphError::Unsupported)?.values.first().copied()),
+                            Some(n) => {
+                                Ok(b.consts.get(n).map_err(GraphError::Unsupported)?.values.first().copied())
+                            }
                             None => Ok(None),
                         }
                     };
@@ -941,5 +1070,181 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             Ok(y)
         }
         _ => unsupported(format!("operator {op} (this kernel supports {})", OPS.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::{TensorProto, ValueInfoProto};
+
+    fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn floats_attr(name: &str, v: &[f32]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Floats as i32,
+            floats: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn strings_attr(name: &str, v: &[&str]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Strings as i32,
+            strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn string_attr(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::String as i32,
+            s: v.into(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// Two trees over x0/x1 with GTE, LT and NEQ splits and a missing-value rule;
+    /// ids deliberately out of order.
+    fn regressor(out: &str, post: &str) -> NodeProto {
+        node(
+            "TreeEnsembleRegressor",
+            &["x"],
+            &[out],
+            vec![
+                ints_attr("nodes_treeids", &[7, 7, 7, 3, 3, 3]),
+                ints_attr("nodes_nodeids", &[2, 0, 1, 0, 5, 4]),
+                ints_attr("nodes_featureids", &[0, 0, 0, 1, 0, 0]),
+                floats_attr("nodes_values", &[0.0, 0.5, 0.0, 0.25, 0.0, 0.0]),
+                strings_attr("nodes_modes", &["LEAF", "BRANCH_GTE", "LEAF", "BRANCH_LT", "LEAF", "LEAF"]),
+                ints_attr("nodes_truenodeids", &[0, 1, 0, 4, 0, 0]),
+                ints_attr("nodes_falsenodeids", &[0, 2, 0, 5, 0, 0]),
+                ints_attr("nodes_missing_value_tracks_true", &[0, 1, 0, 0, 0, 0]),
+                ints_attr("target_treeids", &[7, 7, 3, 3, 3]),
+                ints_attr("target_nodeids", &[1, 2, 4, 5, 5]),
+                ints_attr("target_ids", &[0, 1, 0, 1, 0]),
+                floats_attr("target_weights", &[1.0, -2.0, 0.5, 3.0, 0.25]),
+                AttributeProto {
+                    name: "n_targets".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: 2,
+                    ..Default::default()
+                },
+                floats_attr("base_values", &[0.1, 0.2]),
+                string_attr("post_transform", post),
+            ],
+        )
+    }
+
+    fn graph(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, output: &str) -> GraphProto {
+        GraphProto {
+            node: nodes,
+            initializer: inits,
+            input: vec![ValueInfoProto { name: "x".into(), ..Default::default() }],
+            output: vec![ValueInfoProto { name: output.into(), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    fn floats_tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn ints_tensor(name: &str, v: &[i64]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![v.len() as i64],
+            data_type: 7,
+            int64_data: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_tree_graph_with_reshape_concat_and_maths_matches_its_reference() {
+        let g = graph(
+            vec![
+                regressor("t1", "NONE"),
+                regressor("t2", "LOGISTIC"),
+                node("Reshape", &["t1", "shape"], &["r1"], vec![]),
+                node(
+                    "Concat",
+                    &["r1", "t2"],
+                    &["c"],
+                    vec![AttributeProto {
+                        name: "axis".into(),
+                        r#type: AttributeType::Int as i32,
+                        i: 1,
+                        ..Default::default()
+                    }],
+                ),
+                node("Mul", &["c", "half"], &["y"], vec![]),
+            ],
+            vec![ints_tensor("shape", &[1, -1]), floats_tensor("half", &[1], &[0.5])],
+            "y",
+        );
+        let (p, shapes) = lower(&g, "x", "y", 2).unwrap();
+        assert_eq!(p.output_dim(), 4);
+        assert_eq!(shapes.len(), 2);
+        assert!(p.describe().contains("TreeEnsembleRegressor[2 trees"), "{}", p.describe());
+        let mut s = p.scratch();
+        for x in [[0.0, 0.0], [0.5, 0.25], [0.7, 0.1], [f32::NAN, 0.3], [0.2, f32::NAN], [1.0, 1.0]] {
+            let (got, want) = (p.run(&x, &mut s).to_vec(), p.reference(&x));
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-6 || (g.is_nan() && w.is_nan()), "{x:?}: {got:?} vs {want:?}");
+            }
+        }
+        // By hand, x = [0.7, 0.1]: tree 7: 0.7 >= 0.5 → node 1 → [1, 0]; tree 3: 0.1 < 0.25 →
+        // node 4 → [0.5, 0]; + base → [1.6, 0.2]; × 0.5 → [0.8, 0.1].
+        let y = p.run(&[0.7, 0.1], &mut s).to_vec();
+        assert!((y[0] - 0.8).abs() < 1e-6 && (y[1] - 0.1).abs() < 1e-6, "{y:?}");
+    }
+
+    #[test]
+    fn unsupported_ops_and_modes_are_named() {
+        let g = graph(vec![regressor("t", "NONE"), node("ZipMap", &["t"], &["y"], vec![])], vec![], "y");
+        match lower(&g, "x", "y", 2) {
+            Err(GraphError::Unsupported(m)) => assert!(m.starts_with("operator ZipMap"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let g = graph(vec![regressor("y", "PROBIT")], vec![], "y");
+        match lower(&g, "x", "y", 2) {
+            Err(GraphError::Unsupported(m)) => assert!(m.contains("post_transform PROBIT"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let mut bad = regressor("y", "NONE");
+        if let Some(a) = bad.attribute.iter_mut().find(|a| a.name == "nodes_truenodeids") {
+            a.ints[1] = 0; // node 0 of tree 7 points at itself
+        }
+        assert!(matches!(
+            lower(&graph(vec![bad], vec![], "y"), "x", "y", 2),
+            Err(GraphError::Unsupported(_))
+        ));
     }
 }

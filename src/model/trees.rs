@@ -313,7 +313,10 @@ impl Ensemble {
                 RawNode::Leaf { votes } => {
                     for (target, w) in votes {
                         if *target >= self.targets {
-                            return invalid(format!("leaf {i} votes for target {target} of {}", self.targets));
+                            return invalid(format!(
+                                "leaf {i} votes for target {target} of {}",
+                                self.targets
+                            ));
                         }
                         if !w.is_finite() {
                             return invalid(format!("leaf {i} has a non-finite weight"));
@@ -449,7 +452,9 @@ impl Trees {
             while let Some((raw, slot)) = queue.pop_front() {
                 let node = match &tree.nodes[raw] {
                     RawNode::Leaf { votes: v } => match v.as_slice() {
-                        [(target, w)] => Node { threshold: *w, word: LEAF1 << KIND_SHIFT | *target as u32, next: 0 },
+                        [(target, w)] => {
+                            Node { threshold: *w, word: LEAF1 << KIND_SHIFT | *target as u32, next: 0 }
+                        }
                         _ => {
                             let id = leaf_start.len() as u32 - 1;
                             votes.extend(v.iter().map(|(t, w)| (*t as u32, *w)));
@@ -630,7 +635,13 @@ mod tests {
     /// x0 (mode) 0.5 ? leaf 1.0 : (x1 <= 0.2 ? 2.0 : 3.0), root not at index 0.
     fn tree(mode: Mode) -> RawTree {
         RawTree {
-            nodes: vec![leaf(0, 2.0), branch(1, 0.2, Mode::Leq, 0, 3), branch(0, 0.5, mode, 4, 1), leaf(0, 3.0), leaf(0, 1.0)],
+            nodes: vec![
+                leaf(0, 2.0),
+                branch(1, 0.2, Mode::Leq, 0, 3),
+                branch(0, 0.5, mode, 4, 1),
+                leaf(0, 3.0),
+                leaf(0, 1.0),
+            ],
             root: 2,
         }
     }
@@ -694,9 +705,18 @@ mod tests {
         let bad = |nodes: Vec<RawNode>, root: usize| {
             ensemble(vec![RawTree { nodes, root }], 1, Aggregate::Sum, PostTransform::None).check()
         };
-        assert!(matches!(bad(vec![branch(0, 0.5, Mode::Leq, 0, 1), leaf(0, 1.0)], 0), Err(TreeError::Invalid(_))));
-        assert!(matches!(bad(vec![branch(0, 0.5, Mode::Leq, 1, 1), leaf(0, 1.0)], 0), Err(TreeError::Invalid(_))));
-        assert!(matches!(bad(vec![branch(0, 0.5, Mode::Leq, 1, 7), leaf(0, 1.0)], 0), Err(TreeError::Invalid(_))));
+        assert!(matches!(
+            bad(vec![branch(0, 0.5, Mode::Leq, 0, 1), leaf(0, 1.0)], 0),
+            Err(TreeError::Invalid(_))
+        ));
+        assert!(matches!(
+            bad(vec![branch(0, 0.5, Mode::Leq, 1, 1), leaf(0, 1.0)], 0),
+            Err(TreeError::Invalid(_))
+        ));
+        assert!(matches!(
+            bad(vec![branch(0, 0.5, Mode::Leq, 1, 7), leaf(0, 1.0)], 0),
+            Err(TreeError::Invalid(_))
+        ));
         assert!(bad(vec![branch(9, 0.5, Mode::Leq, 1, 2), leaf(0, 1.0), leaf(0, 1.0)], 0).is_err());
         assert!(matches!(bad(vec![leaf(4, 1.0)], 0), Err(TreeError::Invalid(_))));
         assert!(matches!(bad(vec![leaf(0, f32::NAN)], 0), Err(TreeError::Invalid(_))));
@@ -722,7 +742,10 @@ mod tests {
     #[test]
     fn steps_limit_names_trees_times_depth() {
         let t = chain(30);
-        assert_eq!(ensemble(vec![t.clone()], 1, Aggregate::Sum, PostTransform::None).check().unwrap().max_depth, 30);
+        assert_eq!(
+            ensemble(vec![t.clone()], 1, Aggregate::Sum, PostTransform::None).check().unwrap().max_depth,
+            30
+        );
         let many = vec![t; MAX_TREE_STEPS / 30 + 1];
         match ensemble(many, 1, Aggregate::Sum, PostTransform::None).check() {
             Err(TreeError::Limit(m)) => assert!(m.contains("max_tree_steps"), "{m}"),
