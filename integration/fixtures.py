@@ -206,7 +206,8 @@ def to_tree_ensemble_v5(onx):
             feats.append(a["nodes_featureids"][j])
             splits.append(a["nodes_values"][j])
             miss.append(a["nodes_missing_value_tracks_true"][j])
-            for child, ids, flags in ((a["nodes_truenodeids"][j], yes, yes_leaf), (a["nodes_falsenodeids"][j], no, no_leaf)):
+            sides = ((a["nodes_truenodeids"][j], yes, yes_leaf), (a["nodes_falsenodeids"][j], no, no_leaf))
+            for child, ids, flags in sides:
                 is_leaf = (t, child) in leaves
                 ids.append(leaves[(t, child)] if is_leaf else interior[(t, child)])
                 flags.append(int(is_leaf))

@@ -355,7 +355,17 @@ def check_ort_matches(onnx_bytes: bytes, model, vectors: np.ndarray, atol: float
     filter clamps); returns the max difference, raises above ``atol``."""
     x = np.asarray(vectors, dtype=np.float32)
     got = np.clip(ort_predict(onnx_bytes, x), 0.0, 1.0)
-    diff = float(np.max(np.abs(got - model_predict(model, x))))
+    d = np.abs(got - model_predict(model, x))
+    diff = float(np.max(d))
+    if family_of(model) == "gbm":
+        # The converters store split thresholds as float32 while LightGBM and
+        # scikit-learn compare in float64: an input between the two values takes
+        # the other branch. Allow a few such rows, never a systematic difference.
+        off = float(np.mean(d > atol))
+        if off > 0.005 or diff > 0.1:
+            raise TrainError(f"exported ONNX (gbm) disagrees with the fitted model on {100 * off:.2f}% of the "
+                             f"values (max {diff:.2e})")
+        return diff
     if diff > atol:
         raise TrainError(f"exported ONNX ({family_of(model)}) disagrees with the fitted model by {diff:.2e}")
     return diff
@@ -545,8 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = mae_table(p_te, t_te, features)
 
     trainer = f"models/train.py seed={args.seed} rows={args.rows} model={family}"
-    trainer += f" hidden={args.hidden}" if family == "mlp" else f" gbm={args.gbm} trees={args.trees} depth={args.depth}" if family == "gbm" else ""
-    onnx_bytes = export_model(model, features, args.version, schema["schema"], extra_metadata={"augur.trainer": trainer})
+    if family == "mlp":
+        trainer += f" hidden={args.hidden}"
+    elif family == "gbm":
+        trainer += f" gbm={args.gbm} trees={args.trees} depth={args.depth}"
+    onnx_bytes = export_model(model, features, args.version, schema["schema"],
+                              extra_metadata={"augur.trainer": trainer})
     diff = check_ort_matches(onnx_bytes, model, x_te[:2000])
 
     out = Path(args.out)

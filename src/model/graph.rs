@@ -788,7 +788,29 @@ pub fn lower(
         b.values.insert(out.clone(), v);
     }
     let out = b.value(output, "graph output")?;
-    let describe = format!("{input_dim} inputs → {} → {} outputs", b.parts.join(" → "), out.len());
+    // Parts in order of first appearance, with their count: ensembles of one
+    // converter export differ only in their trees.
+    let mut chain: Vec<(String, usize)> = Vec::new();
+    for p in &b.parts {
+        match chain.iter_mut().find(|(q, _)| q == p) {
+            Some((_, n)) => *n += 1,
+            None => chain.push((p.clone(), 1)),
+        }
+    }
+    let chain: Vec<String> =
+        chain.into_iter().map(|(p, n)| if n > 1 { format!("{n}× {p}") } else { p }).collect();
+    let trees = if shapes.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} trees, max depth {}, {} nodes, ≤ {} node visits",
+            shapes.iter().map(|s| s.trees).sum::<usize>(),
+            shapes.iter().map(|s| s.max_depth).max().unwrap_or(0),
+            shapes.iter().map(|s| s.nodes).sum::<usize>(),
+            shapes.iter().map(|s| s.steps).sum::<usize>()
+        )
+    };
+    let describe = format!("{input_dim} inputs → {} → {} outputs{trees}", chain.join(" → "), out.len());
     let program = Program { steps: b.steps, width: b.width, input: x.span(), output: out.span(), describe };
     Ok((program, shapes))
 }
@@ -920,7 +942,7 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                 )));
             }
             shapes.push(shape);
-            b.parts.push(format!("{op}[{}]", kernel.describe()));
+            b.parts.push(kernel.describe_kind(op));
             let y = b.alloc(vec![1, width]);
             b.steps.push(Step::Trees {
                 kernel: Box::new(kernel),
@@ -1212,7 +1234,12 @@ mod tests {
         let (p, shapes) = lower(&g, "x", "y", 2).unwrap();
         assert_eq!(p.output_dim(), 4);
         assert_eq!(shapes.len(), 2);
-        assert!(p.describe().contains("TreeEnsembleRegressor[2 trees"), "{}", p.describe());
+        assert!(
+            p.describe()
+                .ends_with("→ concat → mul → 4 outputs; 4 trees, max depth 1, 12 nodes, ≤ 4 node visits"),
+            "{}",
+            p.describe()
+        );
         let mut s = p.scratch();
         for x in [[0.0, 0.0], [0.5, 0.25], [0.7, 0.1], [f32::NAN, 0.3], [0.2, f32::NAN], [1.0, 1.0]] {
             let (got, want) = (p.run(&x, &mut s).to_vec(), p.reference(&x));

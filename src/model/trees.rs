@@ -530,6 +530,22 @@ impl Trees {
         )
     }
 
+    /// `TreeEnsembleRegressor[sum]`: the op and what is not per-tree, so the
+    /// ensembles of one export describe alike.
+    pub fn describe_kind(&self, op: &str) -> String {
+        let agg = match self.aggregate {
+            Aggregate::Sum => "sum",
+            Aggregate::Average => "average",
+            Aggregate::Min => "min",
+            Aggregate::Max => "max",
+        };
+        let post = match self.post {
+            PostTransform::None => String::new(),
+            p => format!(", {}", p.as_str()),
+        };
+        format!("{op}[{} target{}, {agg}{post}]", self.targets, if self.targets == 1 { "" } else { "s" })
+    }
+
     /// Evaluates on `x` (at least [`Trees::inputs`] values) into `y`
     /// ([`Trees::targets`] values). No allocation.
     pub fn run(&self, x: &[f32], y: &mut [f32]) {
