@@ -143,9 +143,11 @@ enum BinOp {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
+    /// One or several fused ensembles; `reference` holds each original
+    /// ensemble with the span it writes.
     Trees {
         kernel: Box<Trees>,
-        reference: Box<Ensemble>,
+        reference: Vec<(Ensemble, Span)>,
         binary: Option<BinaryScores>,
         x: Span,
         y: Span,
@@ -270,14 +272,16 @@ impl Program {
         buf[..n].copy_from_slice(&x[..n]);
         for step in &self.steps {
             match step {
-                Step::Trees { reference, binary, x, y, .. } => {
+                Step::Trees { reference, binary, x, .. } => {
                     let src = buf[x.off..x.off + x.len].to_vec();
-                    let out = reference.reference(&src);
-                    let dst = &mut buf[y.off..y.off + y.len];
-                    match (binary, out.as_slice()) {
-                        (Some(b), [s]) => binary_scores(*s, *b, dst),
-                        (None, _) if out.len() == dst.len() => dst.copy_from_slice(&out),
-                        _ => dst.iter_mut().for_each(|v| *v = f32::NAN),
+                    for (e, y) in reference {
+                        let out = e.reference(&src);
+                        let dst = &mut buf[y.off..y.off + y.len];
+                        match (binary, out.as_slice()) {
+                            (Some(b), [s]) => binary_scores(*s, *b, dst),
+                            (None, _) if out.len() == dst.len() => dst.copy_from_slice(&out),
+                            _ => dst.iter_mut().for_each(|v| *v = f32::NAN),
+                        }
                     }
                 }
                 Step::Linear { layer, post, x, y } => {
@@ -811,8 +815,39 @@ pub fn lower(
         )
     };
     let describe = format!("{input_dim} inputs → {} → {} outputs{trees}", chain.join(" → "), out.len());
-    let program = Program { steps: b.steps, width: b.width, input: x.span(), output: out.span(), describe };
+    let program =
+        Program { steps: fuse(b.steps), width: b.width, input: x.span(), output: out.span(), describe };
     Ok((program, shapes))
+}
+
+/// Fuses runs of tree steps over the same input with contiguous outputs (one
+/// ensemble per output, as per-output GBM exports are) into one kernel: one
+/// pass over all trees instead of one set-up per output.
+fn fuse(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        let merged = match (out.last_mut(), &step) {
+            (
+                Some(Step::Trees { kernel: k0, reference: r0, binary: None, x: x0, y: y0 }),
+                Step::Trees { kernel: k1, reference: r1, binary: None, x: x1, y: y1 },
+            ) if x0 == x1 && y0.off + y0.len == y1.off => {
+                match Trees::fuse(&[(**k0).clone(), (**k1).clone()]) {
+                    Some(k) => {
+                        *k0 = Box::new(k);
+                        r0.extend(r1.iter().cloned());
+                        y0.len += y1.len;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        };
+        if !merged {
+            out.push(step);
+        }
+    }
+    out
 }
 
 fn data_input(b: &Builder, node: &NodeProto) -> Result<(Value, Option<String>), GraphError> {
@@ -946,7 +981,7 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             let y = b.alloc(vec![1, width]);
             b.steps.push(Step::Trees {
                 kernel: Box::new(kernel),
-                reference: Box::new(e),
+                reference: vec![(e, y.span())],
                 binary,
                 x: x.span(),
                 y: y.span(),

@@ -500,6 +500,65 @@ impl Trees {
         })
     }
 
+    /// One kernel for several ensembles over the same input whose outputs are
+    /// contiguous: `parts[0]`'s targets first, then `parts[1]`'s, ... (what a
+    /// per-output GBM export is). `None` unless they aggregate alike with
+    /// `SUM`, `MIN` or `MAX` and an element-wise post-transform (`AVERAGE`
+    /// divides by each ensemble's own tree count).
+    pub fn fuse(parts: &[Trees]) -> Option<Trees> {
+        let first = parts.first()?;
+        let alike = parts.iter().all(|p| {
+            p.inputs == first.inputs
+                && p.aggregate == first.aggregate
+                && p.post == first.post
+                && p.aggregate != Aggregate::Average
+                && matches!(p.post, PostTransform::None | PostTransform::Logistic)
+        });
+        let targets: usize = parts.iter().map(|p| p.targets).sum();
+        let nodes: usize = parts.iter().map(|p| p.nodes.len()).sum();
+        if !alike || targets > LOW as usize || nodes >= u32::MAX as usize / 2 {
+            return None;
+        }
+        let mut out = Trees {
+            nodes: Vec::with_capacity(nodes),
+            roots: Vec::new(),
+            leaf_start: vec![0],
+            votes: Vec::new(),
+            inputs: first.inputs,
+            targets: 0,
+            aggregate: first.aggregate,
+            base: Vec::with_capacity(targets),
+            post: first.post,
+            shape: Shape::default(),
+        };
+        for p in parts {
+            let node_off = out.nodes.len() as u32;
+            let leaf_off = out.leaf_start.len() as u32 - 1;
+            let target_off = out.targets as u32;
+            out.nodes.extend(p.nodes.iter().map(|n| {
+                let kind = n.word >> KIND_SHIFT;
+                match kind & 7 {
+                    LEAF1 => Node { word: LEAF1 << KIND_SHIFT | ((n.word & LOW) + target_off), ..*n },
+                    LEAFN => Node { next: n.next + leaf_off, ..*n },
+                    _ => Node { next: n.next + node_off, ..*n },
+                }
+            }));
+            out.roots.extend(p.roots.iter().map(|r| r + node_off));
+            for l in 0..p.leaf_start.len().saturating_sub(1) {
+                let (a, b) = (p.leaf_start[l] as usize, p.leaf_start[l + 1] as usize);
+                out.votes.extend(p.votes[a..b].iter().map(|(t, w)| (t + target_off, *w)));
+                out.leaf_start.push(out.votes.len() as u32);
+            }
+            out.base.extend_from_slice(&p.base);
+            out.targets += p.targets;
+            out.shape.trees += p.shape.trees;
+            out.shape.nodes += p.shape.nodes;
+            out.shape.steps += p.shape.steps;
+            out.shape.max_depth = out.shape.max_depth.max(p.shape.max_depth);
+        }
+        Some(out)
+    }
+
     pub fn inputs(&self) -> usize {
         self.inputs
     }
