@@ -833,7 +833,7 @@ fn fuse(steps: Vec<Step>) -> Vec<Step> {
             ) if x0 == x1 && y0.off + y0.len == y1.off => {
                 match Trees::fuse(&[(**k0).clone(), (**k1).clone()]) {
                     Some(k) => {
-                        *k0 = Box::new(k);
+                        **k0 = k;
                         r0.extend(r1.iter().cloned());
                         y0.len += y1.len;
                         true
