@@ -416,6 +416,17 @@ pub struct Trees {
     shape: Shape,
 }
 
+/// Which child a branch of `kind` takes for a non-NaN `v`: 0 the first, 1 the
+/// second (for LEQ a NaN compares false and goes second).
+#[inline(always)]
+fn second(kind: u32, v: f32, t: f32) -> usize {
+    match kind & 7 {
+        LEQ => 1 - usize::from(v <= t),
+        EQ => usize::from(v != t),
+        _ => usize::from(v == t),
+    }
+}
+
 /// The largest float below `t` (so `x < t` ⇔ `x <= below(t)` for every non-NaN `x`).
 fn below(t: f32) -> f32 {
     if t == f32::NEG_INFINITY {
@@ -634,7 +645,34 @@ impl Trees {
 
     fn walk<const NAN: bool>(&self, x: &[f32], y: &mut [f32]) {
         let nodes = self.nodes.as_slice();
-        for root in &self.roots {
+        let mut roots = self.roots.as_slice();
+        if !NAN {
+            // Four walks interleaved: their node and input loads are
+            // independent, so they overlap instead of queueing behind one
+            // another. Leaves are applied in tree order (same sums).
+            while let [a, b, c, d, rest @ ..] = roots {
+                let mut at = [*a as usize, *b as usize, *c as usize, *d as usize];
+                loop {
+                    let mut moved = false;
+                    for i in at.iter_mut() {
+                        let n = nodes[*i];
+                        let kind = n.word >> KIND_SHIFT;
+                        if kind & 7 < LEAF1 {
+                            *i = n.next as usize + second(kind, x[(n.word & LOW) as usize], n.threshold);
+                            moved = true;
+                        }
+                    }
+                    if !moved {
+                        break;
+                    }
+                }
+                for i in at {
+                    self.apply(nodes[i], y);
+                }
+                roots = rest;
+            }
+        }
+        for root in roots {
             let mut i = *root as usize;
             let leaf = loop {
                 let n = nodes[i];
@@ -643,27 +681,28 @@ impl Trees {
                     break n;
                 }
                 let v = x[(n.word & LOW) as usize];
-                // 0: first child, 1: second; for LEQ a NaN without a
-                // missing-value rule compares false and goes second.
-                let second = if NAN && v.is_nan() {
+                // A NaN follows the node's missing-value direction.
+                let go = if NAN && v.is_nan() {
                     usize::from(kind & NAN_FIRST == 0)
                 } else {
-                    match kind & 7 {
-                        LEQ => 1 - usize::from(v <= n.threshold),
-                        EQ => usize::from(v != n.threshold),
-                        _ => usize::from(v == n.threshold),
-                    }
+                    second(kind, v, n.threshold)
                 };
-                i = n.next as usize + second;
+                i = n.next as usize + go;
             };
-            if leaf.word >> KIND_SHIFT == LEAF1 {
-                self.vote((leaf.word & LOW) as usize, leaf.threshold, y);
-            } else {
-                let l = leaf.next as usize;
-                let (a, b) = (self.leaf_start[l] as usize, self.leaf_start[l + 1] as usize);
-                for (t, w) in &self.votes[a..b] {
-                    self.vote(*t as usize, *w, y);
-                }
+            self.apply(leaf, y);
+        }
+    }
+
+    /// Adds a leaf's votes.
+    #[inline(always)]
+    fn apply(&self, leaf: Node, y: &mut [f32]) {
+        if leaf.word >> KIND_SHIFT == LEAF1 {
+            self.vote((leaf.word & LOW) as usize, leaf.threshold, y);
+        } else {
+            let l = leaf.next as usize;
+            let (a, b) = (self.leaf_start[l] as usize, self.leaf_start[l + 1] as usize);
+            for (t, w) in &self.votes[a..b] {
+                self.vote(*t as usize, *w, y);
             }
         }
     }
