@@ -63,7 +63,14 @@ impl Dense {
     /// Builds a network from layers; `None` unless the widths chain up and every
     /// weight is finite (a non-finite weight would make skipping zero inputs
     /// inexact: `0 × inf` is NaN).
-    pub fn new(layers: Vec<Layer>) -> Option<Dense> {
+    pub fn new(mut layers: Vec<Layer>) -> Option<Dense> {
+        // Subnormal weights (|w| < 1.2e-38, left by weight decay) make every
+        // multiply-add on them take a slow path on x86 and in V8; their
+        // contribution is far below the probe tolerance, so they become 0.
+        for l in &mut layers {
+            flush_subnormals(&mut l.weights);
+            flush_subnormals(&mut l.bias);
+        }
         let first = layers.first()?;
         let mut prev = first.inputs;
         for l in &layers {
@@ -119,6 +126,11 @@ impl Dense {
         }
         &dst[..last]
     }
+}
+
+/// Sets every subnormal value to 0.
+pub(crate) fn flush_subnormals(v: &mut [f32]) {
+    v.iter_mut().filter(|w| w.is_subnormal()).for_each(|w| *w = 0.0);
 }
 
 /// Reusable buffers of one worker.

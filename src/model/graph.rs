@@ -1033,8 +1033,10 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
                 }
             }
             let post = post_transform(node)?;
-            let layer =
+            let mut layer =
                 Layer { inputs, outputs: rows, weights, bias: intercepts, activation: Activation::Identity };
+            dense::flush_subnormals(&mut layer.weights);
+            dense::flush_subnormals(&mut layer.bias);
             let layer = dense::Dense::new(vec![layer.clone()])
                 .map(|_| layer)
                 .map_or_else(|| unsupported(format!("{op}: a coefficient is not finite")), Ok)?;
@@ -1053,7 +1055,9 @@ fn lower_node(b: &mut Builder, node: &NodeProto, shapes: &mut Vec<Shape>) -> Res
             if !x.is_row() || const_left {
                 return unsupported(format!("{op} with the data on the right or of shape {:?}", x.shape));
             }
-            let layer = dense::lower_layer(node, &b.consts, x.len()).map_err(GraphError::Unsupported)?;
+            let mut layer = dense::lower_layer(node, &b.consts, x.len()).map_err(GraphError::Unsupported)?;
+            dense::flush_subnormals(&mut layer.weights);
+            dense::flush_subnormals(&mut layer.bias);
             b.parts.push(format!("{op}[{}→{}]", layer.inputs, layer.outputs));
             let y = b.alloc(vec![1, layer.outputs]);
             b.steps.push(Step::Linear { layer, post: PostTransform::None, x: x.span(), y: y.span() });
