@@ -112,5 +112,33 @@ fn scaling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stages, scaling);
+/// The benchmark model per kind (`integration/fixtures.py`), demo configuration.
+pub const KINDS: [(&str, &[u8]); 4] = [
+    ("gbm_t100_d6", include_bytes!("models/gbm_t100_d6.onnx")),
+    ("gbm_t500_d8", include_bytes!("models/gbm_t500_d8.onnx")),
+    ("linear", include_bytes!("models/linear.onnx")),
+    ("mlp_skl_as_exported", include_bytes!("models/mlp_skl.onnx")),
+];
+
+fn kinds(c: &mut Criterion) {
+    let req = request();
+    let mut group = c.benchmark_group("decide/kind");
+    for (name, model) in KINDS {
+        let config = compile_with_model(DEMO, model).expect("demo config with the model");
+        let mut worker = Worker::new(&config);
+        let mut d = Decision::default();
+        decide(&config, &mut worker, req.as_slice(), &mut d);
+        group.bench_function(format!("{name}/predict"), |b| {
+            let mut s = config.model.session().unwrap();
+            let mut out = Vec::new();
+            b.iter(|| s.predict(black_box(&d.profile.vector), &mut out).unwrap())
+        });
+        group.bench_function(format!("{name}/whole"), |b| {
+            b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stages, scaling, kinds);
 criterion_main!(benches);

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use augur::config::compile;
+use augur::config::{compile, compile_with_model};
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::HeaderMap;
 use augur::profile::{encode, Profile};
@@ -66,4 +66,20 @@ fn main() {
     time("decide/whole (dense)", n, || decide(&config, &mut worker, black_box(&headers), &mut d));
     let mut tw = Worker::new(&tract);
     time("decide/whole (tract)", n, || decide(&tract, &mut tw, black_box(&headers), &mut d));
+
+    println!("per model kind (benches/models, demo config):");
+    let kinds: [(&str, &[u8]); 4] = [
+        ("gbm 100 trees depth 6", include_bytes!("../benches/models/gbm_t100_d6.onnx")),
+        ("gbm 500 trees depth 8", include_bytes!("../benches/models/gbm_t500_d8.onnx")),
+        ("linear", include_bytes!("../benches/models/linear.onnx")),
+        ("mlp skl2onnx as exported", include_bytes!("../benches/models/mlp_skl.onnx")),
+    ];
+    for (name, model) in kinds {
+        let c = compile_with_model(DEMO, model).unwrap();
+        let mut w = Worker::new(&c);
+        let mut s = c.model.session().unwrap();
+        decide(&c, &mut w, &headers, &mut d);
+        time(&format!("predict {name}"), n, || s.predict(black_box(&d.profile.vector), &mut out).unwrap());
+        time(&format!("decide {name}"), n, || decide(&c, &mut w, black_box(&headers), &mut d));
+    }
 }

@@ -19,10 +19,15 @@
    uplifts whose evidence (models/augur_stats.py, the filter's own statistic)
    reaches --min-evidence on >= --min-n requests per arm count. A request's
    target impact is the uplift of the chosen cell it is in (0 elsewhere).
-3. **Train** a scikit-learn MLP on (record ``x``, target) with models/train.py's
-   ``fit`` and export it with ``export`` (augur's ONNX contract).
-4. **Validate** before pushing: the ONNX graph agrees with scikit-learn; it loads
-   in tract (``augur inspect-model``) with the expected features/version/schema;
+3. **Train** a model on (record ``x``, target) with models/train.py's
+   ``fit_family`` — ``--model mlp`` (the default), ``gbm`` (LightGBM, or
+   scikit-learn GradientBoosting with ``--gbm sklearn``), ``linear``, or
+   ``auto``: all three, and the one with the lowest held-out error on the
+   randomised records' targets is kept (the job prints every candidate's error
+   and the choice) — and export it with ``export_model`` (augur's ONNX
+   contract, via skl2onnx / onnxmltools).
+4. **Validate** before pushing: the ONNX graph (run by onnxruntime) agrees
+   with the fitted model; it loads in the filter's kernels (``augur inspect-model``) with the expected features/version/schema;
    the plugin configuration with the inline model passes ``augur check-config``;
    on held-out records (20% of users, by the record's bucket) predictions are
    finite and, clamped to [0, 1] as the filter does, close to the targets (MAE)
@@ -391,10 +396,8 @@ def model_features(onnx_bytes: bytes) -> list[str]:
 
 
 def onnx_predict(onnx_bytes: bytes, xs: np.ndarray) -> np.ndarray:
-    """The model's raw output (onnx reference evaluator); the filter clamps it to [0, 1]."""
-    from onnx.reference import ReferenceEvaluator
-
-    return ReferenceEvaluator(onnx_bytes).run(None, {"x": np.asarray(xs, dtype=np.float32)})[0]
+    """The model's raw output (onnxruntime); the filter clamps it to [0, 1]."""
+    return train.ort_predict(onnx_bytes, xs)
 
 
 def off_share(pred: np.ndarray, plugin: dict, model_features: list[str]) -> dict:
@@ -429,11 +432,13 @@ class Candidate:
     fit_s: float
     inspect: dict
     check: str
+    family: str = "mlp"
 
 
 def build(records, plugin, version, thresholds, augur, names, seed=7, min_evidence=MIN_EVIDENCE, min_n=20,
-          max_off_share=0.5, max_mae=0.05, log=print) -> Candidate:
-    """Effects → targets → MLP → ONNX → every pre-push check. Raises ValidationError."""
+          max_off_share=0.5, max_mae=0.05, log=print, family="mlp", gbm="lightgbm") -> Candidate:
+    """Effects → targets → model (``family``: mlp, gbm, linear or auto) → ONNX →
+    every pre-push check. Raises ValidationError."""
     rollout = plugin.get("name", "default")
     records = [r for r in records if r["decision"].get("rollout") == rollout and r["decision"].get("x")]
     if len(records) < 200:
@@ -458,25 +463,29 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
     t0 = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mlp = train.fit(xs[~held], y[~held], seed)
+        if family == "auto":
+            model, family, _ = train.pick_family(xs[~held], y[~held], xs[held], y[held], seed, log=log, gbm=gbm)
+        else:
+            model = train.fit_family(family, xs[~held], y[~held], seed, gbm=gbm)
     fit_s = time.monotonic() - t0
-    if any("converge" in str(w.message) for w in caught):
-        log(f"  note: the MLP stopped at its iteration limit ({mlp.n_iter_}); the held-out checks below decide")
+    if family == "mlp" and any("converge" in str(w.message) for w in caught):
+        log(f"  note: the MLP stopped at its iteration limit ({model.n_iter_}); the held-out checks below decide")
     schema = train.augur_schema(augur)
-    onnx_bytes = train.export(
-        mlp, features, version, schema["schema"],
-        extra_metadata={"augur.trainer": f"models/retrain.py records={len(records)} effects={len(effects)}"},
+    onnx_bytes = train.export_model(
+        model, features, version, schema["schema"],
+        extra_metadata={"augur.trainer": f"models/retrain.py model={family} records={len(records)} "
+                                         f"effects={len(effects)}"},
     )
-    # 1. the ONNX graph computes what scikit-learn fitted
-    train.check_onnx_matches(onnx_bytes, mlp, xs[:2000])
-    # 2. tract loads it, as the filter will
+    # 1. the ONNX graph computes what was fitted (onnxruntime)
+    train.check_ort_matches(onnx_bytes, model, xs[:2000])
+    # 2. the filter's loader takes it (and says which kernel runs it)
     with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
         f.write(onnx_bytes)
         model_path = f.name
     try:
         info = train.inspect_model(augur, model_path)
     except TrainError as e:
-        raise ValidationError(f"augur inspect-model (tract) cannot load the candidate: {e}") from e
+        raise ValidationError(f"augur inspect-model cannot load the candidate: {e}") from e
     finally:
         os.unlink(model_path)
     want = {"features": features, "version": version, "schema": schema["schema"]}
@@ -518,12 +527,12 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
             + f" of held-out requests (> --max-off-share {max_off_share:.0%})"
         )
     return Candidate(onnx_bytes, new_plugin, effects, len(records), randomised, int(held.sum()), mae,
-                     off_before, off_after, fit_s, info, check)
+                     off_before, off_after, fit_s, info, check, family)
 
 
 def print_candidate(c: Candidate, out=sys.stdout):
-    print(f"  mlp fit {c.fit_s:.1f}s; held-out {c.held_out} records, MAE vs targets {c.mae:.4f}; "
-          f"tract: {json.dumps(c.inspect)}; check-config: {c.check}", file=out)
+    print(f"  model {c.family} fit {c.fit_s:.1f}s; held-out {c.held_out} records, MAE vs targets {c.mae:.4f}; "
+          f"filter: {json.dumps(c.inspect)}; check-config: {c.check}", file=out)
     print("  share of held-out new-stack requests the pushed thresholds turn off: "
           + ", ".join(f"{f} {100 * c.off_before.get(f, 0):.0f}% -> {100 * s:.0f}%" for f, s in c.off_after.items()),
           file=out)
@@ -538,7 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--version", required=True, help="the new model's augur.version / model.version")
     ap.add_argument("--thresholds", default="",
                     help="set on every auto feature with the new model, e.g. performance_cost=0.25,error_risk=0.2")
-    ap.add_argument("--model", help="push this ONNX file instead of training one")
+    ap.add_argument("--model", default="mlp",
+                    help="model family to train: mlp (default), gbm, linear, or auto (all three, lowest held-out "
+                         "error wins); any other value is an ONNX file to push instead of training one")
+    ap.add_argument("--gbm", default="lightgbm", choices=("lightgbm", "sklearn"), help="gbm implementation")
     ap.add_argument("--no-validate", action="store_true", help="with --model: skip the pre-push checks")
     ap.add_argument("--dry-run", action="store_true", help="train and validate, do not push")
     ap.add_argument("--out", help="also write the model here")
@@ -556,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     thresholds = parse_thresholds(args.thresholds)
     serving = (plugin.get("model") or {}).get("version", "(embedded default)")
     print(f"retrain: serving model {serving}; candidate {args.version}")
-    if args.model:
+    if args.model not in (*train.FAMILIES, "auto"):
         onnx_bytes = Path(args.model).read_bytes()
         new_plugin = candidate_plugin(plugin, onnx_bytes, args.version, thresholds)
         if not args.no_validate:
@@ -573,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records, skipped = report.read_log(args.log)
         names = report.cell_names(args.augur)
         cand = build(records, plugin, args.version, thresholds, args.augur, names, args.seed, args.min_evidence,
-                     args.min_n, args.max_off_share)
+                     args.min_n, args.max_off_share, family=args.model, gbm=args.gbm)
         print_candidate(cand)
         onnx_bytes, new_plugin = cand.onnx, cand.plugin
     if args.out:

@@ -10,16 +10,25 @@ Pipeline:
 2. encode every request with ``augur encode`` — the encoding lives only in Rust
    (src/profile.rs), this script never re-implements it;
 3. targets = planted ``true_impacts`` + small gaussian noise, clipped to [0, 1];
-4. fit a small scikit-learn MLPRegressor (ReLU hidden layers), report held-out
-   MAE against the noise-free truth (held-out *users*, not just rows);
-5. export with skl2onnx (input ``x`` f32[N, 20]; the filter clamps the output
-   to [0, 1]), add the ``augur.*`` metadata_props, save;
-6. load the result with ``augur inspect-model`` (tract, exactly as the filter
-   does) and fail unless schema, features and version match.
+4. fit a model of the family ``--model`` picks: ``mlp`` (scikit-learn
+   MLPRegressor, ReLU hidden layers; the default), ``gbm`` (gradient-boosted
+   trees, one booster per output: LightGBM, or scikit-learn's
+   GradientBoostingRegressor with ``--gbm sklearn``), ``linear`` (ridge
+   regression), or ``auto`` (all three, the one with the lowest held-out error
+   wins); report held-out MAE against the noise-free truth (held-out *users*);
+5. export with the standard converters — skl2onnx, and onnxmltools for
+   LightGBM — (input ``x`` f32[N, 20]; the filter clamps the output to
+   [0, 1]), add the ``augur.*`` metadata_props, check the ONNX graph with
+   onnxruntime against the fitted model, save;
+6. load the result with ``augur inspect-model`` (exactly as the filter does:
+   it says which kernel runs it) and fail unless schema, features and version
+   match.
 
 Reusable pieces (e.g. for a retraining job fed with the ``x`` vectors of real
 decision records): :func:`train`, :func:`fit`, :func:`export`,
-:func:`augur_schema`, :func:`augur_encode`, :func:`inspect_model`.
+:func:`fit_family`, :func:`export_model`, :func:`pick_family`,
+:func:`ort_predict`, :func:`augur_schema`, :func:`augur_encode`,
+:func:`inspect_model`, :func:`augur_predict`.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_AUGUR = os.environ.get("AUGUR", str(REPO / "target" / "release" / "augur"))
 DEFAULT_HIDDEN = (32, 32)
 DEFAULT_OPSET = 17
+DEFAULT_ML_OPSET = 3
+FAMILIES = ("mlp", "gbm", "linear")
 
 
 class TrainError(RuntimeError):
@@ -87,8 +98,30 @@ def augur_encode(augur: str, config: str, requests: Iterable[Mapping[str, str]],
 
 
 def inspect_model(augur: str, path: str | os.PathLike) -> dict:
-    """``augur inspect-model``: loads the model with tract exactly as the filter does."""
+    """``augur inspect-model``: loads the model exactly as the filter does
+    (``engine`` says which kernel runs it and why)."""
     return json.loads(_run([augur, "inspect-model", str(path)]))
+
+
+def augur_predict(augur: str, path: str | os.PathLike, vectors: np.ndarray) -> np.ndarray:
+    """``augur predict``: the filter's raw model outputs (not clamped) on ``vectors``."""
+    lines = [json.dumps([float(v) for v in row]) for row in np.asarray(vectors, dtype=np.float32)]
+    out = _run([augur, "predict", str(path)], stdin="\n".join(lines) + "\n").splitlines()
+    if len(out) != len(lines):
+        raise TrainError(f"augur predict returned {len(out)} rows for {len(lines)} vectors")
+    return np.asarray([json.loads(r) for r in out], dtype=np.float32)
+
+
+def ort_predict(onnx_bytes: bytes, vectors: np.ndarray) -> np.ndarray:
+    """The model's raw output as onnxruntime computes it (the reference runtime);
+    a classifier's ``probabilities`` output if it has several."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in sess.get_outputs()]
+    name = outputs[0] if len(outputs) == 1 else "probabilities"
+    x = np.asarray(vectors, dtype=np.float32)
+    return np.asarray(sess.run([name], {sess.get_inputs()[0].name: x})[0], dtype=np.float32).reshape(len(x), -1)
 
 
 # --------------------------------------------------------------------------
@@ -209,6 +242,148 @@ def export(
     if bad_ops:
         raise TrainError(f"exported graph uses ops outside the simple set: {sorted(bad_ops)}")
     return model.SerializeToString()
+
+
+def fit_family(family: str, vectors: np.ndarray, targets: np.ndarray, seed: int, *, gbm: str = "lightgbm",
+               trees: int = 100, depth: int = 6, hidden: Sequence[int] = DEFAULT_HIDDEN):
+    """Fits one model family on (vectors → targets [N, 4F]).
+
+    ``mlp``: :func:`fit`. ``gbm``: one gradient-boosted regressor per output
+    (``trees`` boosting rounds of depth ≤ ``depth`` each), LightGBM or, with
+    ``gbm="sklearn"``, scikit-learn's GradientBoostingRegressor, wrapped in a
+    MultiOutputRegressor (both export to ONNX ``TreeEnsembleRegressor`` nodes).
+    ``linear``: ridge regression (exports to ``LinearRegressor``).
+    """
+    from sklearn.multioutput import MultiOutputRegressor
+
+    x = np.asarray(vectors, dtype=np.float32)
+    y = np.asarray(targets, dtype=np.float32)
+    if family == "mlp":
+        return fit(x, y, seed, hidden)
+    if family == "linear":
+        from sklearn.linear_model import Ridge
+
+        return Ridge(alpha=1e-3).fit(x, y)
+    if family != "gbm":
+        raise TrainError(f"unknown model family {family!r} (expected one of {', '.join(FAMILIES)})")
+    if gbm == "lightgbm":
+        import lightgbm as lgb
+
+        base = lgb.LGBMRegressor(n_estimators=trees, max_depth=depth, num_leaves=min(2 ** depth, 131072),
+                                 learning_rate=0.1, min_child_samples=10, subsample=1.0, random_state=seed,
+                                 verbose=-1, n_jobs=1)
+    elif gbm == "sklearn":
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        base = GradientBoostingRegressor(n_estimators=trees, max_depth=depth, learning_rate=0.1, random_state=seed)
+    else:
+        raise TrainError(f"unknown --gbm {gbm!r} (expected lightgbm or sklearn)")
+    return MultiOutputRegressor(base).fit(x, y)
+
+
+def family_of(model) -> str:
+    from sklearn.neural_network import MLPRegressor
+
+    if isinstance(model, MLPRegressor):
+        return "mlp"
+    return "linear" if hasattr(model, "coef_") else "gbm"
+
+
+def model_predict(model, vectors: np.ndarray) -> np.ndarray:
+    """Predictions of any fitted family as the filter sees them (clamped to [0, 1])."""
+    return np.clip(np.asarray(model.predict(np.asarray(vectors, dtype=np.float32)), dtype=np.float32), 0.0, 1.0)
+
+
+def _register_lightgbm():
+    import lightgbm as lgb
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
+
+    update_registered_converter(lgb.LGBMRegressor, "LightGbmLGBMRegressor",
+                                calculate_linear_regressor_output_shapes, convert_lightgbm)
+
+
+def add_metadata(model, features: Sequence[str], version: str, schema: str,
+                 extra_metadata: Mapping[str, str] | None = None) -> None:
+    meta = {
+        "augur.schema": schema,
+        "augur.features": ",".join(features),
+        "augur.version": version,
+        "augur.impacts": ",".join(IMPACTS),
+        **(extra_metadata or {}),
+    }
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=str(v))
+
+
+def export_model(model, features: Sequence[str], version: str, schema: str, opset: int = DEFAULT_OPSET,
+                 extra_metadata: Mapping[str, str] | None = None) -> bytes:
+    """Exports any fitted family to augur's ONNX contract.
+
+    An MLP goes through :func:`export`. A GBM or linear model is converted by
+    skl2onnx (LightGBM boosters by onnxmltools' converter) and kept exactly as
+    the converter wrote it — one ``TreeEnsembleRegressor`` (or a
+    ``LinearRegressor``), ``Reshape`` and ``Concat`` nodes — plus the
+    ``augur.*`` metadata.
+    """
+    import onnx
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    family = family_of(model)
+    if family == "mlp":
+        return export(model, features, version, schema, opset, extra_metadata)
+    features = list(features)
+    n_out = len(features) * len(IMPACTS)
+    got = len(model.estimators_) if hasattr(model, "estimators_") else np.atleast_2d(model.coef_).shape[0]
+    if got != n_out:
+        raise TrainError(f"model has {got} outputs, {len(features)} features need {n_out}")
+    if family == "gbm":
+        _register_lightgbm()
+    onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, model.n_features_in_]))],
+                          target_opset={"": opset, "ai.onnx.ml": DEFAULT_ML_OPSET})
+    add_metadata(onx, features, version, schema, extra_metadata)
+    onx.doc_string = f"augur impact model ({family}): see models/train.py"
+    onnx.checker.check_model(onx, full_check=True)
+    return onx.SerializeToString()
+
+
+def check_ort_matches(onnx_bytes: bytes, model, vectors: np.ndarray, atol: float = 1e-4) -> float:
+    """onnxruntime on the exported graph vs the fitted model (both clamped as the
+    filter clamps); returns the max difference, raises above ``atol``."""
+    x = np.asarray(vectors, dtype=np.float32)
+    got = np.clip(ort_predict(onnx_bytes, x), 0.0, 1.0)
+    d = np.abs(got - model_predict(model, x))
+    diff = float(np.max(d))
+    if family_of(model) == "gbm":
+        # The converters store split thresholds as float32 while LightGBM and
+        # scikit-learn compare in float64: an input between the two values takes
+        # the other branch. Allow a few such rows, never a systematic difference.
+        off = float(np.mean(d > atol))
+        if off > 0.005 or diff > 0.1:
+            raise TrainError(f"exported ONNX (gbm) disagrees with the fitted model on {100 * off:.2f}% of the "
+                             f"values (max {diff:.2e})")
+        return diff
+    if diff > atol:
+        raise TrainError(f"exported ONNX ({family_of(model)}) disagrees with the fitted model by {diff:.2e}")
+    return diff
+
+
+def pick_family(x_tr, y_tr, x_te, y_te, seed: int, families: Sequence[str] = FAMILIES, log=print, **kw):
+    """Fits every family on the training rows; returns (best model, its family,
+    {family: held-out MAE}) — the lowest mean absolute error on the held-out
+    rows (clamped predictions, as the filter sees them) wins."""
+    scores, models = {}, {}
+    for fam in families:
+        t0 = time.monotonic()
+        models[fam] = fit_family(fam, x_tr, y_tr, seed, **kw)
+        scores[fam] = float(np.abs(model_predict(models[fam], x_te) - y_te).mean())
+        log(f"  candidate {fam:<7} held-out MAE {scores[fam]:.4f} (fit {time.monotonic() - t0:.1f}s)")
+    best = min(scores, key=scores.get)
+    log(f"  picked {best}: lowest held-out MAE ({scores[best]:.4f})")
+    return models[best], best, scores
 
 
 def train(
@@ -346,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--hidden", default="32,32", help="hidden layer sizes, e.g. 32 or 32,32")
     ap.add_argument("--noise", type=float, default=0.02, help="gaussian noise sd added to targets")
     ap.add_argument("--holdout", type=float, default=0.2, help="share of users held out for evaluation")
+    ap.add_argument("--model", default="mlp", choices=(*FAMILIES, "auto"),
+                    help="model family; auto = fit all and keep the lowest held-out error")
+    ap.add_argument("--gbm", default="lightgbm", choices=("lightgbm", "sklearn"), help="gbm implementation")
+    ap.add_argument("--trees", type=int, default=100, help="gbm: boosting rounds per output")
+    ap.add_argument("--depth", type=int, default=6, help="gbm: maximum tree depth")
     args = ap.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(",") if h)
     t0 = time.monotonic()
@@ -365,19 +545,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     x_te, t_te = x[held], truth[held]
 
     t1 = time.monotonic()
-    mlp = fit(x_tr, y_tr, args.seed, hidden)
+    kw = {"gbm": args.gbm, "trees": args.trees, "depth": args.depth, "hidden": hidden}
+    if args.model == "auto":
+        model, family, _ = pick_family(x_tr, y_tr, x_te, t_te, args.seed, **kw)
+    else:
+        model, family = fit_family(args.model, x_tr, y_tr, args.seed, **kw), args.model
     t_fit = time.monotonic() - t1
-    p_te = predict(mlp, x_te)
+    p_te = model_predict(model, x_te)
     table = mae_table(p_te, t_te, features)
 
-    onnx_bytes = export(
-        mlp,
-        features,
-        args.version,
-        schema["schema"],
-        extra_metadata={"augur.trainer": f"models/train.py seed={args.seed} rows={args.rows} hidden={args.hidden}"},
-    )
-    diff = check_onnx_matches(onnx_bytes, mlp, x_te[:2000])
+    trainer = f"models/train.py seed={args.seed} rows={args.rows} model={family}"
+    if family == "mlp":
+        trainer += f" hidden={args.hidden}"
+    elif family == "gbm":
+        trainer += f" gbm={args.gbm} trees={args.trees} depth={args.depth}"
+    onnx_bytes = export_model(model, features, args.version, schema["schema"],
+                              extra_metadata={"augur.trainer": trainer})
+    diff = check_ort_matches(onnx_bytes, model, x_te[:2000])
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -398,13 +582,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  data: {len(reqs)} requests ({held.sum()} held out, by user), encoded by {args.augur} "
         f"in {t_enc:.1f}s; target noise sd {args.noise}"
     )
-    print(
-        f"  mlp: hidden {hidden}, {mlp.n_iter_} epochs (early stopping) in {t_fit:.1f}s, "
-        f"{sum(c.size for c in mlp.coefs_) + sum(b.size for b in mlp.intercepts_)} parameters"
-    )
+    if family == "mlp":
+        print(f"  mlp: hidden {hidden}, {model.n_iter_} epochs (early stopping) in {t_fit:.1f}s, "
+              f"{sum(c.size for c in model.coefs_) + sum(b.size for b in model.intercepts_)} parameters")
+    else:
+        print(f"  {family}: fitted in {t_fit:.1f}s")
     print_mae(table, features)
     print_planted(p_te, t_te, [r for r, h in zip(reqs, held) if h], features)
-    print(f"  onnx vs scikit-learn max |diff| {diff:.1e}")
+    print(f"  onnx (onnxruntime) vs the fitted model max |diff| {diff:.1e}")
     print(
         f"  wrote {out} ({len(onnx_bytes)} bytes, sha256 {hashlib.sha256(onnx_bytes).hexdigest()[:16]}), "
         f"loaded by augur: {json.dumps(info)}"

@@ -27,9 +27,12 @@ use tract_onnx::prelude::*;
 use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
 
 pub mod dense;
+pub mod graph;
 pub mod onnx_ops;
+pub mod trees;
 
 use dense::{Dense, Scratch};
+use graph::Program;
 
 /// Impact categories per feature, in output order.
 pub const IMPACTS: usize = 4;
@@ -92,6 +95,10 @@ pub enum ModelError {
     Shape(String),
     /// A run failed or produced non-finite values.
     Run(String),
+    /// A size limit is exceeded; the message names the limit.
+    Limit(String),
+    /// The lowered kernel disagreed with the reference evaluation at load.
+    Verify(String),
 }
 
 impl fmt::Display for ModelError {
@@ -101,6 +108,8 @@ impl fmt::Display for ModelError {
             ModelError::Metadata(m) => write!(f, "metadata: {m}"),
             ModelError::Shape(m) => write!(f, "shape: {m}"),
             ModelError::Run(m) => write!(f, "inference failed: {m}"),
+            ModelError::Limit(m) => write!(f, "over a limit: {m}"),
+            ModelError::Verify(m) => write!(f, "kernel check failed: {m}"),
         }
     }
 }
@@ -124,11 +133,22 @@ pub const PROBES: usize = 64;
 /// (outputs are impacts in `[0, 1]`; summation order differs, so not exact).
 const PROBE_TOLERANCE: f32 = 1e-4;
 
+/// Largest ONNX model the filter loads (bytes, after base64 decoding).
+pub const MAX_MODEL_BYTES: usize = 32 << 20;
+
+/// What runs a model per request.
+#[derive(Clone)]
+enum Kernel {
+    /// tract's plan, or the dense kernel lowered from it.
+    Tract { plan: Arc<TypedSimplePlan>, dense: Option<Arc<Dense>> },
+    /// augur's ONNX-ML program: tree ensembles, linear models (no tract).
+    Graph(Arc<Program>),
+}
+
 /// A loaded, optimised model. Cheap to share (`Arc` inside).
 #[derive(Clone)]
 pub struct Model {
-    plan: Arc<TypedSimplePlan>,
-    dense: Option<Arc<Dense>>,
+    kernel: Kernel,
     engine: String,
     features: Vec<String>,
     version: String,
@@ -209,10 +229,104 @@ fn verified_dense(
     Ok((net, worst))
 }
 
-fn metadata(model: &InferenceModel, key: &str) -> Option<String> {
-    let t = model.properties.get(&format!("onnx.metadata_props.{key}"))?;
-    let plain = t.try_as_plain_ram().ok()?;
-    plain.to_scalar::<String>().ok().cloned()
+fn metadata(proto: &tract_onnx::pb::ModelProto, key: &str) -> Option<String> {
+    proto.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.clone())
+}
+
+/// The graph output the model contract reads: the only one, or a classifier's
+/// `probabilities` (its `label` output is not used).
+fn chosen_output(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelError> {
+    match graph.output.as_slice() {
+        [one] => Ok(one.name.clone()),
+        many => many.iter().find(|o| o.name == "probabilities").map(|o| o.name.clone()).ok_or_else(|| {
+            ModelError::Shape(format!(
+                "expected 1 output (or a classifier's \"probabilities\"), found {}: {}",
+                many.len(),
+                many.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        }),
+    }
+}
+
+/// Keeps only the nodes `output` depends on, and only that output (a
+/// classifier's label branch — ArgMax, ZipMap, Binarizer, ... — goes).
+fn prune(graph: &mut tract_onnx::pb::GraphProto, output: &str) {
+    let mut needed: std::collections::HashSet<String> = [output.to_string()].into();
+    let mut keep = vec![false; graph.node.len()];
+    for (i, node) in graph.node.iter().enumerate().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(node.input.iter().filter(|n| !n.is_empty()).cloned());
+        }
+    }
+    let mut k = keep.iter();
+    graph.node.retain(|_| k.next().copied().unwrap_or(false));
+    graph.output.retain(|o| o.name == output);
+}
+
+/// The one graph input that is not an initializer; checked to accept
+/// `f32[1, INPUT_DIM]` (a fixed or dynamic batch, `INPUT_DIM` columns).
+fn graph_input(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelError> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    use tract_onnx::pb::type_proto::Value as Type;
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<_> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
+    let [input] = inputs.as_slice() else {
+        return Err(ModelError::Shape(format!("expected 1 input, found {}", inputs.len())));
+    };
+    if let Some(Type::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        if t.elem_type != 1 {
+            return Err(ModelError::Shape(format!(
+                "input \"{}\" has ONNX element type {}; it must be float (f32[N,{INPUT_DIM}])",
+                input.name, t.elem_type
+            )));
+        }
+        let dims: Vec<Option<i64>> = t
+            .shape
+            .iter()
+            .flat_map(|s| s.dim.iter())
+            .map(|d| match d.value {
+                Some(Dim::DimValue(v)) => Some(v),
+                _ => None,
+            })
+            .collect();
+        let ok = match dims.as_slice() {
+            [] => true,
+            [b, c] => matches!(b, None | Some(1)) && (c.is_none() || *c == Some(INPUT_DIM as i64)),
+            _ => false,
+        };
+        if !ok {
+            return Err(ModelError::Shape(format!(
+                "input \"{}\" has shape {dims:?}; it must accept f32[1,{INPUT_DIM}] (e.g. [N,{INPUT_DIM}])",
+                input.name
+            )));
+        }
+    }
+    Ok(input.name.clone())
+}
+
+/// Agreement of a lowered program with its reference evaluation on every probe.
+fn verified_program(program: &Program, outputs: usize) -> Result<f32, ModelError> {
+    if program.input_dim() != INPUT_DIM || program.output_dim() != outputs {
+        return Err(ModelError::Shape(format!("{} ({outputs} outputs expected)", program.describe())));
+    }
+    let mut scratch = program.scratch();
+    let mut worst = 0.0f32;
+    for i in 0..PROBES {
+        let x = probe(i);
+        let want = program.reference(&x);
+        let got = program.run(&x, &mut scratch);
+        for (g, w) in got.iter().zip(&want) {
+            let d = (g - w).abs();
+            if !w.is_finite() || !g.is_finite() || d > PROBE_TOLERANCE * w.abs().max(1.0) {
+                return Err(ModelError::Verify(format!(
+                    "the kernel gives {g} where the reference evaluation gives {w} on probe {i}"
+                )));
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok(worst)
 }
 
 impl Model {
@@ -223,13 +337,18 @@ impl Model {
 
     /// Parses, checks and optimises an ONNX model. Done once per configuration.
     pub fn from_onnx_with(bytes: &[u8], choice: EngineChoice) -> Result<Model, ModelError> {
+        if bytes.len() > MAX_MODEL_BYTES {
+            return Err(ModelError::Limit(format!(
+                "the model is {} bytes, over the limit of {MAX_MODEL_BYTES} (limit max_model_bytes); use fewer or \
+                 shallower trees or a smaller network",
+                bytes.len()
+            )));
+        }
         let parse = |e: TractError| ModelError::Parse(format!("{e:#}"));
         let onnx = onnx_ops::framework();
-        let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
-        onnx_ops::check_supported(&onnx, &proto).map_err(ModelError::Parse)?;
-        let model = onnx.model_for_proto_model(&proto).map_err(parse)?;
+        let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
 
-        let schema = metadata(&model, "augur.schema").ok_or_else(|| {
+        let schema = metadata(&proto, "augur.schema").ok_or_else(|| {
             ModelError::Metadata("missing augur.schema; train the model with models/train.py".into())
         })?;
         if schema != SCHEMA_ID {
@@ -237,7 +356,7 @@ impl Model {
                 "augur.schema is \"{schema}\" but this filter encodes \"{SCHEMA_ID}\"; retrain the model"
             )));
         }
-        let features: Vec<String> = metadata(&model, "augur.features")
+        let features: Vec<String> = metadata(&proto, "augur.features")
             .ok_or_else(|| ModelError::Metadata("missing augur.features".into()))?
             .split(',')
             .map(|s| s.trim().to_string())
@@ -246,8 +365,37 @@ impl Model {
         if features.is_empty() {
             return Err(ModelError::Metadata("augur.features lists no feature".into()));
         }
-        let version = metadata(&model, "augur.version").unwrap_or_else(|| "unversioned".into());
+        let version = metadata(&proto, "augur.version").unwrap_or_else(|| "unversioned".into());
+        let want = features.len() * IMPACTS;
 
+        let graph = proto.graph.as_mut().ok_or_else(|| ModelError::Parse("no graph".into()))?;
+        let output = chosen_output(graph)?;
+        prune(graph, &output);
+        let input = graph_input(graph)?;
+        let ml: Vec<&str> =
+            graph.node.iter().map(|n| n.op_type.as_str()).filter(|op| graph::ML_OPS.contains(op)).collect();
+        if let Some(op) = ml.first() {
+            if choice == EngineChoice::Tract {
+                return Err(ModelError::Parse(format!(
+                    "model.engine \"tract\" cannot run {op} (the filter's tract has no ai.onnx.ml operators); \
+                     set model.engine to \"auto\""
+                )));
+            }
+            let (program, _) = graph::lower(graph, &input, &output, INPUT_DIM).map_err(|e| match e {
+                graph::GraphError::Limit(m) => ModelError::Limit(m),
+                graph::GraphError::Unsupported(m) => ModelError::Parse(m),
+            })?;
+            let worst = verified_program(&program, want)?;
+            let engine = format!(
+                "{} {} (max diff vs reference {worst:.1e})",
+                if ml.iter().any(|op| op.starts_with("Tree")) { "trees" } else { "linear" },
+                program.describe()
+            );
+            return Ok(Model { kernel: Kernel::Graph(Arc::new(program)), engine, features, version });
+        }
+
+        onnx_ops::check_supported(&onnx, &proto).map_err(ModelError::Parse)?;
+        let model = onnx.model_for_proto_model(&proto).map_err(parse)?;
         if model.inputs.len() != 1 || model.outputs.len() != 1 {
             return Err(ModelError::Shape(format!(
                 "expected 1 input and 1 output, found {} and {}",
@@ -262,7 +410,6 @@ impl Model {
             .into_optimized()
             .map_err(|e| ModelError::Shape(format!("input must accept f32[1,{INPUT_DIM}]: {e:#}")))?;
         let out = typed.output_fact(0).map_err(parse)?;
-        let want = features.len() * IMPACTS;
         let got: Option<usize> = out.shape.as_concrete().map(|s| s.iter().product());
         if got != Some(want) {
             return Err(ModelError::Shape(format!(
@@ -282,7 +429,7 @@ impl Model {
                 Err(why) => (None, format!("tract ({why})")),
             },
         };
-        Ok(Model { plan, dense, engine, features, version })
+        Ok(Model { kernel: Kernel::Tract { plan, dense }, engine, features, version })
     }
 
     /// Which engine runs this model, and why (for logs and the CLI).
@@ -303,9 +450,14 @@ impl Model {
     /// A run state for one worker. Keep it: a tract state created per request
     /// costs ~20% more.
     pub fn session(&self) -> Result<Session, ModelError> {
-        let runner = match &self.dense {
-            Some(net) => Runner::Dense { scratch: net.scratch(), net: Arc::clone(net) },
-            None => Runner::Tract(self.plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?),
+        let runner = match &self.kernel {
+            Kernel::Tract { dense: Some(net), .. } => {
+                Runner::Dense { scratch: net.scratch(), net: Arc::clone(net) }
+            }
+            Kernel::Tract { plan, dense: None } => {
+                Runner::Tract(plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?)
+            }
+            Kernel::Graph(p) => Runner::Graph { scratch: p.scratch(), program: Arc::clone(p) },
         };
         Ok(Session { runner, features: self.features.len() })
     }
@@ -313,6 +465,7 @@ impl Model {
 
 enum Runner {
     Dense { net: Arc<Dense>, scratch: Scratch },
+    Graph { program: Arc<Program>, scratch: graph::Scratch },
     Tract(TypedSimpleState),
 }
 
@@ -329,7 +482,25 @@ impl Session {
         match &mut self.runner {
             Runner::Dense { net, scratch } => impacts(net.run(x, scratch), self.features, out),
             Runner::Tract(state) => run_plan(state, x, |v| impacts(v, self.features, out)),
+            Runner::Graph { program, scratch } => impacts(program.run(x, scratch), self.features, out),
         }
+    }
+}
+
+impl Session {
+    /// The model's raw output on `x` (`4 × features` values, not clamped), into
+    /// `out`: what `augur predict` prints, to compare with other runtimes.
+    pub fn predict_raw(&mut self, x: &Vector, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        out.clear();
+        match &mut self.runner {
+            Runner::Dense { net, scratch } => out.extend_from_slice(net.run(x, scratch)),
+            Runner::Tract(state) => run_plan(state, x, |v| {
+                out.extend_from_slice(v);
+                Ok(())
+            })?,
+            Runner::Graph { program, scratch } => out.extend_from_slice(program.run(x, scratch)),
+        }
+        Ok(())
     }
 }
 
@@ -532,6 +703,108 @@ mod tests {
                 )
             }
             other => panic!("expected a Parse error, got {other:?}"),
+        }
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    /// Real models of every supported family, exported by the standard
+    /// converters (integration/fixtures.py), and the kernel that must run each.
+    const ML_FIXTURES: [(&str, &str); 9] = [
+        (
+            "ml_lgbm",
+            "trees 20 inputs → 20× TreeEnsembleRegressor[1 target, sum] → concat → 20 outputs; 160 trees",
+        ),
+        ("ml_skl_gbm", "trees "),
+        ("ml_forest", "trees "),
+        ("ml_forest_classifier", "trees "),
+        ("ml_tree_ensemble_v5", "trees 20 inputs → 20× TreeEnsemble[1 target, sum] → 20× add → concat"),
+        ("ml_linear", "linear 20 inputs → LinearRegressor[20→20]"),
+        ("ml_logreg", "linear 20 inputs → LinearClassifier[20→4, softmax]"),
+        ("ml_mlp_skl", "dense 20→16(relu)→20(linear)"),
+        ("ml_mlp_classifier", "dense 20→16(relu)→20(sigmoid)"),
+    ];
+
+    #[test]
+    fn standard_converter_exports_run_on_augurs_kernels_and_agree_with_onnxruntime() {
+        let expected: serde_json::Value = serde_json::from_slice(&fixture("ml_expected.json")).unwrap();
+        for (name, kernel) in ML_FIXTURES {
+            let m = Model::from_onnx(&fixture(&format!("{name}.onnx")))
+                .unwrap_or_else(|e| panic!("{name} refused: {e}"));
+            assert!(m.engine().starts_with(kernel), "{name}: {}", m.engine());
+            let case = &expected[name];
+            let xs = case["x"].as_array().unwrap();
+            let ys = case["y"].as_array().unwrap();
+            assert!(xs.len() >= 40 && xs.len() == ys.len(), "{name}");
+            let mut s = m.session().unwrap();
+            let mut out = Vec::new();
+            let mut worst = 0.0f32;
+            for (x, y) in xs.iter().zip(ys) {
+                let x: Vec<f32> = serde_json::from_value(x.clone()).unwrap();
+                let y: Vec<f32> = serde_json::from_value(y.clone()).unwrap();
+                s.predict_raw(&x.as_slice().try_into().unwrap(), &mut out).unwrap();
+                assert_eq!(out.len(), y.len(), "{name}");
+                for (a, b) in out.iter().zip(&y) {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            assert!(worst <= 1e-4, "{name}: differs from onnxruntime by {worst}");
+        }
+    }
+
+    #[test]
+    fn tree_models_cannot_be_forced_onto_tract() {
+        match Model::from_onnx_with(&fixture("ml_lgbm.onnx"), EngineChoice::Tract) {
+            Err(ModelError::Parse(m)) => {
+                assert!(m.contains("cannot run TreeEnsembleRegressor") && m.contains("\"auto\""), "{m}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_models_are_refused_naming_the_limit() {
+        let big = vec![0u8; MAX_MODEL_BYTES + 1];
+        match Model::from_onnx(&big) {
+            Err(ModelError::Limit(m)) => assert!(m.contains("max_model_bytes"), "{m}"),
+            other => panic!("expected the byte limit, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn corrupted_tree_models_are_refused_or_run_never_panic() {
+        // Flip bytes all over a real LightGBM export: every outcome is a load
+        // error or a model that runs (verified against its reference), no panic.
+        let good = fixture("ml_lgbm.onnx");
+        let mut loaded = 0;
+        for i in 0..120usize {
+            let mut bytes = good.clone();
+            let at = (i * 7919 + 13) % bytes.len();
+            bytes[at] ^= 1 << (i % 8);
+            if let Ok(m) = Model::from_onnx(&bytes) {
+                loaded += 1;
+                let mut s = m.session().unwrap();
+                let mut out = Vec::new();
+                let _ = s.predict(&probe(PROBES + i), &mut out);
+            }
+        }
+        assert!(loaded > 0, "some flips (in weights) must still load");
+    }
+
+    #[test]
+    fn shipped_benchmark_models_of_every_kind_load_on_their_kernel() {
+        for (file, kernel) in [
+            ("gbm_t100_d6", "trees "),
+            ("gbm_t500_d8", "trees "),
+            ("linear", "linear "),
+            ("mlp_skl", "dense 20→32(relu)→32(relu)→20(linear)"),
+        ] {
+            let bytes =
+                std::fs::read(format!("{}/benches/models/{file}.onnx", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            let m = Model::from_onnx(&bytes).unwrap();
+            assert!(m.engine().starts_with(kernel), "{file}: {}", m.engine());
         }
     }
 }

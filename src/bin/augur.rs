@@ -9,7 +9,8 @@
 //!                                       compile a plugin configuration; exit 1 with the error;
 //!                                       with --envoy, also check Envoy's route table matches
 //!                                       the stack header the configuration writes
-//! augur inspect-model M.onnx            the model's metadata and shapes
+//! augur inspect-model M.onnx            the model's metadata, and which kernel runs it and why
+//! augur predict M.onnx                  JSONL input vectors on stdin → JSONL raw model outputs
 //! augur stat                            JSONL queries of the rollback statistic on stdin → JSONL
 //! ```
 //!
@@ -24,11 +25,11 @@ use std::process::ExitCode;
 use augur::config::{compile, compile_profile_only, Config};
 use augur::engine::{decide, Decision, Worker};
 use augur::model::Model;
-use augur::profile::{encode, Profile, INPUT_DIM, SCHEMA_ID, SLOTS};
+use augur::profile::{encode, Profile, Vector, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | stat"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | predict M.onnx | stat"
     );
     ExitCode::from(2)
 }
@@ -53,9 +54,8 @@ fn headers_of(line: &str) -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
-fn for_each_line(
-    mut f: impl FnMut(&[(String, String)], &mut dyn Write) -> Result<(), String>,
-) -> Result<(), String> {
+/// Runs `f` on every non-empty stdin line, writing to buffered stdout.
+fn each_line(mut f: impl FnMut(&str, &mut dyn Write) -> Result<(), String>) -> Result<(), String> {
     let stdin = io::stdin();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -64,9 +64,16 @@ fn for_each_line(
         if line.trim().is_empty() {
             continue;
         }
-        f(&headers_of(&line)?, &mut out)?;
+        f(&line, &mut out)?;
     }
     out.flush().map_err(|e| e.to_string())
+}
+
+/// [`each_line`] over JSON objects of headers.
+fn for_each_line(
+    mut f: impl FnMut(&[(String, String)], &mut dyn Write) -> Result<(), String>,
+) -> Result<(), String> {
+    each_line(|line, out| f(&headers_of(line)?, out))
 }
 
 fn run(args: &[String]) -> Result<(), String> {
@@ -130,20 +137,25 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{v}");
             Ok(())
         }
-        (Some("stat"), None, _) => {
-            let stdin = io::stdin();
-            let mut out = io::BufWriter::new(io::stdout().lock());
-            for line in stdin.lock().lines() {
-                let line = line.map_err(|e| e.to_string())?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let q: serde_json::Value =
-                    serde_json::from_str(&line).map_err(|e| format!("bad stat query: {e}"))?;
-                writeln!(out, "{}", stat(&q)?).map_err(|e| e.to_string())?;
-            }
-            out.flush().map_err(|e| e.to_string())
+        (Some("predict"), Some(path), None) => {
+            let m = Model::from_onnx(&read(path)?).map_err(|e| e.to_string())?;
+            let mut s = m.session().map_err(|e| e.to_string())?;
+            let mut raw = Vec::new();
+            each_line(|line, out| {
+                let v: Vec<f32> = serde_json::from_str(line).map_err(|e| format!("bad input vector: {e}"))?;
+                let x: Vector = v.as_slice().try_into().map_err(|_| {
+                    format!("input vectors must have {INPUT_DIM} numbers, this one has {}", v.len())
+                })?;
+                s.predict_raw(&x, &mut raw).map_err(|e| e.to_string())?;
+                writeln!(out, "{}", serde_json::to_string(&raw).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())
+            })
         }
+        (Some("stat"), None, _) => each_line(|line, out| {
+            let q: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("bad stat query: {e}"))?;
+            writeln!(out, "{}", stat(&q)?).map_err(|e| e.to_string())
+        }),
         _ => Err(String::new()),
     }
 }

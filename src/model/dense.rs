@@ -63,7 +63,14 @@ impl Dense {
     /// Builds a network from layers; `None` unless the widths chain up and every
     /// weight is finite (a non-finite weight would make skipping zero inputs
     /// inexact: `0 × inf` is NaN).
-    pub fn new(layers: Vec<Layer>) -> Option<Dense> {
+    pub fn new(mut layers: Vec<Layer>) -> Option<Dense> {
+        // Subnormal weights (|w| < 1.2e-38, left by weight decay) make every
+        // multiply-add on them take a slow path on x86 and in V8; their
+        // contribution is far below the probe tolerance, so they become 0.
+        for l in &mut layers {
+            flush_subnormals(&mut l.weights);
+            flush_subnormals(&mut l.bias);
+        }
         let first = layers.first()?;
         let mut prev = first.inputs;
         for l in &layers {
@@ -121,6 +128,11 @@ impl Dense {
     }
 }
 
+/// Sets every subnormal value to 0.
+pub(crate) fn flush_subnormals(v: &mut [f32]) {
+    v.iter_mut().filter(|w| w.is_subnormal()).for_each(|w| *w = 0.0);
+}
+
 /// Reusable buffers of one worker.
 #[derive(Debug, Clone, Default)]
 pub struct Scratch {
@@ -128,7 +140,7 @@ pub struct Scratch {
     b: Vec<f32>,
 }
 
-fn forward(l: &Layer, x: &[f32], y: &mut [f32]) {
+pub(crate) fn forward(l: &Layer, x: &[f32], y: &mut [f32]) {
     y.copy_from_slice(&l.bias);
     for (xi, row) in x.iter().zip(l.weights.chunks_exact(l.outputs)) {
         // Profiles are mostly one-hot slots and ReLU zeros: skip them.
@@ -176,6 +188,27 @@ fn axpy(a: f32, row: &[f32], y: &mut [f32]) {
 /// Why a graph was not lowered (it then runs on tract's plan).
 pub type NotDense = String;
 
+/// One `MatMul(h, W)` or `Gemm(h, W, C)` node with constant weights as a layer
+/// reading `width` inputs (also used by the ONNX-ML graph kernel).
+pub(crate) fn lower_layer(node: &NodeProto, consts: &Constants, width: usize) -> Result<Layer, NotDense> {
+    if node.op_type == "Gemm" {
+        return gemm(node, consts, width);
+    }
+    let w = node.input.get(1).ok_or("MatMul without a weight")?;
+    let w = consts.get(w)?;
+    let (rows, cols) = matrix(&w)?;
+    if rows != width {
+        return Err(format!("MatMul weight {rows}×{cols} after width {width}"));
+    }
+    Ok(Layer {
+        inputs: rows,
+        outputs: cols,
+        weights: w.values,
+        bias: vec![0.0; cols],
+        activation: Activation::Identity,
+    })
+}
+
 /// Lowers `proto` to a [`Dense`] network, or says why it cannot.
 pub fn lower(proto: &ModelProto, input_dim: usize) -> Result<Dense, NotDense> {
     let graph = proto.graph.as_ref().ok_or("no graph")?;
@@ -189,6 +222,8 @@ pub fn lower(proto: &ModelProto, input_dim: usize) -> Result<Dense, NotDense> {
     let mut layers: Vec<Layer> = Vec::new();
     // The last layer still accepts a bias or an activation.
     let mut open = false;
+    // After a trailing Reshape/Flatten only Identity and Cast may follow.
+    let mut trailing = false;
     for node in &graph.node {
         let op = node.op_type.as_str();
         if op == "Constant" {
@@ -207,26 +242,18 @@ pub fn lower(proto: &ModelProto, input_dim: usize) -> Result<Dense, NotDense> {
                 }
             }
             ("Identity", None) => {}
-            ("MatMul", Some(w)) if data == 0 => {
-                let w = consts.get(w)?;
-                let (rows, cols) = matrix(&w)?;
-                if rows != width {
-                    return Err(format!("MatMul weight {rows}×{cols} after width {width}"));
-                }
-                layers.push(Layer {
-                    inputs: rows,
-                    outputs: cols,
-                    weights: w.values,
-                    bias: vec![0.0; cols],
-                    activation: Activation::Identity,
-                });
-                width = cols;
-                open = true;
-            }
-            ("Gemm", _) if data == 0 => {
-                layers.push(gemm(node, &consts, width)?);
+            _ if trailing => return Err(format!("operator {op} after a Reshape/Flatten")),
+            ("MatMul", Some(_)) | ("Gemm", _) if data == 0 => {
+                layers.push(lower_layer(node, &consts, width)?);
                 width = layers.last().map_or(width, |l| l.outputs);
                 open = true;
+            }
+            // skl2onnx ends MLPRegressor with Reshape(y, [-1, 1]) and torch
+            // exports may Flatten: on one row the values are the same, in the
+            // same order. Only at the end of the chain (tract's plan, which the
+            // kernel is checked against, applies the real op).
+            ("Reshape", Some(_)) | ("Flatten", None) if !layers.is_empty() => {
+                trailing = true;
             }
             ("Add", Some(b)) if open => {
                 let b = consts.get(b)?;
@@ -350,28 +377,28 @@ fn attr_f32(node: &NodeProto, name: &str) -> Result<Option<f32>, NotDense> {
 
 /// A constant tensor as `f32`.
 #[derive(Debug, Clone)]
-struct Const {
-    shape: Vec<usize>,
-    values: Vec<f32>,
+pub(crate) struct Const {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) values: Vec<f32>,
 }
 
 /// Initializers and `Constant` node outputs, by name.
-struct Constants<'g> {
+pub(crate) struct Constants<'g> {
     initializers: HashMap<&'g str, &'g TensorProto>,
     nodes: HashMap<String, Const>,
 }
 
 impl<'g> Constants<'g> {
-    fn new(graph: &'g GraphProto) -> Self {
+    pub(crate) fn new(graph: &'g GraphProto) -> Self {
         let initializers = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         Constants { initializers, nodes: HashMap::new() }
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.initializers.contains_key(name) || self.nodes.contains_key(name)
     }
 
-    fn define(&mut self, node: &NodeProto) -> Result<(), NotDense> {
+    pub(crate) fn define(&mut self, node: &NodeProto) -> Result<(), NotDense> {
         let [out] = node.output.as_slice() else {
             return Err("Constant node without one output".into());
         };
@@ -386,7 +413,7 @@ impl<'g> Constants<'g> {
         Ok(())
     }
 
-    fn get(&self, name: &str) -> Result<Const, NotDense> {
+    pub(crate) fn get(&self, name: &str) -> Result<Const, NotDense> {
         if let Some(c) = self.nodes.get(name) {
             return Ok(c.clone());
         }
@@ -395,7 +422,7 @@ impl<'g> Constants<'g> {
     }
 }
 
-fn to_const(t: &TensorProto) -> Result<Const, NotDense> {
+pub(crate) fn to_const(t: &TensorProto) -> Result<Const, NotDense> {
     let tensor = tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::MmapDataResolver, t, None)
         .map_err(|e| format!("constant \"{}\": {e}", t.name))?;
     let tensor = tensor.cast_to::<f32>().map_err(|e| format!("constant \"{}\": {e}", t.name))?;
