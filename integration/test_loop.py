@@ -296,6 +296,15 @@ def ab_traffic(n):
     return reqs
 
 
+def send_ab(env, reqs):
+    c = Client(env["ports"]["ab"])
+    try:
+        for h in reqs:
+            c.request(h)
+    finally:
+        c.close()
+
+
 def independent_counts(recs, feature, holdout):
     """The A/B arms counted straight from the log lines, without models/report.py:
     holdout users (reason holdout) against the other users with a user id who
@@ -323,12 +332,7 @@ def independent_counts(recs, feature, holdout):
 
 def test_ab_report_matches_the_records_it_read(env, tmp_path):
     reqs = ab_traffic(1200)
-    c = Client(env["ports"]["ab"])
-    try:
-        for h in reqs:
-            c.request(h)
-    finally:
-        c.close()
+    send_ab(env, reqs)
     recs = harness.wait_for_records(env["logs"]["ab"], len(reqs))
     config = tmp_path / "ab.json"
     config.write_text(json.dumps(AB_PLUGIN))
@@ -409,12 +413,7 @@ def test_the_record_marks_what_report_counts(env):
     reqs = ab_traffic(300)
     for h in reqs:
         h["x-request-id"] = "marks-" + h["x-request-id"]
-    c = Client(env["ports"]["ab"])
-    try:
-        for h in reqs:
-            c.request(h)
-    finally:
-        c.close()
+    send_ab(env, reqs)
     ids = {h["x-request-id"] for h in reqs}
     harness.wait_until(lambda: ids <= {r["decision"].get("request_id") for r in harness.read_records(env["logs"]["ab"])
                                        if isinstance(r.get("decision"), dict)}, 15, "records")

@@ -86,6 +86,12 @@ def tablet_requests_across(env, plugin, version, tag, after_s=1.5):
         assert accepted_at is not None, "push not accepted: " + env["envoy"].log()[-2000:]
     finally:
         c.close()
+    return decisions(env, ids)
+
+
+def decisions(env, ids):
+    """The decision records of requests `ids` (their x-request-id), in order,
+    once the access log holds them all."""
     recs = {}
 
     def got():
@@ -170,15 +176,7 @@ def test_a_new_rollback_epoch_starts_clean(env):
             ids.append(f"epoch-{len(ids)}")
     finally:
         c.close()
-    recs = {}
-
-    def got():
-        recs.update({r["decision"].get("request_id"): r["decision"] for r in harness.read_records(env["log"])
-                     if isinstance(r.get("decision"), dict)})
-        return all(i in recs for i in ids)
-
-    harness.wait_until(got, 15, "epoch records")
-    fresh = [recs[i] for i in ids if recs[i]["model"] == "guard-v4"]
+    fresh = [d for d in decisions(env, ids) if d["model"] == "guard-v4"]
     assert fresh and all(checkout(d)["on"] for d in fresh), [checkout(d) for d in fresh][:5]
 
 
