@@ -301,7 +301,7 @@ mod tests {
             let req: Vec<(String, String)> = vec![("x-user-id".into(), format!("u{u}"))];
             decide(&c, &mut w, &req, &mut d);
             let mut s = String::new();
-            write(&c, &d, "r", &mut s);
+            write(&c, &d, Some("r"), &mut s);
             let v: serde_json::Value = serde_json::from_str(&s).unwrap();
             assert_eq!(v["features"]["a"]["randomised"], true, "holdout users and the rest alike");
             assert!(v["features"]["b"].get("randomised").is_none());
