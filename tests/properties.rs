@@ -302,7 +302,7 @@ proptest! {
             let record: serde_json::Value =
                 serde_json::from_str(host.record.as_deref().unwrap_or("")).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(stack, 1, "exactly one stack header: {:?}", control);
-            prop_assert!(control.iter().all(|k| ["x-augur-stack", "x-augur-features", "x-augur-decision"].contains(k)), "{:?}", control);
+            prop_assert!(control.iter().all(|k| ["x-augur-stack", "x-augur-features", "x-augur-decision", "x-augur-flags"].contains(k)), "{:?}", control);
             prop_assert_eq!(record["x"].as_array().map(Vec::len), Some(20));
             host.response = vec![(":status".into(), status.as_bytes().to_vec()), ("x-augur-x".into(), b"1".to_vec()), ("x_augur_y".into(), b"1".to_vec())];
             rt.on_response_headers(&st, &mut host, &mut NullSink);
