@@ -87,8 +87,8 @@ def decide_through_envoy(env, version, n=60):
     want = {h["x-request-id"] for h in reqs}
 
     def got():
-        return {r["decision"]["id"]: r["decision"] for r in harness.read_records(env["log"])
-                if isinstance(r.get("decision"), dict) and r["decision"]["id"] in want}
+        return {r["decision"].get("request_id"): r["decision"] for r in harness.read_records(env["log"])
+                if isinstance(r.get("decision"), dict) and r["decision"].get("request_id") in want}
 
     harness.wait_until(lambda: want <= got().keys(), 15, f"{n} records")
     return list(got().values())

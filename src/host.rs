@@ -190,6 +190,9 @@ impl Runtime {
         let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
         self.metrics.on_decision(d, spoofed, keyed, sink);
         let enabled = d.enabled_mask();
+        if self.config.rollback.enabled && d.explored != 0 {
+            self.pending.record_draws(d.explored, d.drawn_off);
+        }
         StreamState {
             stack: Some(d.stack),
             started_nanos,

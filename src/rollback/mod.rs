@@ -216,7 +216,7 @@ impl Default for Policy {
 pub struct Arms {
     /// Per cell (singles, then pairs) × arm (0 = on, 1 = off).
     pub cells: Vec<[Tally; 2]>,
-    /// Exploration draws: [kept on, drawn off] (the sample-ratio check).
+    /// Exploration draws at decision time: [kept on, drawn off] (the sample-ratio check).
     pub drawn: [u32; 2],
 }
 
@@ -334,14 +334,22 @@ impl Counts {
                 continue;
             }
             let arm = usize::from(x.enabled & (1 << f) == 0);
-            if x.explored & (1 << f) != 0 {
-                let drawn = usize::from(x.drawn_off & (1 << f) != 0);
-                arms.drawn[drawn] = arms.drawn[drawn].saturating_add(1);
-            }
             for &c in &all {
                 if let Some(cell) = arms.cells.get_mut(usize::from(c)) {
                     cell[arm].record(bad);
                 }
+            }
+        }
+    }
+
+    /// Records one request's exploration draws, when it is decided: counted on
+    /// the responses instead, a treatment that is slower (or never answers)
+    /// would look like a skewed draw while its requests are in flight.
+    pub fn record_draws(&mut self, explored: u64, drawn_off: u64) {
+        for (f, arms) in self.arms.iter_mut().enumerate().take(64) {
+            if explored & (1 << f) != 0 {
+                let drawn = usize::from(drawn_off & (1 << f) != 0);
+                arms.drawn[drawn] = arms.drawn[drawn].saturating_add(1);
             }
         }
     }

@@ -36,11 +36,12 @@ struct World {
     /// (feature, device): latency added when on there (ms).
     slow: Option<(usize, usize, u64)>,
     base_error: f64,
-    /// Drop this share of exploration-off responses of feature 0 (an SRM).
-    lose_off: f64,
+    /// Feature 0's exploration draw turns it off with this probability instead
+    /// of `explore_share` (a broken draw: a sample ratio mismatch).
+    skewed_draw: Option<f64>,
 }
 
-const NOISE: World = World { harm: None, slow: None, base_error: 0.02, lose_off: 0.0 };
+const NOISE: World = World { harm: None, slow: None, base_error: 0.02, skewed_draw: None };
 
 struct Run {
     blocks: Blocks,
@@ -75,7 +76,12 @@ fn simulate(world: &World, policy: &Policy, requests: usize, seed: u64) -> Run {
                 if explore {
                     x.randomised |= 1 << f;
                     x.explored |= 1 << f;
-                    if rng.chance(policy.explore_share) {
+                    let share = if f == 0 {
+                        world.skewed_draw.unwrap_or(policy.explore_share)
+                    } else {
+                        policy.explore_share
+                    };
+                    if rng.chance(share) {
                         x.drawn_off |= 1 << f;
                         explored_off += 1;
                         continue;
@@ -98,11 +104,9 @@ fn simulate(world: &World, policy: &Policy, requests: usize, seed: u64) -> Run {
                 latency += add;
             }
         }
-        let lost = x.explored & 1 != 0 && x.enabled & 1 == 0 && rng.chance(world.lose_off);
-        if !lost {
-            let outcome = Outcome { error: rng.chance(error_rate), security: false, latency_ms: latency };
-            counts.record(&x, outcome, blocks.slow_ms(policy));
-        }
+        counts.record_draws(x.explored, x.drawn_off);
+        let outcome = Outcome { error: rng.chance(error_rate), security: false, latency_ms: latency };
+        counts.record(&x, outcome, blocks.slow_ms(policy));
         if i % 200 == 199 {
             events.extend(evaluate(policy, &mut counts, &mut blocks, (i / 100) as u64));
         }
@@ -189,9 +193,9 @@ fn looking_every_sync_at_heavy_noise_takes_no_action_over_many_runs() {
 
 #[test]
 fn a_sample_ratio_mismatch_halts_automated_decisions_for_that_feature() {
-    // Feature 0 harms tablets, but half of its exploration-off responses never
-    // come back: the on/off comparison is no longer randomised.
-    let world = World { harm: Some((0, 1, None, 0.5)), lose_off: 0.5, ..NOISE };
+    // Feature 0 harms tablets, but its exploration draw is broken (30% off
+    // where 50% is configured): the on/off comparison is not what it claims.
+    let world = World { harm: Some((0, 1, None, 0.5)), skewed_draw: Some(0.3), ..NOISE };
     let run = simulate(&world, &Policy::default(), 30_000, 3);
     assert_eq!(run.blocks.srm, 0b01, "{:?}", run.events);
     assert!(run.events.iter().any(|e| matches!(e, Event::SampleRatioMismatch { feature: 0, .. })));
@@ -268,8 +272,13 @@ fn merge_adds_tallies() {
     a.merge(&b);
     assert_eq!(a.arms[0].cells[2][0].bad[0], 1);
     assert_eq!(a.arms[0].cells[2][1].n, 1);
-    assert_eq!(a.arms[0].drawn, [1, 1]);
     assert_eq!(a.stack[0][1][2].n, 2);
+    assert_eq!(a.arms[0].drawn, [0, 0], "draws are counted when decided, not on responses");
+    let (mut c, mut d) = (Counts::new(1), Counts::new(1));
+    c.record_draws(1, 0);
+    d.record_draws(1, 1);
+    c.merge(&d);
+    assert_eq!(c.arms[0].drawn, [1, 1]);
 }
 
 #[test]
