@@ -544,13 +544,7 @@ def sticky_split_route_config(new_weight=30, user_header="x-user-id", stack_head
     `use_hash_policy`). Each cluster tells the upstream its stack, as augur does."""
 
     def weighted(cluster, stack, weight):
-        return {
-            "name": cluster,
-            "weight": weight,
-            "request_headers_to_add": [
-                {"header": {"key": stack_header, "value": stack}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            ],
-        }
+        return envoyconf.weighted_cluster(cluster, stack, weight, stack_header)
 
     route = {
         "name": "sticky",

@@ -344,6 +344,17 @@ def single_cluster_route_config(cluster="old_stack"):
     }
 
 
+def weighted_cluster(cluster, stack, weight, stack_header):
+    """One `weighted_clusters` entry that tells the upstream its stack in `stack_header`."""
+    return {
+        "name": cluster,
+        "weight": weight,
+        "request_headers_to_add": [
+            {"header": {"key": stack_header, "value": stack}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+
+
 def weighted_clusters_route_config(new_weight=30, pin_header="x-user-tier", pin_values=("beta",), stack_header="x-stack"):
     """What users build with Envoy alone instead of augur: requests carrying
     `pin_header` with one of `pin_values` always go to the new stack (the usual
@@ -366,13 +377,7 @@ def weighted_clusters_route_config(new_weight=30, pin_header="x-user-tier", pin_
     }
 
     def weighted(cluster, stack, weight):
-        return {
-            "name": cluster,
-            "weight": weight,
-            "request_headers_to_add": [
-                {"header": {"key": stack_header, "value": stack}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            ],
-        }
+        return weighted_cluster(cluster, stack, weight, stack_header)
 
     split = {
         "name": "split",

@@ -225,16 +225,7 @@ def export(
     del model.opset_import[:]
     model.opset_import.extend(keep)
 
-    meta = {
-        "augur.schema": schema,
-        "augur.features": ",".join(features),
-        "augur.version": version,
-        "augur.impacts": ",".join(IMPACTS),
-        **(extra_metadata or {}),
-    }
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=str(v))
+    add_metadata(model, features, version, schema, extra_metadata)
     model.doc_string = "augur impact model: see models/train.py"
 
     onnx.checker.check_model(model, full_check=True)
