@@ -28,7 +28,7 @@ help:
 	@echo "make test         fmt, clippy, native unit tests, integration tests against real Envoy"
 	@echo "make wasm         build the filter: $(WASM)"
 	@echo "make image        the filter as a Wasm OCI image (Istio WasmPlugin / Envoy Gateway): $(IMAGE_DIR)"
-	@echo "make loop-demo    closed loop vs static rollout through the real Envoy (~6 min); last line: harm reduction / beneficial kept"
+	@echo "make loop-demo    the closed loop in two planted worlds x 3 seeds through the real Envoy (< 15 min); last line: the minimum harm reduction / beneficial kept"
 	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p) from an access log (AB_LOG=...)"
 	@echo "make bench        criterion micro-benchmarks of the hot path"
 	@echo "make bench-vm     the same hot path inside V8 (Node), as the filter runs it"

@@ -121,7 +121,7 @@ def build_requests(n, seed, users):
 class Apps:
     """The two app processes (planted.py), old and new stack, with truth files."""
 
-    def __init__(self, work):
+    def __init__(self, work, world):
         self.ports = {"old": harness.free_port(), "new": harness.free_port()}
         self.truth = {name: work / f"truth_{name}.jsonl" for name in self.ports}
         self.procs = []
@@ -129,7 +129,7 @@ class Apps:
             for name, port in self.ports.items():
                 self.procs.append(subprocess.Popen(
                     [sys.executable, str(HERE / "planted.py"), "--name", name, "--port", str(port),
-                     "--truth", str(self.truth[name])],
+                     "--truth", str(self.truth[name]), "--world", world],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
             for port in self.ports.values():
@@ -216,8 +216,9 @@ def rollback_events(envoy_log_text):
     return out
 
 
-def run(kind, plugin, reqs, args, work):
-    """One run: apps, Envoy (ECDS), traffic, optionally the mid-run retrain."""
+def run(kind, plugin, reqs, args, work, world="demo", seconds=None):
+    """One run: apps, Envoy (ECDS), traffic, optionally the mid-run retrain.
+    At most `seconds` of traffic (default --run-timeout)."""
     work.mkdir(parents=True, exist_ok=True)
     for old in work.glob("*"):
         if old.is_file():
@@ -228,7 +229,7 @@ def run(kind, plugin, reqs, args, work):
     wasm = harness.WASM.resolve()
     access_log = work / "access.log"
     out = {"kind": kind, "work": work, "plugin": plugin, "retrain": []}
-    apps = Apps(work)
+    apps = Apps(work, world)
     envoy = None
     retrain_threads = []
     try:
@@ -266,7 +267,8 @@ def run(kind, plugin, reqs, args, work):
                 out.setdefault("retrain_at_requests", []).append(done)
 
         # Bounded twice: per run, and by what is left of the whole demo's budget.
-        deadline = time.monotonic() + min(args.run_timeout, max(10.0, args.budget_end - time.monotonic() - 30))
+        deadline = time.monotonic() + min(seconds or args.run_timeout,
+                                          max(10.0, args.budget_end - time.monotonic() - 30))
         t0 = time.monotonic()
         statuses, failures, timeline = send_all(port, reqs, args.threads, deadline, args.rate, on_progress)
         out["seconds"] = time.monotonic() - t0
@@ -296,17 +298,40 @@ def run(kind, plugin, reqs, args, work):
 # --------------------------------------------------------------------------
 
 
+def exposure(truths):
+    """Harmed requests, beneficial exposures and exposures per hidden pair."""
+    harmed = benefit = 0
+    pairs = collections.Counter()
+    for t in truths:
+        harmed += bool(t["harms"])
+        benefit += len(t["benefits"])
+        pairs.update(t["harms"] + t["benefits"])
+    return {"harmed": harmed, "benefit": benefit, "pairs": pairs, "new_requests": len(truths)}
+
+
+def static_baseline(plugin, reqs, sent, effects, work):
+    """The static rollout's exposure on the requests the loop run sent, decided
+    by the native library (`augur decide`, the filter's own code: same bucket,
+    same stack) and judged by the app's own `planted.outcome` — what a live
+    static run through Envoy counts, without spending minutes of traffic on it
+    (`--static-live` runs it for real)."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / "static.json"
+    config.write_text(json.dumps(plugin))
+    chosen = [reqs[i] for i in sent]
+    truths = []
+    for h, d in zip(chosen, harness.cli_decide(config, chosen)):
+        if d["stack"] != "new":
+            continue
+        up = dict(h, **{"x-augur-features": ",".join(f for f, v in d["features"].items() if v["on"]),
+                        "x-augur-decision": d["id"]})
+        truths.append(planted.outcome(up, h.get(":path", "/"), "new", h.get(":method", "GET"), effects)[4])
+    return exposure(truths)
+
+
 def tally(res):
     """Ground-truth counts of one run, from the app's own view of every request."""
-    harmed = 0
-    pairs = collections.Counter()
-    benefit = 0
-    for t in res["truth"]:
-        if t["harms"]:
-            harmed += 1
-        for h in t["harms"] + t["benefits"]:
-            pairs[h] += 1
-        benefit += len(t["benefits"])
+    out = exposure(res["truth"])
     recs = {r["decision"]["id"]: r for r in res["records"] if isinstance(r.get("decision"), dict)}
     mismatch_features = mismatch_device = 0
     for t in res["truth"]:
@@ -323,17 +348,14 @@ def tally(res):
     # A request Envoy answered itself (no app response) or the client lost.
     lost = len(res["failures"]) + sum(1 for r in new_records if r["decision"]["id"] not in truth_ids)
     lost += sum(1 for r in recs.values() if r.get("flags") not in ("-", None))
-    return {
-        "harmed": harmed,
-        "benefit": benefit,
-        "pairs": pairs,
-        "new_requests": len(res["truth"]),
+    out.update({
         "records": len(recs),
         "mismatch_features": mismatch_features,
         "mismatch_device": mismatch_device,
         "lost": lost,
         "failures": len(res["failures"]),
-    }
+    })
+    return out
 
 
 def reasons(res):
@@ -378,23 +400,159 @@ def first_decision_ms(res, retrain_entry):
     return None
 
 
+def record_time(r, t_start):
+    """Seconds from the run's start to a record's START_TIME."""
+    return datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00")).timestamp() - t_start
+
+
+def mechanics(res, reqs, effects):
+    """How the loop acted, judged against the world's hidden truth: time to block
+    each harm, over-blocking (blocked traffic that was not harmed), false blocks
+    and reverts. A request's membership in a hidden segment comes from the
+    request itself (planted.attributes), whatever augur decided."""
+    by_rid = {h["x-request-id"]: h for h in reqs}
+    harms = [(f, seg) for kind, f, seg, _, _ in effects if kind == "harm"]
+    benefits = [(f, seg) for kind, f, seg, _, _ in effects if kind == "benefit"]
+    first_block = {}
+    exposed_after = collections.Counter()
+    blocked = collections.Counter()  # feature -> blocked decisions
+    blocked_harmed = collections.Counter()  # ... on requests in one of its harm segments
+    blocked_benefit = collections.Counter()  # ... on requests in one of its benefit segments
+    new = 0
+    for r in res["records"]:
+        d = r.get("decision")
+        if not isinstance(d, dict) or d["stack"] != "new":
+            continue
+        h = by_rid.get(d.get("request_id"))
+        if h is None:
+            continue
+        new += 1
+        req = planted.attributes(h, h.get(":path", "/"), h.get(":method", "GET"))
+        t = record_time(r, res["t_start"])
+        for f, v in d["features"].items():
+            if v["reason"] != "rolled_back":
+                continue
+            blocked[f] += 1
+            if any(f == hf and planted.in_segment(seg, req) for hf, seg in harms):
+                blocked_harmed[f] += 1
+            if any(f == bf and planted.in_segment(seg, req) for bf, seg in benefits):
+                blocked_benefit[f] += 1
+        for f, seg in harms:
+            if not planted.in_segment(seg, req):
+                continue
+            name = planted.pair(f, seg)
+            v = d["features"].get(f, {})
+            if v.get("reason") == "rolled_back":
+                first_block.setdefault(name, t)
+            elif v.get("on") and name in first_block:
+                exposed_after[name] += 1
+    events = rollback_events(res["envoy_log"])
+    harmful = {f for f, _ in harms}
+    false_blocks = [m for _, m in events if ("rolled back" in m and m.split()[1] not in harmful)]
+    # A block of a harmful feature that holds no harmed traffic is a false block too.
+    false_blocks += [f"{f}: {n} blocked decisions, none harmed" for f, n in blocked.items()
+                     if f in harmful and n >= 20 and blocked_harmed[f] == 0]
+    total_blocked = sum(blocked.values())
+    return {
+        "time_to_block": {planted.pair(f, seg): first_block.get(planted.pair(f, seg)) for f, seg in harms},
+        "exposed_after_block": exposed_after,
+        "blocked_share": {f: n / max(new, 1) for f, n in blocked.items()},
+        "overblocking": {f: 1 - blocked_harmed[f] / n for f, n in blocked.items() if n},
+        "overblocking_all": (1 - sum(blocked_harmed.values()) / total_blocked) if total_blocked else 0.0,
+        "blocked_benefit": blocked_benefit,
+        "false_blocks": false_blocks,
+        "reverts": [m for _, m in events if "regressed" in m],
+        "srm": [m for _, m in events if "sample ratio mismatch" in m],
+    }
+
+
+def exploration_by_quarter(res):
+    """Share of new-stack requests with a feature explored off, per quarter of the run."""
+    new = [r["decision"] for r in res["records"]
+           if isinstance(r.get("decision"), dict) and r["decision"]["stack"] == "new"]
+    if not new:
+        return []
+    quarter = max(1, len(new) // 4)
+    return [sum(any(v["reason"] == "exploring" for v in d["features"].values()) for d in new[q:q + quarter])
+            / len(new[q:q + quarter]) for q in range(0, quarter * 4, quarter) if new[q:q + quarter]]
+
+
+def one_world(world, seed, args, work, seconds):
+    """The static baseline and the loop run for one (world, seed)."""
+    effects = planted.effects(world)
+    reqs = build_requests(args.requests, seed, args.users)
+    print(f"\n#### world {world}, seed {seed}: {len(reqs)} requests from {args.users} synthetic users, "
+          f"{args.percentage:g}% of users on the new stack, {args.threads} keep-alive clients, at most {seconds:.0f}s",
+          flush=True)
+    salt = f"{args.salt}-{seed}"
+    loop = run("loop", loop_plugin(args.percentage, salt), reqs, args, work / f"{world}-{seed}" / "loop",
+               world, seconds)
+    loop["tally"] = tally(loop)
+    by_rid = {h["x-request-id"]: i for i, h in enumerate(reqs)}
+    sent = sorted(by_rid[r["decision"]["request_id"]] for r in loop["records"]
+                  if isinstance(r.get("decision"), dict) and r["decision"].get("request_id") in by_rid)
+    static_plugin_ = static_plugin(args.percentage, salt)
+    if args.static_live:
+        st = run("static", static_plugin_, [reqs[i] for i in sent], args, work / f"{world}-{seed}" / "static",
+                 world, seconds)
+        static = tally(st)
+    else:
+        static = static_baseline(static_plugin_, reqs, sent, effects, work / f"{world}-{seed}")
+    describe(loop)
+    mech = mechanics(loop, reqs, effects)
+    s, l = static, loop["tally"]
+    x = 100.0 * (1 - l["harmed"] / s["harmed"]) if s["harmed"] else float("nan")
+    y = 100.0 * l["benefit"] / s["benefit"] if s["benefit"] else float("nan")
+    print("  per hidden pair: exposures static -> loop, time to block, exposures after it")
+    for kind, f, seg, _, _ in effects:
+        name = planted.pair(f, seg)
+        a, b = s["pairs"][name], l["pairs"][name]
+        share = f"{100 * b / a:5.1f}%" if a else "   -"
+        ttb = mech["time_to_block"].get(name)
+        extra = "" if kind != "harm" else (
+            f"   blocked {ttb:5.1f}s after onset, {mech['exposed_after_block'][name]} exposed after"
+            if ttb is not None else "   never blocked")
+        print(f"    {kind:<8}{name:<34}{a:>6} -> {b:>6} ({share}){extra}")
+    print("  blocks: share of new-stack decisions blocked vs share of those that were harmed (over-blocking)")
+    for f, share in sorted(mech["blocked_share"].items()):
+        print(f"    {f:<16} blocked {100 * share:5.1f}% of new-stack requests, over-blocked "
+              f"{100 * mech['overblocking'][f]:5.1f}%, of which in a benefit segment {mech['blocked_benefit'][f]}")
+    for m in mech["false_blocks"] + mech["reverts"] + mech["srm"]:
+        print(f"    false action: {m}")
+    expl = exploration_by_quarter(loop)
+    summary = {
+        "world": world, "seed": seed, "x": x, "y": y, "mech": mech, "exploration": expl,
+        "lost": l["lost"], "sent": len(sent), "requests": len(reqs),
+        "pushes": [r.get("first_decision_ms") for r in loop["retrain"]],
+    }
+    ttb = ", ".join(f"{n} {t:.1f}s" if t is not None else f"{n} never" for n, t in mech["time_to_block"].items())
+    print(f"run {world} seed {seed}: harm reduction {x:.1f}% (beneficial kept {y:.1f}%); "
+          f"over-blocking {100 * mech['overblocking_all']:.1f}%; false blocks {len(mech['false_blocks'])}, "
+          f"false reverts {len(mech['reverts'])}, SRM halts {len(mech['srm'])}; lost {l['lost']}; "
+          f"sent {len(sent)}/{len(reqs)}; exploration by quarter "
+          + "/".join(f"{100 * e:.0f}%" for e in expl) + f"; time to block: {ttb}", flush=True)
+    return summary
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=30000, help="requests per run")
+    ap.add_argument("--worlds", nargs="+", default=list(planted.WORLDS), choices=list(planted.WORLDS),
+                    help="planted worlds to run (integration/planted.py)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13], help="one run per world and seed")
+    ap.add_argument("--requests", type=int, default=22000, help="requests per run")
     ap.add_argument("--users", type=int, default=4000)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--percentage", type=float, default=50, help="new-stack deployment percentage, both runs")
-    ap.add_argument("--salt", default="loop-demo")
+    ap.add_argument("--percentage", type=float, default=50, help="new-stack deployment percentage")
+    ap.add_argument("--salt", default="loop-demo", help="bucketing salt (the seed is appended)")
     ap.add_argument("--threads", type=int, default=32, help="concurrent keep-alive clients")
     ap.add_argument("--rate", type=float, default=200, help="requests per second (open-loop schedule)")
     ap.add_argument("--retrain-at", type=float, nargs="*", default=[0.4],
                     help="fractions of the traffic after which the retraining job runs (loop run)")
-    ap.add_argument("--run-timeout", type=float, default=220, help="seconds of traffic per run, at most")
-    ap.add_argument("--retrain-timeout", type=float, default=120)
-    ap.add_argument("--time-limit", type=float, default=570, help="seconds for the whole demo, at most")
+    ap.add_argument("--run-timeout", type=float, default=200, help="seconds of traffic per run, at most")
+    ap.add_argument("--retrain-timeout", type=float, default=90)
+    ap.add_argument("--time-limit", type=float, default=870, help="seconds for the whole demo, at most")
+    ap.add_argument("--static-live", action="store_true",
+                    help="run the static baseline through Envoy too (default: the native library decides it)")
     ap.add_argument("--workdir", default=str(ROOT / ".run" / "loop"))
-    ap.add_argument("--rollback", default="{}", help="JSON merged into the loop run's rollback configuration")
-    ap.add_argument("--only", choices=("static", "loop"), help="run one side only (no final line)")
     args = ap.parse_args(argv)
     for path in (harness.ENVOY, harness.WASM, harness.AUGUR_CLI):
         if not Path(path).exists():
@@ -403,24 +561,22 @@ def main(argv=None):
     started = time.monotonic()
     args.budget_end = started + args.time_limit
     work = Path(args.workdir)
-    reqs = build_requests(args.requests, args.seed, args.users)
-    print(f"loop demo: {len(reqs)} requests per run from {args.users} synthetic users (seed {args.seed}), "
-          f"{args.percentage:g}% of users on the new stack, {args.threads} keep-alive clients")
-    print("hidden effects planted by the new-stack app (augur is never told):")
-    for kind, f, s, effect, p in planted.EFFECTS:
-        print(f"  {kind:<8}{f + ' @ ' + s:<36}{effect} with p {p}")
-    results = {}
-    kinds = [args.only] if args.only else ["static", "loop"]
-    for kind in kinds:
-        plugin = (static_plugin(args.percentage, args.salt) if kind == "static"
-                  else loop_plugin(args.percentage, args.salt, json.loads(args.rollback)))
-        res = run(kind, plugin, reqs, args, work / kind)
-        res["tally"] = tally(res)
-        results[kind] = res
-        describe(res)
-    if args.only:
-        return 0
-    final(results, args, time.monotonic() - started)
+    plan = [(w, seed) for w in args.worlds for seed in args.seeds]
+    print(f"loop demo: {len(plan)} runs ({', '.join(args.worlds)} x seeds {' '.join(map(str, args.seeds))}), "
+          f"the shipped rollback defaults, at most {args.time_limit:.0f}s")
+    for w in args.worlds:
+        print(f"hidden effects of world {w} (augur is never told):")
+        for kind, f, seg, effect, prob in planted.effects(w):
+            print(f"  {kind:<8}{f + ' @ ' + seg:<36}{effect} with p {prob}")
+    runs = []
+    for n, (world, seed) in enumerate(plan):
+        left = args.budget_end - time.monotonic()
+        per_run = (left - 20 * (len(plan) - n)) / (len(plan) - n)
+        if per_run < 20:
+            print(f"loop-demo: time limit reached before {world} seed {seed}", flush=True)
+            break
+        runs.append(one_world(world, seed, args, work, min(args.run_timeout, per_run)))
+    final(runs, time.monotonic() - started, len(plan))
     return 0
 
 
@@ -439,17 +595,9 @@ def describe(res):
     print("  new-stack decisions by reason:")
     for f in FEATURES:
         print(f"    {f:<16}" + ", ".join(f"{r} {n}" for (ff, r), n in sorted(c.items(), key=lambda kv: -kv[1]) if ff == f))
-    new = [r["decision"] for r in res["records"]
-           if isinstance(r.get("decision"), dict) and r["decision"]["stack"] == "new"]
-    if new:
-        quarter = max(1, len(new) // 4)
-        shares = []
-        for q in range(0, len(new), quarter):
-            chunk = new[q:q + quarter]
-            shares.append(sum(any(v["reason"] == "exploring" for v in d["features"].values()) for d in chunk)
-                          / len(chunk))
-        print("  exploration: share of new-stack requests with a feature explored off, by quarter of the run: "
-              + ", ".join(f"{100 * x:.1f}%" for x in shares[:4]))
+    shares = exploration_by_quarter(res)
+    print("  exploration: share of new-stack requests with a feature explored off, by quarter of the run: "
+          + ", ".join(f"{100 * x:.1f}%" for x in shares))
     events = rollback_events(res["envoy_log"])
     t_start = res["t_start"]
     shown = [e for e in events if "rolled back" in e[1] or "regressed" in e[1]]
@@ -485,33 +633,32 @@ def describe(res):
         print(f"    {f:<16} n_on {n['n_treatment']:>5} n_ctl {n['n_control']:>5}  " + "; ".join(parts))
 
 
-def final(results, args, elapsed):
-    s, l = results["static"]["tally"], results["loop"]["tally"]
-    for kind, res in results.items():
-        sent = sum(1 for x in res["statuses"] if x is not None) + len(res["failures"])
-        if sent < len(res["statuses"]):
-            print(f"WARNING: the {kind} run sent only {sent} of {len(res['statuses'])} requests before its time "
-                  "limit: the two runs did not see the same traffic")
-    print("\n== per hidden pair: exposures static -> loop")
-    for kind, f, seg, _, _ in planted.EFFECTS:
-        name = planted.pair(f, seg)
-        a, b = s["pairs"][name], l["pairs"][name]
-        share = f"{100 * b / a:5.1f}%" if a else "   -"
-        print(f"  {kind:<8}{name:<34}{a:>7} -> {b:>7}  ({share} of static)")
-    lost = l["lost"]
-    pushes = [r for r in results["loop"]["retrain"]]
-    applied = []
-    for r in pushes:
-        m = re.search(r"applied by Envoy in (\d+) ms", r["output"])
-        if m:
-            applied.append(int(m.group(1)))
-    print(f"\nretrain pushes: {len(pushes)} ({len(applied)} applied, push-to-applied "
-          + (", ".join(f"{a} ms" for a in applied) or "-") + f"); requests lost in the loop run: {lost}, "
-          f"in the static run: {s['lost']}; demo took {elapsed:.0f}s")
-    x = 100.0 * (1 - l["harmed"] / s["harmed"]) if s["harmed"] else float("nan")
-    y = 100.0 * l["benefit"] / s["benefit"] if s["benefit"] else float("nan")
-    print(f"harmed requests: static {s['harmed']}, loop {l['harmed']}; beneficial exposures: static {s['benefit']}, "
-          f"loop {l['benefit']}")
+def final(runs, elapsed, planned):
+    print("\n== summary (shipped defaults)")
+    for w in dict.fromkeys(r["world"] for r in runs):
+        rs = [r for r in runs if r["world"] == w]
+        xs, ys = [r["x"] for r in rs], [r["y"] for r in rs]
+        ob = [100 * r["mech"]["overblocking_all"] for r in rs]
+        print(f"  world {w}: harm reduction {min(xs):.1f}-{max(xs):.1f}% (mean {sum(xs) / len(xs):.1f}), "
+              f"beneficial kept {min(ys):.1f}-{max(ys):.1f}% (mean {sum(ys) / len(ys):.1f}), over-blocking "
+              f"{min(ob):.1f}-{max(ob):.1f}% over seeds " + " ".join(str(r["seed"]) for r in rs))
+        ttb = collections.defaultdict(list)
+        for r in rs:
+            for name, t in r["mech"]["time_to_block"].items():
+                ttb[name].append("never" if t is None else f"{t:.1f}s")
+        for name, ts in ttb.items():
+            print(f"    time to block {name:<34} " + ", ".join(ts))
+    false_blocks = sum(len(r["mech"]["false_blocks"]) for r in runs)
+    reverts = sum(len(r["mech"]["reverts"]) for r in runs)
+    short = [f"{r['world']}/{r['seed']} {r['sent']}/{r['requests']}" for r in runs if r["sent"] < r["requests"]]
+    print(f"runs: {len(runs)}/{planned} in {elapsed:.0f}s; false blocks {false_blocks}, false reverts {reverts}; "
+          f"requests lost {sum(r['lost'] for r in runs)}"
+          + (f"; cut short by the time limit (compared on the requests sent): {', '.join(short)}" if short else ""))
+    if not runs:
+        print("harm reduction: nan% (beneficial kept: nan%)")
+        return
+    x = min(r["x"] for r in runs)
+    y = min(r["y"] for r in runs)
     print(f"harm reduction: {x:.1f}% (beneficial kept: {y:.1f}%)")
 
 

@@ -6,6 +6,8 @@ x-geo-region, the x-user-* history headers, the path and method) plus what augur
 added (x-augur-stack, x-augur-features, x-augur-decision) — and plants, per
 (feature, segment) pair, an effect on the request's outcome:
 
+world "demo" (`--world demo`, the default): large effects on single attributes
+
     harm      (search_v2,     device tablet)        +1200 ms latency, p 0.7
     harm      (new_checkout,  location latam)       503, p 0.5
     harm      (hd_images,     path /static)         503, p 0.35
@@ -14,10 +16,22 @@ added (x-augur-stack, x-augur-features, x-augur-decision) — and plants, per
     benefit   (one_click_pay, device desktop)       engagement, p 0.3
     benefit   (search_v2,     device mobile)        engagement, p 0.25
 
+world "tangled" (`--world tangled`): what single cells and a `slow_ms` cut miss
+
+    harm      (new_checkout,  mobile AND write)     503, p 0.5      an interaction (~9% of traffic)
+    harm      (hd_images,     tablet AND latam)     503, p 0.6      a rare segment (~1% of traffic)
+    harm      (recommendations, location eu)        503, p 0.04     a small effect
+    harm      (one_click_pay, everywhere)           503, p 0.03     a mild everywhere-regression
+    harm      (search_v2,     device desktop)       +300 ms, p 0.9  latency below slow_ms (1000)
+    benefit   (recommendations, sessions_30d >= 25) engagement, p 0.4   overlaps the eu harm
+    benefit   (new_checkout,  sessions_30d >= 25)   engagement, p 0.3   overlaps mobile AND write
+    benefit   (search_v2,     device mobile)        engagement, p 0.25
+    benefit   (hd_images,     device desktop)       engagement, p 0.2
+
 plus background noise on both stacks (0.5% 503, 8% engagement). These differ
 from the truths the default model was trained on (models/synthetic.py
-true_impacts), so the loop has to learn them. Segments are single request
-attributes, of the kind augur's rollback cells are made of.
+true_impacts), so the loop has to learn them. A segment is one request
+attribute, an AND of two (`mobile&write`), or `all`.
 
 A pair is *exposed* on a request when the feature is in x-augur-features and
 the request is in the segment — whether or not the random effect then fires.
@@ -55,17 +69,31 @@ from upstream import AppHandler, send_answer  # noqa: E402
 # The hidden world
 # --------------------------------------------------------------------------
 
-# (kind, feature, segment name, effect, probability). Effects: "latency:<ms>",
-# "status:<code>", "security", "engage".
-EFFECTS = (
-    ("harm", "search_v2", "tablet", "latency:1200", 0.7),
-    ("harm", "new_checkout", "latam", "status:503", 0.5),
-    ("harm", "hd_images", "static", "status:503", 0.35),
-    ("harm", "one_click_pay", "bot", "security", 0.7),
-    ("benefit", "recommendations", "sessions_high", "engage", 0.4),
-    ("benefit", "one_click_pay", "desktop", "engage", 0.3),
-    ("benefit", "search_v2", "mobile", "engage", 0.25),
-)
+# Per world: (kind, feature, segment, effect, probability). Effects:
+# "latency:<ms>", "status:<code>", "security", "engage".
+WORLDS = {
+    "demo": (
+        ("harm", "search_v2", "tablet", "latency:1200", 0.7),
+        ("harm", "new_checkout", "latam", "status:503", 0.5),
+        ("harm", "hd_images", "static", "status:503", 0.35),
+        ("harm", "one_click_pay", "bot", "security", 0.7),
+        ("benefit", "recommendations", "sessions_high", "engage", 0.4),
+        ("benefit", "one_click_pay", "desktop", "engage", 0.3),
+        ("benefit", "search_v2", "mobile", "engage", 0.25),
+    ),
+    "tangled": (
+        ("harm", "new_checkout", "mobile&write", "status:503", 0.5),
+        ("harm", "hd_images", "tablet&latam", "status:503", 0.6),
+        ("harm", "recommendations", "eu", "status:503", 0.04),
+        ("harm", "one_click_pay", "all", "status:503", 0.03),
+        ("harm", "search_v2", "desktop", "latency:300", 0.9),
+        ("benefit", "recommendations", "sessions_high", "engage", 0.4),
+        ("benefit", "new_checkout", "sessions_high", "engage", 0.3),
+        ("benefit", "search_v2", "mobile", "engage", 0.25),
+        ("benefit", "hd_images", "desktop", "engage", 0.2),
+    ),
+}
+EFFECTS = WORLDS["demo"]
 BACKGROUND_ERROR = 0.005
 BACKGROUND_ENGAGE = 0.08
 
@@ -80,15 +108,28 @@ SEGMENTS = {
     "sessions_high": lambda r: r["sessions"] >= 25,
     "errors_high": lambda r: r["errors"] >= 5,
     "write": lambda r: r["method"] in ("POST", "PUT", "PATCH", "DELETE"),
+    "eu": lambda r: r["region"] == "eu",
+    "all": lambda r: True,
 }
+
+
+def in_segment(segment, req):
+    """`req` is in `segment`: one name of SEGMENTS, or an AND of names (`a&b`)."""
+    return all(SEGMENTS[s](req) for s in segment.split("&"))
+
+
+def effects(world):
+    """The planted effects of `world` (a key of WORLDS); the error names the choices."""
+    try:
+        return WORLDS[world]
+    except KeyError:
+        raise ValueError(f"unknown world {world!r}: one of {', '.join(WORLDS)}") from None
 
 
 def pair(feature, segment):
     return f"{feature}@{segment}"
 
 
-HARM_PAIRS = [pair(f, s) for k, f, s, _, _ in EFFECTS if k == "harm"]
-BENEFIT_PAIRS = [pair(f, s) for k, f, s, _, _ in EFFECTS if k == "benefit"]
 
 
 def app_device(user_agent):
@@ -118,10 +159,9 @@ def _int(v):
         return 0
 
 
-def outcome(headers, path, stack, method="GET"):
-    """What happens to one request: (status, delay_ms, engaged, security, truth)."""
-    rid = headers.get("x-augur-decision") or headers.get("x-request-id") or ""
-    req = {
+def attributes(headers, path, method="GET"):
+    """What the app knows about a request, the input of the segment predicates."""
+    return {
         "device": app_device(headers.get("user-agent")),
         "region": (headers.get("x-geo-region") or "").lower(),
         "path": path,
@@ -131,6 +171,12 @@ def outcome(headers, path, stack, method="GET"):
         "tenure": _int(headers.get("x-user-tenure-days")),
         "errors": _int(headers.get("x-user-errors-7d")),
     }
+
+
+def outcome(headers, path, stack, method="GET", world=EFFECTS):
+    """What happens to one request: (status, delay_ms, engaged, security, truth)."""
+    rid = headers.get("x-augur-decision") or headers.get("x-request-id") or ""
+    req = attributes(headers, path, method)
     features = [f for f in (headers.get("x-augur-features") or "").split(",") if f]
     status, delay_ms = 200, 0
     engaged = draw(rid, "background-engage") < BACKGROUND_ENGAGE
@@ -138,8 +184,8 @@ def outcome(headers, path, stack, method="GET"):
     if draw(rid, "background-error") < BACKGROUND_ERROR:
         status = 503
     harms, benefits = [], []
-    for kind, feature, segment, effect, p in EFFECTS:
-        if feature not in features or not SEGMENTS[segment](req):
+    for kind, feature, segment, effect, p in world:
+        if feature not in features or not in_segment(segment, req):
             continue
         name = pair(feature, segment)
         (harms if kind == "harm" else benefits).append(name)
@@ -212,11 +258,11 @@ class TruthLog:
             self.file = None
 
 
-def make_handler(name, truth_log):
+def make_handler(name, truth_log, world):
     class Handler(AppHandler):
         def answer(self):
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, delay_ms, engaged, security, truth = outcome(headers, self.path, name, self.command)
+            status, delay_ms, engaged, security, truth = outcome(headers, self.path, name, self.command, world)
             truth_log.add(truth)
             if delay_ms:
                 time.sleep(delay_ms / 1000.0)
@@ -231,9 +277,10 @@ def main(argv=None):
     p.add_argument("--name", required=True, help="stack name (old / new)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--truth", default=None, help="append one JSON line per request here")
+    p.add_argument("--world", default="demo", choices=sorted(WORLDS), help="which hidden effects to plant")
     args = p.parse_args(argv)
     truth_log = TruthLog(args.truth)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.name, truth_log))
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.name, truth_log, WORLDS[args.world]))
     server.daemon_threads = True
     server.request_queue_size = 256
 
@@ -241,7 +288,7 @@ def main(argv=None):
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"planted app {args.name} on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
+    print(f"planted app {args.name} ({args.world} world) on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
