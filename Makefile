@@ -128,6 +128,7 @@ lint: .rustup-target.stamp
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
+	vendor/rebuild.sh --check
 
 # Includes the property tests and the stable fuzz harnesses (tests/fuzz_stable.rs),
 # FUZZ_SECONDS per target.
