@@ -54,6 +54,15 @@ ROLLOUTS = {
         "model": {"onnx_base64": fixtures.b64(fixtures.nan_model()), "version": "nan-fixture"},
         "features": [{"name": "new_checkout", "fallback": "on"}, {"name": "search_v2", "fallback": "off"}],
     },
+    # new_checkout fails half of its requests everywhere: blocked in a cell, and (with
+    # kill_after_cells 1, so that a few hundred requests suffice) killed.
+    "harmful": {
+        "name": "harmful",
+        "rollout": {"percentage": 50},
+        "stats": {"flush_ms": 200},
+        "rollback": {"sync_ms": 200, "kill_after_cells": 1},
+        "features": [dict(name="new_checkout", **LENIENT)],
+    },
     "idle": {"name": "idle", "rollout": {"percentage": 50}, "features": [{"name": "x", "override": "on"}]},
 }
 # The alerts the planted regressions must fire, and for which rollout.
@@ -63,7 +72,13 @@ EXPECTED_FIRING = {
     "AugurModelErrors": "modelfail",
     "AugurSpoofingSurge": "steady",
     "AugurNoTraffic": "idle",
+    "AugurFeatureKilled": "harmful",
+    "AugurFeatureRolledBack": "harmful",
 }
+USER_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0)", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile",
+    "Mozilla/5.0 (iPad; CPU OS 17_0)", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0)",
+)
 # Series another change adds (the sample-ratio check's rollback events, kind
 # "srm"); the rules and the dashboard already read them. Tolerated as absent
 # only while Envoy does not export them.
@@ -185,6 +200,10 @@ def traffic(stack, rounds=8, per_round=120):
                 clients["steady"].request(steady)
                 clients["broken"].request({"x-user-id": f"b-{i}", "x-request-id": f"b-{r}-{i}"})
                 clients["modelfail"].request({"x-user-id": u, "x-user-sessions-30d": "50" if i % 2 else "5"})
+                clients["harmful"].request({
+                    "x-user-id": u, "user-agent": USER_AGENTS[i % len(USER_AGENTS)],
+                    "x-geo-region": ("us", "eu", "apac", "latam")[(i // 4) % 4], "x-demo-harm": "new_checkout:0.5",
+                })
             time.sleep(0.5)
     finally:
         for c in clients.values():
