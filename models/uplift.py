@@ -223,7 +223,8 @@ def compare_policies(off_cand, off_serv, arms, u, pi) -> dict:
     vc, vs = policy_gain(off_cand, arms, u, pi)[rows], policy_gain(off_serv, arms, u, pi)[rows]
     d = vc - vs
     se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
-    return {"rows": n, "candidate": float(vc.mean()) if n else 0.0, "serving": float(vs.mean()) if n else 0.0,
+    return {"rows": n, "value_candidate": float(vc.mean()) if n else 0.0,
+            "value_serving": float(vs.mean()) if n else 0.0,
             "delta": float(d.mean()) if n else 0.0, "se": se}
 
 
