@@ -21,12 +21,11 @@ import subprocess
 import sys
 import time
 
+import envoyconf
+import harness
 import numpy as np
 import pytest
 from harness import ROOT, Client, Envoy, Upstreams
-
-import envoyconf
-import harness
 
 sys.path.insert(0, str(ROOT / "models"))
 import retrain

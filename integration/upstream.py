@@ -23,7 +23,6 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 RNG = random.Random(7)
 
 

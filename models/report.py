@@ -29,7 +29,9 @@ Welch z for latency).
 **Regression adjustment** (CUPED-style, ``adjusted``): the same effect from an
 OLS of the KPI on the arm and the record's pre-exposure profile vector ``x``
 (centred; decided from the request before any feature acted, so it cannot be
-moved by the treatment), heteroskedasticity-robust (HC2) standard errors. It
+moved by the treatment), heteroskedasticity-robust (HC2) standard errors —
+cluster-robust by user (the record's ``bucket``) when the records carry it, as
+a sticky per-user holdout randomises users, not requests. It
 estimates the same effect with less variance when the profile predicts the KPI;
 ``variance_reduction`` = 1 − SE²(adjusted) / SE²(unadjusted, HC2 = Welch).
 
@@ -211,15 +213,21 @@ def independent_columns(z: np.ndarray, tol: float = 1e-9) -> np.ndarray:
     return np.sort(live[piv[:rank]])
 
 
-def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows_per_covariate: int = 10) -> dict:
+def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows_per_covariate: int = 10,
+                        groups: np.ndarray | None = None) -> dict:
     """The effect of `t` (1 treatment, 0 control) on `y` adjusted for the
     pre-exposure covariates `z` [N, K] (CUPED-style: OLS on [1, t, z − z̄], HC2
     standard errors), with the unadjusted OLS [1, t] (HC2, = Welch) beside it.
-    Covariates are used when there are ≥ `rows_per_covariate` rows per column."""
+    Covariates are used when there are ≥ `rows_per_covariate` rows per column.
+    With `groups` (the user of each row: a sticky per-user holdout randomises
+    users, not requests) the standard errors are cluster-robust by user instead."""
     import statsmodels.api as sm
 
     ok = ~np.isnan(y)
     y, t = y[ok], t[ok].astype(float)
+    cov = {"cov_type": "HC2"}
+    if groups is not None and len(np.unique(groups[ok])) >= 20:
+        cov = {"cov_type": "cluster", "cov_kwds": {"groups": np.unique(groups[ok], return_inverse=True)[1]}}
     n_t, n_c = int(t.sum()), int(len(t) - t.sum())
     if n_t < 2 or n_c < 2:
         return {"effect": None, "ci95": None, "p": None, "se": None, "se_unadjusted": None,
@@ -227,14 +235,14 @@ def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows
     one = np.ones(len(y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant KPIs: statsmodels warns about a zero scale; handled below
-        base = sm.OLS(y, np.column_stack([one, t])).fit(cov_type="HC2")
+        base = sm.OLS(y, np.column_stack([one, t])).fit(**cov)
         fit, k = base, 0
         if z is not None:
             z = np.asarray(z, dtype=float)[ok]
             cols = independent_columns(z)
             if len(cols) and len(y) >= rows_per_covariate * (len(cols) + 2):
                 zc = z[:, cols] - z[:, cols].mean(axis=0)
-                fit, k = sm.OLS(y, np.column_stack([one, t, zc])).fit(cov_type="HC2"), len(cols)
+                fit, k = sm.OLS(y, np.column_stack([one, t, zc])).fit(**cov), len(cols)
     se0, se = float(base.bse[1]), float(fit.bse[1])
     effect = float(fit.params[1])
     if not se > 0 or not math.isfinite(se):
@@ -242,7 +250,8 @@ def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows
                 "variance_reduction": None, "covariates": k}
     lo, hi = (float(v) for v in fit.conf_int(alpha=0.05)[1])
     return {"effect": effect, "ci95": [lo, hi], "p": float(fit.pvalues[1]), "se": se, "se_unadjusted": se0,
-            "variance_reduction": 1.0 - (se / se0) ** 2 if se0 > 0 else None, "covariates": k}
+            "variance_reduction": 1.0 - (se / se0) ** 2 if se0 > 0 else None, "covariates": k,
+            "se_kind": "cluster(user)" if cov["cov_type"] == "cluster" else "HC2"}
 
 
 def covariates(records: Sequence[dict]) -> np.ndarray | None:
@@ -253,11 +262,19 @@ def covariates(records: Sequence[dict]) -> np.ndarray | None:
     return np.asarray(xs, dtype=float)
 
 
+def users(records: Sequence[dict]) -> np.ndarray | None:
+    """Each record's user as its rollout ``bucket`` (a hash of the user id), or
+    None if any record lacks one."""
+    b = [r["decision"].get("bucket") for r in records]
+    return np.asarray(b) if b and all(isinstance(v, int) for v in b) else None
+
+
 def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False) -> dict:
     kt = [kpi_values(r) for r in treat]
     kc = [kpi_values(r) for r in ctrl]
     out = {}
     z = covariates(treat + ctrl) if adjust else None
+    groups = users(treat + ctrl) if adjust else None
     arm_t = np.r_[np.ones(len(treat)), np.zeros(len(ctrl))]
     for k in KPIS:
         if k == "latency_ms":
@@ -268,7 +285,7 @@ def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False) -> dict:
             )
         if adjust:
             y = np.asarray([v[k] for v in kt + kc], dtype=float)
-            out[k]["adjusted"] = regression_adjusted(y, arm_t, z)
+            out[k]["adjusted"] = regression_adjusted(y, arm_t, z, groups=groups)
     return out
 
 

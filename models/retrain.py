@@ -652,7 +652,8 @@ def evaluate(records, serving_plugin: dict, candidate_plugin_: dict, costs: dict
     configuration (model + thresholds) make, on the held-out randomised records
     (:func:`held_out`, arms from the record), in engagements per request against
     every feature on (uplift.policy_gain: inverse propensity, real outcomes), with
-    the paired difference and its standard error, and the share each turns off."""
+    the paired difference and its standard error (cluster-robust by user, the
+    record's ``bucket``), and the share each turns off."""
     records = rollout_records(records, serving_plugin)
     features = [f["name"] for f in serving_plugin["features"]]
     arms_all = uplift.arm_matrix(records, features)
@@ -670,7 +671,7 @@ def evaluate(records, serving_plugin: dict, candidate_plugin_: dict, costs: dict
     for key, plugin in (("serving", serving_plugin), ("candidate", candidate_plugin_)):
         b = load_model_bytes(plugin)
         offs[key] = uplift.off_mask(np.clip(onnx_predict(b, xs), 0.0, 1.0), plugin, model_features(b), features)
-    out = uplift.compare_policies(offs["candidate"], offs["serving"], arms, u, pi)
+    out = uplift.compare_policies(offs["candidate"], offs["serving"], arms, u, pi, groups=report.users(held))
     out["propensity"] = {f: None if math.isnan(p) else round(float(p), 4) for f, p in zip(features, pi)}
     for key in ("candidate", "serving"):
         out[f"off_{key}"] = {f: round(float(offs[key][arms[:, j] >= 0, j].mean()), 4)

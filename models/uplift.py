@@ -216,13 +216,23 @@ def policy_gain(off: np.ndarray, arms: np.ndarray, u: np.ndarray, pi: np.ndarray
     return c
 
 
-def compare_policies(off_cand, off_serv, arms, u, pi) -> dict:
-    """Candidate vs serving on the same randomised rows: values, paired difference and its SE."""
+def compare_policies(off_cand, off_serv, arms, u, pi, groups=None) -> dict:
+    """Candidate vs serving on the same randomised rows: values, paired
+    difference and its standard error — cluster-robust by `groups` (each row's
+    user: sticky holdouts randomise users) when given."""
     rows = (arms >= 0).any(axis=1)
     n = int(rows.sum())
     vc, vs = policy_gain(off_cand, arms, u, pi)[rows], policy_gain(off_serv, arms, u, pi)[rows]
     d = vc - vs
-    se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("inf")
+    if n < 2:
+        se = float("inf")
+    elif groups is not None:
+        _, g = np.unique(np.asarray(groups)[rows], return_inverse=True)
+        sums = np.bincount(g, weights=d - d.mean())
+        k = len(sums)
+        se = float(math.sqrt(k / max(k - 1, 1) * float((sums ** 2).sum())) / n) if k > 1 else float("inf")
+    else:
+        se = float(d.std(ddof=1) / math.sqrt(n))
     return {"rows": n, "value_candidate": float(vc.mean()) if n else 0.0,
             "value_serving": float(vs.mean()) if n else 0.0,
             "delta": float(d.mean()) if n else 0.0, "se": se}
@@ -234,7 +244,7 @@ def compare_policies(off_cand, off_serv, arms, u, pi) -> dict:
 
 
 def derive_thresholds(pred: np.ndarray, uplift: np.ndarray, features: Sequence[str], plugin: dict,
-                      costs: dict, learned: set) -> dict:
+                      costs: dict, learned: set, min_gain: float = 0.005) -> dict:
     """Per auto feature: ({threshold field: value}, reasons).
 
     ``pred`` [N, 4F]: the candidate model's clamped predictions (what the filter
@@ -245,7 +255,8 @@ def derive_thresholds(pred: np.ndarray, uplift: np.ndarray, features: Sequence[s
     left out), the threshold t on the prediction is the one of GRID that
     maximises Σ over rows with prediction > t of (− net benefit) per request:
     off exactly where harm outweighs benefit. Ties go to the larger t (fewer
-    requests off); no gain at any t keeps the serving value. Features whose
+    requests off); a predicted gain below `min_gain` engagements per request
+    (estimation noise) keeps the serving value. Features whose
     harms were not learned (``learned``: (feature, impact) pairs with a model)
     keep their thresholds."""
     cfg = {f["name"]: f for f in plugin.get("features", [])}
@@ -268,7 +279,7 @@ def derive_thresholds(pred: np.ndarray, uplift: np.ndarray, features: Sequence[s
                 reasons.append(f"{fld} kept {current[fld]:g}: no evidence of {h} harm in the randomised records")
                 continue
             p = pred[:, base + IMPACTS.index(h)]
-            best_t, best_v = None, 1e-4
+            best_t, best_v = None, min_gain
             for t in sorted(GRID, reverse=True):
                 off = (p > t) & ~already_off
                 v = float(-net[off].sum() / n)
@@ -276,7 +287,7 @@ def derive_thresholds(pred: np.ndarray, uplift: np.ndarray, features: Sequence[s
                     best_t, best_v = t, v
             if best_t is None:
                 reasons.append(f"{fld} kept {current[fld]:g}: turning {name} off on predicted {h} gains nothing "
-                               "(harm never outweighs the engagement uplift)")
+                               f"(< {min_gain:g} engagements/request: harm never outweighs the engagement uplift)")
                 continue
             off = (p > best_t) & ~already_off
             already_off |= off
