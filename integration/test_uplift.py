@@ -121,7 +121,7 @@ def test_policy_value_is_unbiased_against_the_planted_truth():
 
 def test_harm_costs_are_checked():
     assert uplift.parse_costs("error_risk=5")["error_risk"] == 5.0
-    for bad, want in (("errors=3", "unknown harm 'errors'"), ("error_risk=x", "not a number"),
+    for bad, want in (("errors=3", "unknown .errors."), ("error_risk=x", "not a number"),
                       ("security_risk=-1", "negative")):
         with pytest.raises(ValueError, match=want):
             uplift.parse_costs(bad)

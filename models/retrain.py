@@ -209,7 +209,13 @@ def targets(cell_lists, features, effects) -> np.ndarray:
 
 def read_ecds(path) -> tuple[dict, dict]:
     """(the DiscoveryResponse, the plugin configuration inside it)."""
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise JobError(f"--ecds {path}: cannot read the ECDS file Envoy watches ({e.strerror}); give the path of "
+                       "the DiscoveryResponse file of the filter's config_discovery") from None
+    except ValueError as e:
+        raise JobError(f"--ecds {path}: not JSON ({e}); the file must hold an ECDS DiscoveryResponse") from None
     try:
         (res,) = doc["resources"]
         value = res["typed_config"]["config"]["configuration"]["value"]
@@ -228,16 +234,12 @@ def with_plugin(doc: dict, plugin: dict | str, version_info: str) -> dict:
 
 
 def parse_thresholds(text: str | None) -> dict:
-    out = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        k, _, v = part.partition("=")
-        k = k.strip()
-        if k not in THRESHOLD_FIELDS:
-            raise JobError(f"--thresholds: unknown {k!r} (one of {', '.join(THRESHOLD_FIELDS)})")
-        out[THRESHOLD_FIELDS[k]] = float(v)
-    return out
+    """``error_risk=0.2,score=40`` → {features[] field: value}."""
+    try:
+        pairs = uplift.key_values(text, "--thresholds", THRESHOLD_FIELDS, "error_risk=0.2,security_risk=0.2")
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    return {THRESHOLD_FIELDS[k]: v for k, v in pairs.items()}
 
 
 def candidate_plugin(plugin: dict, onnx_bytes: bytes, version: str, thresholds: dict,
@@ -779,7 +781,10 @@ class Service:
         self.trained_at = -10**9  # record count at the last training
 
     def records(self):
-        records, _ = report.read_log(self.a.log)
+        try:
+            records, _ = report.read_log(self.a.log)
+        except OSError as e:
+            raise JobError(f"--log {self.a.log}: cannot read the access log ({e.strerror}); waiting for it") from None
         return records[-self.a.window:] if self.a.window else records
 
     def round(self, candidate=None) -> str:

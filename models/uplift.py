@@ -62,23 +62,30 @@ def outcome_matrix(records, slow_ms: float) -> np.ndarray:
     return np.asarray([[outcome_bits(r, slow_ms)[i] for i in IMPACTS] for r in records], dtype=np.float64)
 
 
-def parse_costs(text: str | None) -> dict:
-    """``error_risk=3,security_risk=10`` → costs (the others keep their defaults)."""
-    costs = dict(DEFAULT_COSTS)
+def key_values(text: str | None, flag: str, allowed, example: str) -> dict:
+    """``a=1,b=2`` → {key: float}; an unknown key or a value that is not a
+    number is a ValueError naming the flag, the key and an example."""
+    out = {}
     for part in (text or "").split(","):
         if not part.strip():
             continue
         k, _, v = part.partition("=")
         k = k.strip()
-        if k not in DEFAULT_COSTS:
-            raise ValueError(f"--harm-cost: unknown harm {k!r}; use one of {', '.join(DEFAULT_COSTS)}, "
-                             "e.g. --harm-cost error_risk=3,security_risk=10")
+        if k not in allowed:
+            raise ValueError(f"{flag}: unknown {k!r}; use one of {', '.join(allowed)}, e.g. {flag} {example}")
         try:
-            costs[k] = float(v)
+            out[k] = float(v)
         except ValueError:
-            raise ValueError(f"--harm-cost: {k}={v!r} is not a number of engagements") from None
-        if costs[k] < 0:
-            raise ValueError(f"--harm-cost: {k}={v} is negative; a harm costs >= 0 engagements")
+            raise ValueError(f"{flag}: {k}={v!r} is not a number, e.g. {flag} {example}") from None
+    return out
+
+
+def parse_costs(text: str | None) -> dict:
+    """``error_risk=3,security_risk=10`` → costs in engagements (the others keep their defaults)."""
+    costs = dict(DEFAULT_COSTS, **key_values(text, "--harm-cost", DEFAULT_COSTS, "error_risk=3,security_risk=10"))
+    for k, v in costs.items():
+        if v < 0:
+            raise ValueError(f"--harm-cost: {k}={v:g} is negative; a harm costs >= 0 engagements")
     return costs
 
 
