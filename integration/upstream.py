@@ -4,7 +4,7 @@ It answers every request with a JSON body echoing the request headers it
 received, so tests and the demo can see exactly what augur sent upstream
 (routing header, feature flags, decision id), and tags the response with
 `x-served-by: <stack>`. Test knobs, sent by the client: `x-demo-status: 503`
-answers with that status; `x-demo-harm: <feature>:<rate>` answers 503 with
+answers with that status; `x-demo-harm: <feature>:<rate>[,…]` answers 503 with
 that probability when <feature> is among the enabled features; `x-demo-slow: <feature>:<ms>` answers
 that much later when <feature> is enabled; `x-demo-engage: 1` / `x-demo-security: 1` make the
 app report an engagement / security event in `x-augur-engagement` /
@@ -22,7 +22,6 @@ import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 
 RNG = random.Random(7)
 
@@ -82,13 +81,12 @@ def make_handler(name):
                 }
             ).encode()
             status = int(self.headers.get("x-demo-status") or 200)
-            # x-demo-harm: <feature>:<rate> — fail with that probability when augur
-            # turned <feature> on for this request (a planted regression).
-            harm = self.headers.get("x-demo-harm")
-            if harm:
-                feature, _, rate = harm.partition(":")
-                enabled = (self.headers.get("x-augur-features") or "").split(",")
-                if feature in enabled and RNG.random() < float(rate or 1):
+            # x-demo-harm: <feature>:<rate>[,<feature>:<rate>…] — fail with that
+            # probability when augur turned <feature> on for this request (a planted regression).
+            enabled = (self.headers.get("x-augur-features") or "").split(",")
+            for item in (self.headers.get("x-demo-harm") or "").split(","):
+                feature, _, rate = item.strip().partition(":")
+                if feature and feature in enabled and RNG.random() < float(rate or 1):
                     status = 503
             # x-demo-slow: <feature>:<ms> — a latency regression planted on <feature>.
             slow = self.headers.get("x-demo-slow")

@@ -4,6 +4,7 @@
     python models/retrain.py --log .run/loop/access.log --ecds .run/loop/ecds/augur.json \\
         --admin 127.0.0.1:9901 --envoy-log .run/loop/envoy.log --version loop-v2 \\
         [--thresholds performance_cost=0.25,error_risk=0.2,security_risk=0.2] [--dry-run]
+    python models/retrain.py ... --version svc --every 60 [--max-rounds N] [--journal retrain.jsonl]
 
 1. **Read** the real Envoy's outputs: access-log lines ``{"decision": {...}, "status",
    "duration_ms", "signals", ...}`` — the decision record joined with its outcome.
@@ -32,7 +33,8 @@
    on held-out records (20% of users, by the record's bucket) predictions are
    finite and, clamped to [0, 1] as the filter does, close to the targets (MAE)
    and to each learned effect in its cell, and the pushed policy does not turn
-   any feature off for more than --max-off-share of requests.
+   any feature off for more than --max-off-share of requests (unless the
+   serving model already did).
 5. **Push** through the plugin configuration with no restart: the ECDS file
    Envoy watches (a DiscoveryResponse holding the augur TypedExtensionConfig) is
    rewritten atomically with the new ``model.onnx_base64`` / ``model.version``
@@ -47,8 +49,22 @@ Exit status: 0 pushed and applied (or --dry-run passed validation), 2 refused
 by validation (nothing pushed), 3 refused by Envoy / the filter, 4 no reaction
 from Envoy within --timeout, 1 any other error.
 
+**Service mode** (``--every SECONDS``, see :class:`Service`): every round it
+reads the log, trains a candidate on the randomised records (``--targets
+uplift``: the T-learner of models/uplift.py, with per-feature thresholds from
+the harm/benefit trade-off), compares it with the serving model on held-out
+randomised records (the policy value of the decisions each would make,
+inverse-propensity weighted, in engagements per request), pushes it only if it
+is better by ``--margin`` and ``--min-z`` standard errors, then watches the
+KPIs of the requests the pushed model decides against the serving model's with
+the filter's always-valid test (models/augur_stats.py) and restores the
+previous configuration if one regresses. Every action is one JSON line on
+stdout (and ``--journal``). ``--max-rounds`` bounds it; SIGTERM / SIGINT stop it
+after the current round (exit 0).
+
 Reusable: :func:`push` (also used by the tests and integration/loop_demo.py),
-:func:`estimate_effects`, :func:`targets`, :func:`build`.
+:func:`estimate_effects`, :func:`targets`, :func:`build`, :func:`evaluate`,
+:func:`kpi_watch`, :class:`Service`.
 """
 
 from __future__ import annotations
@@ -60,14 +76,17 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -76,20 +95,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "integration"))
 
-import augur_stats  # noqa: E402
-import report  # noqa: E402
-import train  # noqa: E402
-from train import IMPACTS, TrainError  # noqa: E402
+import augur_stats
+import envoyconf
+import report
+import train
+import uplift
+from train import IMPACTS, TrainError
 
-import envoyconf  # noqa: E402
-
-THRESHOLD_FIELDS = {
-    "performance_cost": "max_performance_cost",
-    "error_risk": "max_error_risk",
-    "security_risk": "max_security_risk",
-    "engagement": "min_engagement",
-    "score": "min_score",
-}
+THRESHOLD_FIELDS = uplift.THRESHOLD_FIELDS
 
 
 class JobError(RuntimeError):
@@ -105,15 +118,7 @@ class ValidationError(JobError):
 # --------------------------------------------------------------------------
 
 
-def outcome_bits(r: dict, slow_ms: float) -> dict:
-    """The four impacts' observable events on one record (1.0 / 0.0)."""
-    d = r.get("duration_ms")
-    return {
-        "performance_cost": 1.0 if isinstance(d, (int, float)) and d >= slow_ms else 0.0,
-        "error_risk": 1.0 if report.is_error(r) else 0.0,
-        "engagement": 1.0 if "engaged" in report.signals(r) else 0.0,
-        "security_risk": 1.0 if "security" in report.signals(r) else 0.0,
-    }
+outcome_bits = uplift.outcome_bits
 
 
 @dataclass
@@ -204,7 +209,13 @@ def targets(cell_lists, features, effects) -> np.ndarray:
 
 def read_ecds(path) -> tuple[dict, dict]:
     """(the DiscoveryResponse, the plugin configuration inside it)."""
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise JobError(f"--ecds {path}: cannot read the ECDS file Envoy watches ({e.strerror}); give the path of "
+                       "the DiscoveryResponse file of the filter's config_discovery") from None
+    except ValueError as e:
+        raise JobError(f"--ecds {path}: not JSON ({e}); the file must hold an ECDS DiscoveryResponse") from None
     try:
         (res,) = doc["resources"]
         value = res["typed_config"]["config"]["configuration"]["value"]
@@ -223,23 +234,24 @@ def with_plugin(doc: dict, plugin: dict | str, version_info: str) -> dict:
 
 
 def parse_thresholds(text: str | None) -> dict:
-    out = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        k, _, v = part.partition("=")
-        k = k.strip()
-        if k not in THRESHOLD_FIELDS:
-            raise JobError(f"--thresholds: unknown {k!r} (one of {', '.join(THRESHOLD_FIELDS)})")
-        out[THRESHOLD_FIELDS[k]] = float(v)
-    return out
+    """``error_risk=0.2,score=40`` → {features[] field: value}."""
+    try:
+        pairs = uplift.key_values(text, "--thresholds", THRESHOLD_FIELDS, "error_risk=0.2,security_risk=0.2")
+    except ValueError as e:
+        raise JobError(str(e)) from None
+    return {THRESHOLD_FIELDS[k]: v for k, v in pairs.items()}
 
 
-def candidate_plugin(plugin: dict, onnx_bytes: bytes, version: str, thresholds: dict) -> dict:
+def candidate_plugin(plugin: dict, onnx_bytes: bytes, version: str, thresholds: dict,
+                     per_feature: dict | None = None) -> dict:
+    """`plugin` with the model inline; `per_feature` ({name: {field: value}},
+    e.g. derived by uplift.derive_thresholds) then `thresholds` (the same on
+    every feature, explicit: it wins) set on every ``auto`` feature."""
     new = json.loads(json.dumps(plugin))
     new["model"] = dict(new.get("model") or {}, onnx_base64=base64.b64encode(onnx_bytes).decode(), version=version)
     for f in new.get("features", []):
         if f.get("override", "auto") == "auto":
+            f.update((per_feature or {}).get(f["name"], {}))
             f.update(thresholds)
     return new
 
@@ -249,7 +261,7 @@ def check_config(augur: str, plugin: dict) -> str:
         json.dump(plugin, f)
         path = f.name
     try:
-        p = subprocess.run([augur, "check-config", path], capture_output=True, text=True, timeout=120)
+        p = subprocess.run([augur, "check-config", path], capture_output=True, text=True, timeout=120, check=False)
     finally:
         os.unlink(path)
     if p.returncode != 0:
@@ -401,21 +413,22 @@ def onnx_predict(onnx_bytes: bytes, xs: np.ndarray) -> np.ndarray:
 
 
 def off_share(pred: np.ndarray, plugin: dict, model_features: list[str]) -> dict:
-    """Per auto feature: share of rows the thresholds would turn off (model reasons only)."""
-    out = {}
-    for f in plugin.get("features", []):
-        if f.get("override", "auto") != "auto" or f["name"] not in model_features:
-            continue
-        i = model_features.index(f["name"]) * len(IMPACTS)
-        perf, err, eng, sec = (pred[:, i + k] for k in range(4))
-        off = (
-            (sec > f.get("max_security_risk", 0.5))
-            | (err > f.get("max_error_risk", 0.3))
-            | (perf > f.get("max_performance_cost", 0.7))
-            | (eng < f.get("min_engagement", 0.0))
-        )
-        out[f["name"]] = float(off.mean()) if len(off) else 0.0
-    return out
+    """Per auto feature the model scores: share of rows the model rules
+    (thresholds, min_score) would turn off."""
+    names = [f["name"] for f in plugin.get("features", [])
+             if f.get("override", "auto") == "auto" and f["name"] in model_features]
+    off = uplift.off_mask(pred, plugin, model_features, names)
+    return {n: float(off[:, j].mean()) if len(off) else 0.0 for j, n in enumerate(names)}
+
+
+def held_out(r: dict) -> bool:
+    """The fixed held-out split: 20% of users by the record's rollout bucket
+    (sticky per user), by request id for a record without one."""
+    d = r["decision"]
+    b = d.get("bucket")
+    if isinstance(b, int):
+        return b % 5 == 0
+    return zlib.crc32(str(d.get("request_id") or d.get("id") or "").encode()) % 5 == 0
 
 
 @dataclass
@@ -433,33 +446,109 @@ class Candidate:
     inspect: dict
     check: str
     family: str = "mlp"
+    targets: str = "cells"
+    thresholds: dict = field(default_factory=dict)  # per feature, derived ({name: {field: value}})
+    reasons: dict = field(default_factory=dict)  # per feature: why each threshold
+
+
+def inspect_bytes(augur: str, onnx_bytes: bytes) -> dict:
+    """``augur inspect-model`` on model bytes: the filter's own loader (ValidationError if it refuses)."""
+    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
+        f.write(onnx_bytes)
+        model_path = f.name
+    try:
+        return train.inspect_model(augur, model_path)
+    except TrainError as e:
+        raise ValidationError(f"augur inspect-model cannot load the candidate: {e}") from e
+    finally:
+        os.unlink(model_path)
+
+
+def rollout_records(records, plugin) -> list:
+    """The records of `plugin`'s rollout that carry a model input."""
+    rollout = plugin.get("name", "default")
+    return [r for r in records if r["decision"].get("rollout") == rollout and r["decision"].get("x")]
+
+
+def serving_predictions(plugin: dict, xs: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """[N, 4F] the serving model's clamped predictions in `features` order (0 for
+    a feature it does not score)."""
+    b = load_model_bytes(plugin)
+    mf = model_features(b)
+    raw = np.clip(onnx_predict(b, xs), 0.0, 1.0)
+    out = np.zeros((len(xs), len(features) * len(IMPACTS)), dtype=np.float32)
+    for j, f in enumerate(features):
+        if f in mf:
+            i = mf.index(f) * len(IMPACTS)
+            out[:, j * len(IMPACTS):(j + 1) * len(IMPACTS)] = raw[:, i:i + len(IMPACTS)]
+    return out
+
+
+def uplift_targets(records, xs, held, plugin, features, names, slow_ms, min_evidence, min_n, seed, log):
+    """Targets from the T-learner (models/uplift.py) fitted on the training
+    rows' randomised records: the clamped uplift for each (feature, impact) the
+    always-valid cell test finds evidence for (0 for the others); a feature with
+    no randomised training record keeps the serving model's predictions.
+    Returns (targets, effects, the fitted Uplift)."""
+    train_recs = [r for r, h in zip(records, held) if not h]
+    effects = estimate_effects(train_recs, features, names, slow_ms, min_evidence, min_n)
+    outcomes = uplift.outcome_matrix(records, slow_ms)
+    arms = uplift.arm_matrix(records, features)
+    arms_train = np.where(held[:, None], -1, arms)
+    up = uplift.fit_tlearner(xs, outcomes, arms_train, features, {(e.feature, e.impact) for e in effects},
+                             seed, min_n)
+    y = np.clip(up.predict(xs), 0.0, 1.0).astype(np.float32)
+    unseen = [f for f in features if up.randomised.get(f, 0) == 0]
+    if unseen:
+        serving = serving_predictions(plugin, xs, features)
+        for f in unseen:
+            j = features.index(f) * len(IMPACTS)
+            y[:, j:j + len(IMPACTS)] = serving[:, j:j + len(IMPACTS)]
+        log(f"  no randomised training records for {', '.join(unseen)}: the serving model's predictions kept")
+    for (f, impact), (n1, n0) in up.rows.items():
+        col = features.index(f) * len(IMPACTS) + IMPACTS.index(impact)
+        log(f"  uplift: {f:<16}{impact:<17} T-learner on {n1} on / {n0} off; predicted uplift mean "
+            f"{float(y[:, col].mean()):.3f}, max {float(y[:, col].max()):.3f}")
+    return y, effects, up
 
 
 def build(records, plugin, version, thresholds, augur, names, seed=7, min_evidence=MIN_EVIDENCE, min_n=20,
-          max_off_share=0.5, max_mae=0.05, log=print, family="mlp", gbm="lightgbm") -> Candidate:
+          max_off_share=0.5, max_mae=0.05, log=print, family="mlp", gbm="lightgbm", target_kind="cells",
+          costs=None) -> Candidate:
     """Effects → targets → model (``family``: mlp, gbm, linear or auto) → ONNX →
-    every pre-push check. Raises ValidationError."""
+    every pre-push check. Raises ValidationError.
+
+    ``target_kind``: ``cells`` (the chosen cells' uplifts, :func:`targets`) or
+    ``uplift`` (the T-learner, :func:`uplift_targets`, and per-feature
+    thresholds derived from the trade-off with ``costs``; explicit
+    ``thresholds`` still win)."""
     rollout = plugin.get("name", "default")
-    records = [r for r in records if r["decision"].get("rollout") == rollout and r["decision"].get("x")]
+    records = rollout_records(records, plugin)
     if len(records) < 200:
-        raise ValidationError(f"only {len(records)} records of rollout {rollout!r}: not enough to retrain")
+        raise ValidationError(f"only {len(records)} records of rollout {rollout!r}: not enough to retrain "
+                              "(need 200; wait for traffic or check the plugin's `name`)")
     features = [f["name"] for f in plugin["features"]]
     slow_ms = float((plugin.get("rollback") or {}).get("slow_ms", 1000))
     randomised = {f: sum(1 for r in records if report.arm(r, f) is not None) for f in features}
-    effects = estimate_effects(records, features, names, slow_ms, min_evidence, min_n)
     log(f"  data: {len(records)} records; randomised per feature: "
         + ", ".join(f"{f} {n}" for f, n in randomised.items()))
+    xs = np.asarray([r["decision"]["x"] for r in records], dtype=np.float32)
+    cell_lists = [report.cells(r, names) for r in records]
+    held = np.array([held_out(r) for r in records])
+    up = None
+    if target_kind == "uplift":
+        y, effects, up = uplift_targets(records, xs, held, plugin, features, names, slow_ms, min_evidence, min_n,
+                                        seed, log)
+    elif target_kind == "cells":
+        effects = estimate_effects(records, features, names, slow_ms, min_evidence, min_n)
+        y = targets(cell_lists, features, effects)
+    else:
+        raise JobError(f"--targets {target_kind!r}: use cells or uplift")
     if not effects:
         log("  effects: none significant (every target impact is 0)")
     for e in effects:
         log(f"  effect: {e.feature:<16}{e.impact:<17}{e.cell:<20} on {100 * e.rate_on:5.1f}% "
             f"(n={e.n_on}) vs off {100 * e.rate_off:5.1f}% (n={e.n_off}): uplift {e.uplift:+.2f}, evidence {e.evidence:.1f}")
-    xs = np.asarray([r["decision"]["x"] for r in records], dtype=np.float32)
-    cell_lists = [report.cells(r, names) for r in records]
-    y = targets(cell_lists, features, effects)
-    # 20% of users, sticky: the record's rollout bucket.
-    held = np.array([isinstance(r["decision"].get("bucket"), int) and r["decision"]["bucket"] % 5 == 0
-                     for r in records])
     t0 = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -473,26 +562,30 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
     schema = train.augur_schema(augur)
     onnx_bytes = train.export_model(
         model, features, version, schema["schema"],
-        extra_metadata={"augur.trainer": f"models/retrain.py model={family} records={len(records)} "
-                                         f"effects={len(effects)}"},
+        extra_metadata={"augur.trainer": f"models/retrain.py model={family} targets={target_kind} "
+                                         f"records={len(records)} effects={len(effects)}"},
     )
     # 1. the ONNX graph computes what was fitted (onnxruntime)
     train.check_ort_matches(onnx_bytes, model, xs[:2000])
     # 2. the filter's loader takes it (and says which kernel runs it)
-    with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
-        f.write(onnx_bytes)
-        model_path = f.name
-    try:
-        info = train.inspect_model(augur, model_path)
-    except TrainError as e:
-        raise ValidationError(f"augur inspect-model cannot load the candidate: {e}") from e
-    finally:
-        os.unlink(model_path)
+    info = inspect_bytes(augur, onnx_bytes)
     want = {"features": features, "version": version, "schema": schema["schema"]}
     if {k: info.get(k) for k in want} != want:
         raise ValidationError(f"augur inspect-model reports {info}, expected {want}")
+    # per-feature thresholds from the trade-off, on the new stack's training rows
+    derived, reasons = {}, {}
+    if up is not None:
+        rows = ~held & np.array([r["decision"].get("stack") == "new" for r in records])
+        rows = rows if rows.any() else ~held
+        pred_tr = np.clip(onnx_predict(onnx_bytes, xs[rows]), 0.0, 1.0)
+        learned = set(up.models)
+        for f, (chosen, why) in uplift.derive_thresholds(pred_tr, up.predict(xs[rows]), features, plugin,
+                                                         costs or uplift.DEFAULT_COSTS, learned).items():
+            derived[f], reasons[f] = chosen, why
+            for w in why:
+                log(f"  threshold: {f:<16}{w}")
     # 3. the configuration with the inline model compiles (shapes match the features)
-    new_plugin = candidate_plugin(plugin, onnx_bytes, version, thresholds)
+    new_plugin = candidate_plugin(plugin, onnx_bytes, version, thresholds, derived)
     check = check_config(augur, new_plugin)
     # 4. held-out rows: finite, in range, close to the targets, no feature wiped out
     x_te, y_te = xs[held], y[held]
@@ -519,15 +612,17 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
     old_bytes = load_model_bytes(plugin)
     off_before = off_share(np.clip(onnx_predict(old_bytes, scored), 0, 1), new_plugin, model_features(old_bytes))
     off_after = off_share(np.clip(onnx_predict(onnx_bytes, scored), 0, 1), new_plugin, features)
-    wiped = {f: s for f, s in off_after.items() if s > max_off_share}
+    # A feature the serving model already keeps off is not being wiped out by this one.
+    wiped = {f: s for f, s in off_after.items() if s > max_off_share and s > off_before.get(f, 0.0) + 0.01}
     if wiped:
         raise ValidationError(
             "the pushed policy would turn off "
-            + ", ".join(f"{f} for {100 * s:.0f}%" for f, s in wiped.items())
-            + f" of held-out requests (> --max-off-share {max_off_share:.0%})"
+            + ", ".join(f"{f} for {100 * s:.0f}% (serving model: {100 * off_before.get(f, 0.0):.0f}%)"
+                        for f, s in wiped.items())
+            + f" of held-out requests (> --max-off-share {max_off_share:.0%}); raise --max-off-share if that is meant"
         )
     return Candidate(onnx_bytes, new_plugin, effects, len(records), randomised, int(held.sum()), mae,
-                     off_before, off_after, fit_s, info, check, family)
+                     off_before, off_after, fit_s, info, check, family, target_kind, derived, reasons)
 
 
 def print_candidate(c: Candidate, out=sys.stdout):
@@ -538,7 +633,268 @@ def print_candidate(c: Candidate, out=sys.stdout):
           file=out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# --------------------------------------------------------------------------
+# Candidate vs serving, and the KPI watch after a push
+# --------------------------------------------------------------------------
+
+
+def file_candidate(onnx_bytes: bytes, plugin: dict, version: str, thresholds: dict, augur: str,
+                   validate: bool = True) -> tuple[dict, str]:
+    """(the plugin configuration with a given model inline, what the checks said):
+    the filter's loader (``augur inspect-model``) and ``augur check-config``."""
+    new_plugin = candidate_plugin(plugin, onnx_bytes, version, thresholds)
+    if not validate:
+        return new_plugin, "not validated (--no-validate)"
+    info = inspect_bytes(augur, onnx_bytes)
+    return new_plugin, f"filter: {json.dumps(info)}; check-config: {check_config(augur, new_plugin)}"
+
+
+def evaluate(records, serving_plugin: dict, candidate_plugin_: dict, costs: dict) -> dict:
+    """The policy value of the decisions the candidate and the serving
+    configuration (model + thresholds) make, on the held-out randomised records
+    (:func:`held_out`, arms from the record), in engagements per request against
+    every feature on (uplift.policy_gain: inverse propensity, real outcomes), with
+    the paired difference and its standard error (cluster-robust by user, the
+    record's ``bucket``), and the share each turns off."""
+    records = rollout_records(records, serving_plugin)
+    features = [f["name"] for f in serving_plugin["features"]]
+    arms_all = uplift.arm_matrix(records, features)
+    pi = uplift.propensities(arms_all)
+    rows = np.array([held_out(r) for r in records], dtype=bool) & (arms_all >= 0).any(axis=1)
+    if not rows.any():
+        raise ValidationError("no held-out randomised records to compare on: give features a `holdout` "
+                              "or let exploration run (rollback.explore_share)")
+    held = [r for r, h in zip(records, rows) if h]
+    slow_ms = float((serving_plugin.get("rollback") or {}).get("slow_ms", 1000))
+    xs = np.asarray([r["decision"]["x"] for r in held], dtype=np.float32)
+    u = uplift.utility(uplift.outcome_matrix(held, slow_ms), costs)
+    arms = arms_all[rows]
+    offs = {}
+    for key, plugin in (("serving", serving_plugin), ("candidate", candidate_plugin_)):
+        b = load_model_bytes(plugin)
+        offs[key] = uplift.off_mask(np.clip(onnx_predict(b, xs), 0.0, 1.0), plugin, model_features(b), features)
+    out = uplift.compare_policies(offs["candidate"], offs["serving"], arms, u, pi, groups=report.users(held))
+    out["propensity"] = {f: None if math.isnan(p) else round(float(p), 4) for f, p in zip(features, pi)}
+    for key in ("candidate", "serving"):
+        out[f"off_{key}"] = {f: round(float(offs[key][arms[:, j] >= 0, j].mean()), 4)
+                             for j, f in enumerate(features) if (arms[:, j] >= 0).any()}
+    return out
+
+
+def better(cmp: dict, margin: float, min_z: float) -> tuple[bool, str]:
+    """Better = the held-out policy value gains at least `margin` engagements per
+    request and the gain is at least `min_z` standard errors."""
+    z = cmp["delta"] / cmp["se"] if cmp["se"] > 0 else (math.inf if cmp["delta"] > 0 else 0.0)
+    cmp["z"] = z
+    if cmp["delta"] < margin:
+        return False, f"gain {cmp['delta']:+.4f} < --margin {margin:g} engagements/request"
+    if z < min_z:
+        return False, f"gain {cmp['delta']:+.4f} is only {z:.2f} standard errors (< --min-z {min_z:g})"
+    return True, f"gain {cmp['delta']:+.4f} >= --margin {margin:g} and {z:.2f} >= --min-z {min_z:g} standard errors"
+
+
+#: (name, outcome column, "bad" means): what the watch tests after a push.
+WATCH_KPIS = (("errors", "error_risk", "more"), ("security", "security_risk", "more"),
+              ("slow", "performance_cost", "more"), ("engagement", "engagement", "fewer"))
+
+
+def kpi_watch(records, plugin: dict, before: str, after: str, alpha: float, baseline: int = 2000,
+              min_n: int = 20) -> dict:
+    """The new stack's KPIs under the pushed model (records decided with model
+    `after`) against the previous one (the last `baseline` decided with
+    `before`), with the filter's always-valid harm test (augur_stats.harm: the
+    bad events land on the pushed model's requests more than their share) — for
+    engagement, engagements landing on the previous model's. An alarm at ln M ≥
+    ln(len(WATCH_KPIS) / alpha): valid however often the watch looks.
+    A before/after comparison, not a randomised one: a traffic change at push
+    time can trip it too; the watch then errs on the side of the previous model."""
+    slow_ms = float((plugin.get("rollback") or {}).get("slow_ms", 1000))
+    new = [r for r in rollout_records(records, plugin) if r["decision"].get("stack") == "new"]
+    b = [r for r in new if r["decision"].get("model") == before][-baseline:]
+    a = [r for r in new if r["decision"].get("model") == after]
+    ob, oa = uplift.outcome_matrix(b, slow_ms), uplift.outcome_matrix(a, slow_ms)
+    level = augur_stats.threshold(alpha / len(WATCH_KPIS))
+    out = {"before": before, "after": after, "n_before": len(b), "n_after": len(a), "level": round(level, 3),
+           "kpis": {}, "regressed": []}
+    for name, col, kind in WATCH_KPIS:
+        k = IMPACTS.index(col)
+        kb = int(ob[:, k].sum()) if len(b) else 0
+        ka = int(oa[:, k].sum()) if len(a) else 0
+        ev = 0.0
+        if len(a) >= min_n and len(b) >= min_n:
+            ev = (augur_stats.harm(len(a), ka, len(b), kb) if kind == "more"
+                  else augur_stats.harm(len(b), kb, len(a), ka))
+        out["kpis"][name] = {"rate_before": round(kb / len(b), 4) if b else None,
+                             "rate_after": round(ka / len(a), 4) if a else None, "evidence": round(ev, 3)}
+        if ev >= level:
+            out["regressed"].append(name)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Service mode
+# --------------------------------------------------------------------------
+
+
+class Journal:
+    """One JSON line per action on stdout (and appended to `path`)."""
+
+    def __init__(self, path=None, out=None):
+        self.path, self.out, self.round = path, out or sys.stdout, 0
+        self.lines: list[dict] = []
+
+    def __call__(self, action: str, **evidence):
+        line = {"ts": round(time.time(), 3), "round": self.round, "action": action, **evidence}
+        self.lines.append(line)
+        text = json.dumps(line, default=_json_default)
+        print(text, file=self.out, flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(text + "\n")
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return str(v)
+
+
+def _r(v, nd=4):
+    return None if v is None else round(float(v), nd)
+
+
+class Service:
+    """The retraining job as a service: :meth:`round` once per ``--every``.
+
+    A round either watches the last push (until ``--watch-records`` new-stack
+    requests were decided with it: ``kept``; or a KPI regressed: ``restored``)
+    or trains a candidate on the log (when ``--min-new`` records arrived since
+    the last training), compares it with the serving configuration on held-out
+    randomised records and pushes it if it is better (:func:`better`)."""
+
+    def __init__(self, args, journal: Journal):
+        self.a, self.log = args, journal
+        self.names = report.cell_names(args.augur)
+        self.costs = uplift.parse_costs(args.harm_cost)
+        self.thresholds = parse_thresholds(args.thresholds)
+        self.watch: dict | None = None
+        self.trained_at = -10**9  # record count at the last training
+
+    def records(self):
+        try:
+            records, _ = report.read_log(self.a.log)
+        except OSError as e:
+            raise JobError(f"--log {self.a.log}: cannot read the access log ({e.strerror}); waiting for it") from None
+        return records[-self.a.window:] if self.a.window else records
+
+    def round(self, candidate=None) -> str:
+        """One round; returns its last action. `candidate`: an ONNX model (bytes)
+        to evaluate instead of training one (``--model FILE`` does the same)."""
+        self.log.round += 1
+        try:
+            if self.watch is not None:
+                return self._watch()
+            return self._train_compare_push(candidate)
+        except (JobError, TrainError) as e:  # ValidationError included
+            self.log("skipped", reason=str(e)[:600])
+            return "skipped"
+        except Exception as e:  # noqa: BLE001 — a service outlives one bad round; the line says what broke
+            self.log("error", reason=f"{type(e).__name__}: {str(e)[:600]}")
+            return "error"
+
+    def _watch(self) -> str:
+        w = self.watch
+        _, plugin = read_ecds(self.a.ecds)
+        res = kpi_watch(self.records(), plugin, w["before"], w["version"], self.a.watch_alpha,
+                        min_n=self.a.min_n)
+        if res["regressed"]:
+            back = push(w["previous"], self.a.ecds, self.a.admin, self.a.envoy_log,
+                        version_info=f"restored-{w['before']}-r{self.log.round}", timeout=self.a.timeout)
+            self.watch = None
+            self.log("restored", version=w["version"], restored=w["before"], envoy=back.status,
+                     applied_ms=_r(1000 * back.seconds, 1), serving=back.serving, watch=res)
+            return "restored"
+        if res["n_after"] >= self.a.watch_records:
+            self.watch = None
+            self.log("kept", version=w["version"], watch=res)
+            return "kept"
+        self.log("watching", version=w["version"], watch=res)
+        return "watching"
+
+    def _train_compare_push(self, onnx_bytes=None) -> str:
+        a = self.a
+        _, serving = read_ecds(a.ecds)
+        records = self.records()
+        mine = rollout_records(records, serving)
+        version = f"{a.version}-r{self.log.round}"
+        if onnx_bytes is None and a.model not in (*train.FAMILIES, "auto"):
+            onnx_bytes = Path(a.model).read_bytes()
+        if onnx_bytes is None:
+            if len(mine) - self.trained_at < a.min_new:
+                self.log("skipped", reason=f"{len(mine) - max(self.trained_at, 0)} new records since the last "
+                                           f"training (< --min-new {a.min_new})", records=len(mine))
+                return "skipped"
+            self.trained_at = len(mine)
+            notes: list[str] = []
+            cand = build(records, serving, version, self.thresholds, a.augur, self.names, a.seed, a.min_evidence,
+                         a.min_n, a.max_off_share, log=notes.append, family=a.model, gbm=a.gbm,
+                         target_kind=a.targets, costs=self.costs)
+            new_plugin = cand.plugin
+            self.log("trained", version=version, family=cand.family, targets=cand.targets, records=cand.rows,
+                     randomised=cand.randomised, held_out=cand.held_out, mae=_r(cand.mae), fit_s=_r(cand.fit_s, 2),
+                     effects=[{"feature": e.feature, "impact": e.impact, "cell": e.cell, "uplift": _r(e.uplift),
+                               "evidence": _r(e.evidence, 2)} for e in cand.effects],
+                     thresholds=cand.thresholds, reasons=cand.reasons, check=cand.check)
+        else:
+            new_plugin, check = file_candidate(onnx_bytes, serving, version, self.thresholds, a.augur)
+            self.log("trained", version=version, family="given", records=len(mine), check=check)
+        cmp = evaluate(records, serving, new_plugin, self.costs)
+        ok, why = better(cmp, a.margin, a.min_z)
+        self.log("compared", version=version, serving=(serving.get("model") or {}).get("version"),
+                 better=ok, reason=why, **{k: (_r(v) if isinstance(v, float) else v) for k, v in cmp.items()})
+        if not ok:
+            self.log("skipped", version=version, reason=f"not better: {why}")
+            return "skipped"
+        if not a.admin:
+            raise JobError("--admin is required to push (host:port of Envoy's admin)")
+        before = next((r["decision"].get("model") for r in reversed(mine) if r["decision"].get("stack") == "new"),
+                      (serving.get("model") or {}).get("version"))
+        res = push(new_plugin, a.ecds, a.admin, a.envoy_log, version_info=version, timeout=a.timeout)
+        if res.status != "applied":
+            self.log("refused" if res.status == "refused" else "no_reaction", version=version, message=res.message,
+                     serving=res.serving)
+            return "refused"
+        self.watch = {"version": version, "before": before, "previous": serving}
+        self.log("pushed", version=version, previous=before, applied_ms=_r(1000 * res.seconds, 1),
+                 serving=res.serving, gain=_r(cmp["delta"]), se=_r(cmp["se"]))
+        return "pushed"
+
+
+def serve(args) -> int:
+    """Rounds every ``--every`` seconds until ``--max-rounds`` or SIGTERM/SIGINT."""
+    journal = Journal(args.journal)
+    stop = threading.Event()
+    why = {"reason": "max-rounds"}
+
+    def on_signal(signum, _frame):
+        why["reason"] = signal.Signals(signum).name
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    svc = Service(args, journal)
+    journal("started", every_s=args.every, max_rounds=args.max_rounds or None, margin=args.margin, min_z=args.min_z,
+            costs=svc.costs, targets=args.targets, watch_records=args.watch_records, watch_alpha=args.watch_alpha)
+    while not stop.is_set() and (not args.max_rounds or journal.round < args.max_rounds):
+        svc.round()
+        if args.max_rounds and journal.round >= args.max_rounds:
+            break
+        stop.wait(args.every)
+    journal("stopped", reason=why["reason"], rounds=journal.round)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--log", required=True, help="Envoy access log with augur decision records")
     ap.add_argument("--ecds", required=True, help="the ECDS file Envoy watches (DiscoveryResponse)")
@@ -562,30 +918,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-n", type=int, default=20, help="minimum randomised requests per arm and cell")
     ap.add_argument("--max-off-share", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for Envoy's verdict")
-    args = ap.parse_args(argv)
+    ap.add_argument("--targets", choices=("cells", "uplift"), default=None,
+                    help="training targets: cells (the chosen cells' uplifts; one-shot default) or uplift (the "
+                         "T-learner with per-feature thresholds from the trade-off; service default)")
+    ap.add_argument("--harm-cost", default="",
+                    help="what one harm costs in engagements, e.g. error_risk=3,security_risk=10,performance_cost=1 "
+                         "(the defaults)")
+    svc = ap.add_argument_group("service mode")
+    svc.add_argument("--every", type=float, help="run as a service: a round every SECONDS")
+    svc.add_argument("--max-rounds", type=int, default=0, help="stop after this many rounds (0: until SIGTERM)")
+    svc.add_argument("--journal", help="also append the JSON action lines to this file")
+    svc.add_argument("--margin", type=float, default=0.01,
+                     help="push only a candidate whose held-out policy value gains at least this many "
+                          "engagements per request over the serving one")
+    svc.add_argument("--min-z", type=float, default=2.0, help="... and whose gain is at least this many SEs")
+    svc.add_argument("--min-new", type=int, default=200, help="retrain only after this many new records")
+    svc.add_argument("--window", type=int, default=50000, help="train on the last N records (0: all)")
+    svc.add_argument("--watch-records", type=int, default=500,
+                     help="after a push, keep it once this many new-stack requests were decided with it")
+    svc.add_argument("--watch-alpha", type=float, default=0.01,
+                     help="false-restore probability of the always-valid KPI watch after a push")
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with the mode's defaults filled in (``--targets``:
+    uplift in service mode, cells in one-shot mode)."""
+    args = parser().parse_args(argv)
+    if args.every is not None and (args.every < 0 or args.max_rounds < 0):
+        raise JobError("--every and --max-rounds must be >= 0")
+    args.targets = args.targets or ("uplift" if args.every is not None else "cells")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.every is not None:
+        return serve(args)
     t0 = time.monotonic()
-    doc, plugin = read_ecds(args.ecds)
+    _, plugin = read_ecds(args.ecds)
     thresholds = parse_thresholds(args.thresholds)
     serving = (plugin.get("model") or {}).get("version", "(embedded default)")
     print(f"retrain: serving model {serving}; candidate {args.version}")
     if args.model not in (*train.FAMILIES, "auto"):
         onnx_bytes = Path(args.model).read_bytes()
-        new_plugin = candidate_plugin(plugin, onnx_bytes, args.version, thresholds)
-        if not args.no_validate:
-            with tempfile.NamedTemporaryFile(suffix=".onnx", delete=False) as f:
-                f.write(onnx_bytes)
-            try:
-                info = train.inspect_model(args.augur, f.name)
-            except TrainError as e:
-                raise ValidationError(f"augur inspect-model (tract) cannot load {args.model}: {e}") from e
-            finally:
-                os.unlink(f.name)
-            print(f"  tract: {json.dumps(info)}; check-config: {check_config(args.augur, new_plugin)}")
+        new_plugin, check = file_candidate(onnx_bytes, plugin, args.version, thresholds, args.augur,
+                                           validate=not args.no_validate)
+        print(f"  {args.model}: {check}")
     else:
-        records, skipped = report.read_log(args.log)
+        records, _ = report.read_log(args.log)
         names = report.cell_names(args.augur)
         cand = build(records, plugin, args.version, thresholds, args.augur, names, args.seed, args.min_evidence,
-                     args.min_n, args.max_off_share, family=args.model, gbm=args.gbm)
+                     args.min_n, args.max_off_share, family=args.model, gbm=args.gbm, target_kind=args.targets,
+                     costs=uplift.parse_costs(args.harm_cost))
         print_candidate(cand)
         onnx_bytes, new_plugin = cand.onnx, cand.plugin
     if args.out:
@@ -616,6 +1001,6 @@ if __name__ == "__main__":
     except ValidationError as e:
         print(f"retrain: candidate NOT pushed, validation failed: {e}", file=sys.stderr)
         sys.exit(2)
-    except (JobError, TrainError) as e:
+    except (JobError, TrainError, ValueError) as e:
         print(f"retrain: error: {e}", file=sys.stderr)
         sys.exit(1)
