@@ -59,11 +59,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "models"))
 
-import envoyconf  # noqa: E402
-import harness  # noqa: E402
-import planted  # noqa: E402
-import report  # noqa: E402
-import synthetic  # noqa: E402
+import envoyconf
+import harness
+import planted
+import report
+import synthetic
 
 FEATURES = list(synthetic.DEMO_FEATURES)
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1, "min_engagement": 0}
@@ -133,7 +133,7 @@ class Apps:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
             for port in self.ports.values():
-                harness.wait_until(lambda: harness.port_open(port), 10, f"app on {port}")
+                harness.wait_until(lambda port=port: harness.port_open(port), 10, f"app on {port}")
         except BaseException:
             self.close()
             raise
@@ -250,7 +250,8 @@ def run(kind, plugin, reqs, args, work, world="demo", seconds=None):
             ]
             entry = {"version": version, "started": time.time() - t_start}
             try:
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.retrain_timeout, cwd=str(ROOT))
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.retrain_timeout, cwd=str(ROOT),
+                                   check=False)
                 entry.update(rc=p.returncode, output=(p.stdout + p.stderr).strip())
             except subprocess.TimeoutExpired as e:
                 entry.update(rc=None, output=f"retrain timed out after {args.retrain_timeout}s: {e}")
@@ -395,14 +396,14 @@ def first_decision_ms(res, retrain_entry):
     for r in res["records"]:
         d = r.get("decision")
         if isinstance(d, dict) and d["model"] == retrain_entry["version"]:
-            start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00")).timestamp()
+            start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (3.10).timestamp()
             return max(0.0, (start - pushed) * 1000)
     return None
 
 
 def record_time(r, t_start):
     """Seconds from the run's start to a record's START_TIME."""
-    return datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00")).timestamp() - t_start
+    return datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (3.10).timestamp() - t_start
 
 
 def mechanics(res, reqs, effects):

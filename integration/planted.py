@@ -63,7 +63,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from upstream import AppHandler, send_answer  # noqa: E402
+from upstream import AppHandler, send_answer
 
 # --------------------------------------------------------------------------
 # The hidden world
@@ -226,7 +226,7 @@ class TruthLog:
         self.path = path
         self.lock = threading.Lock()
         self.buf = []
-        self.file = open(path, "a", encoding="utf-8") if path else None
+        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 (closed by close())
         self.stop = threading.Event()
         if self.file:
             threading.Thread(target=self._loop, daemon=True).start()

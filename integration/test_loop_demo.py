@@ -9,10 +9,9 @@ run through Envoy counts, on the world with AND-segments and an `all` segment.
 import argparse
 import time
 
-import pytest
-
 import loop_demo
 import planted
+import pytest
 
 
 def test_segments_and_worlds():
