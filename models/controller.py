@@ -266,8 +266,9 @@ def stack_tests(w: dict, facts: dict) -> list:
 
 def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
     """(action or None, report). `windows`: {"stack": …, "step": …, feature: …}
-    counts since each scope's baseline. At most one action per evaluation, in
-    order of severity: revert, kill, block, model, ramp."""
+    counts since each scope's baseline. At most one action per evaluation: a
+    kill, else a block (what explains a regression comes first), else a revert,
+    else a new model, else the next ramp step."""
     lv = facts["levels"]
     seg = segment_tests(windows, facts, state)
     hold = holdout_tests(windows, facts, state)
@@ -278,10 +279,6 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
     worst_stack = max(stack, key=lambda t: t["ln_m"])
     stack_alarm = worst_stack["ln_m"] >= lv["revert"]
     report["stack_alarm"] = stack_alarm
-    if stack_alarm and state.get("alarm_since") is not None and now - state["alarm_since"] >= settings["revert_after_s"]:
-        return {"kind": "revert", "why": f"new stack worse than old on {worst_stack['kpi']} for "
-                f"{now - state['alarm_since']:.0f} s with no block or kill explaining it "
-                f"(evidence {worst_stack['ln_m']:.1f} ≥ {lv['revert']:.1f})", "evidence": worst_stack}, report
     # kill: blocked in kill_after_cells segments, or worse than its holdout
     for f in facts["features"]:
         if f in state["kills"]:
@@ -299,6 +296,10 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
             return {"kind": "block", "feature": t["feature"], "segment": t["segment"],
                     "why": f"{t['feature']} on worse than off in {t['segment']} on {t['kpi']} "
                     f"(evidence {t['ln_m']:.1f} ≥ {lv['single']:.1f})", "evidence": t}, report
+    if stack_alarm and state.get("alarm_since") is not None and now - state["alarm_since"] >= settings["revert_after_s"]:
+        return {"kind": "revert", "why": f"new stack worse than old on {worst_stack['kpi']} for "
+                f"{now - state['alarm_since']:.0f} s with no block or kill explaining it "
+                f"(evidence {worst_stack['ln_m']:.1f} ≥ {lv['revert']:.1f})", "evidence": worst_stack}, report
     new_model = state.get("model_candidate")
     if new_model is not None:
         return {"kind": "model", "model": new_model, "why": f"new model {new_model['version']} in model_dir, "
@@ -308,7 +309,7 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
         return None, dict(report, ramp="none")
     if state["ramp_step"] >= len(ramp["steps"]) - 1:
         return None, dict(report, ramp="done")
-    suspect = worst_stack["ln_m"] >= lv["screen"] or any(t["ln_m"] >= lv["screen"] for t in seg + hold)
+    suspect = stack_alarm or worst_stack["ln_m"] >= lv["screen"] or any(t["ln_m"] >= lv["screen"] for t in seg + hold)
     dwell = now - state["step_started"]
     samples = int(windows.get("step", {}).get("stack|new|requests", 0))
     if suspect:
