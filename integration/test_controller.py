@@ -118,8 +118,8 @@ def test_an_unexplained_stack_regression_reverts_after_revert_after_s():
 def test_apply_restarts_the_regimes_it_changes():
     s = state()
     assert controller.apply(s, {"kind": "block", "feature": "new_checkout", "segment": "tablets"}, 5) == \
-        ["stack", "new_checkout"]
-    assert s["seq"] == 1 and s["blocks"] == [["new_checkout", "tablets"]]
+        ["stack", "step", "new_checkout"]
+    assert s["seq"] == 1 and s["blocks"] == [["new_checkout", "tablets"]] and s["step_started"] == 5
     assert controller.apply(s, {"kind": "ramp", "from": 1, "to": 5}, 7) == ["stack", "step"]
     assert s["ramp_step"] == 1 and s["step_started"] == 7 and s["seq"] == 2
 
@@ -193,3 +193,26 @@ def test_cli_help_and_a_refused_configuration(tmp_path):
     r = subprocess.run([py, script, "--config", str(tmp_path / "bad.json")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "configuration refused: rollout: required" in r.stderr, r.stderr
+
+
+def test_a_new_model_in_model_dir_is_validated_then_adopted(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    settings = {"rollout": str(harness.ROOT / "deploy" / "fleet" / "rollout.json"), "wasm": "augur.wasm",
+                "proxies": [{"admin": "127.0.0.1:1", "ecds": "e/augur.json"}], "model_dir": str(models),
+                "state": str(tmp_path / "state.json"), "ramp": None}
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=open(tmp_path / "log", "w"))
+    assert ctl.new_model() is None
+    (models / "broken.onnx").write_bytes(b"not onnx")
+    assert ctl.new_model() is None and "model_refused" in (tmp_path / "log").read_text()
+    (models / "v2.onnx").write_bytes((harness.ROOT / "models" / "default.onnx").read_bytes())
+    cand = ctl.new_model()
+    assert cand["version"] == "default-v1" and ctl.state["model_candidate"] == cand
+    assert ctl.new_model() is None, "one candidate at a time, each file once"
+    action, _ = controller.decide(ctl.state, ctl.facts, QUIET, ctl.s, now=2000)
+    assert action["kind"] == "model"
+    assert controller.apply(ctl.state, action, 2000) == ["*"] and ctl.state["model_candidate"] is None
+    plugin = controller.plugin_for(ctl.base, ctl.state, ctl.s)
+    assert plugin["model"]["version"] == "default-v1" and plugin["model"]["onnx_base64"]
+    check_config(plugin, tmp_path)

@@ -159,17 +159,24 @@ def rollout_facts(plugin: dict) -> dict:
 # Counters: Prometheus → per-instance snapshot → windows since a baseline
 # ---------------------------------------------------------------------------
 
+def selectors(rollout: str) -> dict:
+    """Per family: (labels kept, the series read)."""
+    r = f'rollout="{rollout}"'
+    return {
+        "seg": ("feature, segment, arm, outcome",
+                f'augur_segment_outcomes_total{{{r},outcome=~"requests|errors|security"}}'),
+        "feat": ("feature, arm, outcome",
+                 f'augur_feature_outcomes_total{{{r},arm=~"on|holdout",outcome=~"requests|errors|security"}}'),
+        "req": ("stack", f"augur_requests_total{{{r}}}"),
+        "err": ("stack", f'augur_responses_total{{{r},class=~"5xx|other"}}'),
+        "sec": ("stack", f"augur_security_events_total{{{r}}}"),
+    }
+
+
 def queries(rollout: str) -> dict:
     """PromQL per family; every result is summed by instance, so the controller
     can restart a window per scope and survive a proxy's counter reset."""
-    r = f'rollout="{rollout}"'
-    return {
-        "seg": f'sum by (instance, feature, segment, arm, outcome) (augur_segment_outcomes_total{{{r},outcome=~"requests|errors|security"}})',
-        "feat": f'sum by (instance, feature, arm, outcome) (augur_feature_outcomes_total{{{r},arm=~"on|holdout",outcome=~"requests|errors|security"}})',
-        "req": f"sum by (instance, stack) (augur_requests_total{{{r}}})",
-        "err": f'sum by (instance, stack) (augur_responses_total{{{r},class=~"5xx|other"}})',
-        "sec": f"sum by (instance, stack) (augur_security_events_total{{{r}}})",
-    }
+    return {k: f"sum by (instance, {by}) ({sel})" for k, (by, sel) in selectors(rollout).items()}
 
 
 def series_key(family: str, m: dict) -> str:
@@ -328,26 +335,27 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
 
 def apply(state: dict, action: dict, now: float) -> list:
     """Records `action` in `state`; returns the baseline scopes it restarts
-    (the regime changed: a new test on new data)."""
+    (the regime changed: a new test on new data; "*" = all)."""
     kind = action["kind"]
     state["seq"] += 1
     state["alarm_since"] = None
+    # Any change restarts the ramp step too: the new regime earns its own dwell.
+    state["step_started"] = now
     if kind == "block":
         state["blocks"].append([action["feature"], action["segment"]])
-        return ["stack", action["feature"]]
+        return ["stack", "step", action["feature"]]
     if kind == "kill":
         state["kills"].append(action["feature"])
-        return ["stack", action["feature"]]
+        return ["stack", "step", action["feature"]]
     if kind == "revert":
         state["reverted"] = True
-        return ["stack"]
+        return ["stack", "step"]
     if kind == "model":
         state["model"] = {k: action["model"][k] for k in ("path", "version", "sha256")}
         state["model_candidate"] = None
-        return ["stack", "*"]
+        return ["*"]
     if kind == "ramp":
         state["ramp_step"] += 1
-        state["step_started"] = now
         return ["stack", "step"]
     return []
 
