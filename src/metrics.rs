@@ -216,7 +216,7 @@ pub struct Metrics {
     feature_outcomes: Vec<[[Option<Counter>; 4]; 3]>,
     /// Per monitored segment (its bit in `Profile::segments`) × feature × arm
     /// (on, off) × outcome, randomised new-stack requests only.
-    segment_outcomes: Vec<(u64, Vec<[[Option<Counter>; 4]; 2]>)>,
+    segment_outcomes: Vec<(u64, Vec<ArmOutcomes>)>,
     /// Per feature × arm: latency histogram (ms) as counters, new stack only.
     feature_latency: Vec<[Buckets; 3]>,
     /// Per rollback event kind: incremented at once (rare, and worth seeing).
@@ -227,6 +227,8 @@ const ROLLBACK_EVENTS: [&str; 7] =
     ["suspect", "cleared", "blocked", "killed", "reverted", "recovered", "srm"];
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
+/// One feature's on/off arms × outcomes in one monitored segment.
+type ArmOutcomes = [[Option<Counter>; 4]; 2];
 const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
 
 impl Metrics {
