@@ -19,7 +19,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/conf
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo ab-report clean help image deploy-tools rules-check node-deps
+.PHONY: fleet-demo all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo ab-report clean help image deploy-tools rules-check node-deps
 
 all: wasm cli
 
@@ -29,6 +29,7 @@ help:
 	@echo "make wasm         build the filter: $(WASM)"
 	@echo "make image        the filter as a Wasm OCI image (Istio WasmPlugin / Envoy Gateway): $(IMAGE_DIR)"
 	@echo "make loop-demo    the closed loop in two planted worlds x 3 seeds through the real Envoy (< 15 min); last line: the minimum harm reduction / beneficial kept"
+	@echo "make fleet-demo   three Envoys + Prometheus + the controller: a ramp, a planted regression blocked fleet-wide (< 10 min)"
 	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p; profile-adjusted; Holm/BH) from an access log (AB_LOG=...)"
 	@echo "make bench        criterion micro-benchmarks of the hot path"
 	@echo "make bench-vm     the same hot path inside V8 (Node), as the filter runs it"
@@ -153,6 +154,10 @@ test: .rustup-target.stamp lint unit integration
 
 loop-demo: $(WASM) $(CLI) venv
 	$(VPY) integration/loop_demo.py
+
+# Three Envoys, a real Prometheus (Debian package) and the controller (models/controller.py).
+fleet-demo: $(WASM) $(CLI) venv .deploy-tools.stamp
+	$(VPY) integration/fleet_demo.py
 
 AB_LOG ?= .run/loop/loop/access.log
 ab-report: $(CLI) venv

@@ -18,7 +18,7 @@ DEMO_WASM = "target/augur.wasm"
 # Labels cut out of wasm stat names (`augur_x.label.value...`) by Envoy's tag
 # extraction: the first group is removed from the name, the second is the value.
 # `split` is kept for per-split counters (none yet).
-STAT_LABELS = ["rollout", "stack", "class", "feature", "state", "reason", "arm", "outcome", "kind", "split"]
+STAT_LABELS = ["rollout", "stack", "class", "feature", "segment", "state", "reason", "arm", "outcome", "kind", "split"]
 # Labels whose value may contain dots (`le="0.005"`, `model_version="v1.2"`):
 # always the last pair of a name, so the value runs to the end.
 STAT_LABELS_LAST = ["le", "model_version"]

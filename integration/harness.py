@@ -257,3 +257,70 @@ def synthetic_requests(n, seed, prefix, users=None):
 
 def env_flag(name):
     return os.environ.get(name, "") not in ("", "0", "false")
+
+
+class Prometheus:
+    """A real Prometheus (Debian `prometheus`) on a free loopback port, with a
+    generated configuration: `scrape_s` scrape (and rule evaluation) of
+    `targets` ({job: ["host:port", ...]}, each at `metrics_path`), `rule_files`.
+    `restart()` keeps its TSDB; `close()` stops it."""
+
+    def __init__(self, workdir, targets, rule_files=(), scrape_s=1, metrics_path="/stats/prometheus", port=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": f"{scrape_s}s", "evaluation_interval": f"{scrape_s}s"},
+            "rule_files": [str(r) for r in rule_files],
+            "scrape_configs": [
+                {"job_name": job, "metrics_path": metrics_path, "static_configs": [{"targets": list(t)}]}
+                for job, t in targets.items()
+            ],
+        }
+        self.config_path = self.workdir / "prometheus.yml"
+        self.config_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+        self.proc = None
+        self.start()
+
+    def start(self, timeout=30):
+        log = open(self.workdir / "prometheus.log", "a")
+        self.proc = subprocess.Popen(
+            ["prometheus", f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+        log.close()
+        wait_until(lambda: self._ready(), timeout, f"prometheus on {self.port}")
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {self.proc.returncode}: "
+                               + (self.workdir / "prometheus.log").read_text()[-2000:])
+        return port_open(self.port) and self.query("up") is not None
+
+    def query(self, expr, timeout=10):
+        """The instant-query result list (raises on a failed query)."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = json.loads(r.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"{expr}: {body}")
+        return body["data"]["result"]
+
+    def wait_scraped(self, n, timeout=30):
+        """Until `n` targets are up."""
+        wait_until(lambda: sum(r["value"][1] == "1" for r in self.query("up")) >= n, timeout, f"{n} targets up")
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, grace=5)
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    close = stop

@@ -152,34 +152,16 @@ def stack(tmp_path_factory):
     config = envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"])
     config["static_resources"]["clusters"].append(envoyconf.cluster("broken_new", broken.server_address[1]))
     rules_path, rules = rules_for_test(work)
-    prom_port = harness.free_port()
-    (work / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                "rule_files": [str(rules_path)],
-                "scrape_configs": [
-                    {"job_name": "envoy", "metrics_path": "/stats/prometheus", "static_configs": [{"targets": [f"127.0.0.1:{admin}"]}]}
-                ],
-            }
-        )
-    )
     envoy = prom = None
     try:
         envoy = Envoy(config, workdir=work / "envoy")
-        prom = subprocess.Popen(
-            [
-                "prometheus", f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL, stderr=open(work / "prometheus.log", "w"),
-        )
-        harness.wait_until(lambda: harness.port_open(prom_port), 30, "prometheus")
-        harness.wait_until(lambda: prom_query(prom_port, "up") and prom_query(prom_port, "up")[0]["value"][1] == "1", 30, "first scrape")
+        prom = harness.Prometheus(work / "prometheus", {"envoy": [f"127.0.0.1:{admin}"]}, rule_files=[rules_path])
+        prom_port = prom.port
+        prom.wait_scraped(1)
         yield {"envoy": envoy, "ports": ports, "prom": prom_port, "rules": rules, "work": work}
     finally:
         if prom:
-            harness.stop_process(prom, grace=5)
+            prom.close()
         if envoy:
             envoy.close()
         broken.shutdown()

@@ -50,6 +50,11 @@ def test_alarm_levels_are_the_same_budget_split():
             assert got[k] == pytest.approx(want[k], rel=1e-12), k
 
 
+def test_rollback_defaults_are_the_filters():
+    (got,) = ask([{"test": "defaults"}])
+    assert got == augur_stats.DEFAULTS
+
+
 def test_bad_queries_are_refused_with_the_field():
     p = subprocess.run([str(harness.AUGUR_CLI), "stat"], input='{"test": "harm", "bad": 3}\n',
                        capture_output=True, text=True, timeout=30)

@@ -26,6 +26,8 @@ CELLS = 25
 PAIRS = 265
 SCREEN_ALPHA = 0.05
 SRM_ALPHA = 0.001
+# The filter's rollback defaults (Policy::default(); `augur stat` {"test": "defaults"}).
+DEFAULTS = {"alpha": 0.01, "min_samples": 20, "kill_after_cells": 4, "explore_share": 0.5}
 
 
 def ln_harm(bad_on, bad, pi):

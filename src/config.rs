@@ -28,6 +28,8 @@ pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 pub const MAX_USERS_PER_SEGMENT: usize = 10_000;
 /// Most earlier control-header prefixes a migration may keep stripping.
 pub const MAX_PREVIOUS_PREFIXES: usize = 4;
+/// Segments with `monitor: true`: each adds features × 8 counters per proxy.
+pub const MAX_MONITORED_SEGMENTS: usize = 8;
 
 /// A refused configuration: which field, and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +258,10 @@ struct RawSegment {
     values: Vec<String>,
     #[serde(default)]
     predicted: Option<RawPredicted>,
+    /// Count randomised on/off outcomes in this segment
+    /// (`augur_segment_outcomes_total`), for a fleet controller.
+    #[serde(default)]
+    monitor: bool,
 }
 
 /// Segment by predicted behaviour: the model's prediction for `feature` within
@@ -478,6 +484,8 @@ pub struct Config {
     pub segments: Vec<Segment>,
     /// Segments that also need a prediction (completed after inference).
     pub predicted_segments: Vec<PredictedSegment>,
+    /// Indices of the segments with `monitor: true` (per-segment outcome stats).
+    pub monitored_segments: Vec<usize>,
     /// Per-segment deployment thresholds, first match wins (segment index, buckets).
     pub rollout_by_segment: Vec<(usize, u32)>,
     pub rules: FlagRules,
@@ -716,6 +724,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         profile,
         segments,
         predicted_segments,
+        monitored_segments: compile_monitored(&raw.segments)?,
         rollout_by_segment,
         rules,
         model,
@@ -905,6 +914,20 @@ fn compile_segments(raw: &[RawSegment], prefix: &ControlHeaders) -> Result<Vec<S
             locations: s.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
             header,
         });
+    }
+    Ok(out)
+}
+
+fn compile_monitored(raw: &[RawSegment]) -> Result<Vec<usize>, ConfigError> {
+    let out: Vec<usize> = raw.iter().enumerate().filter(|(_, s)| s.monitor).map(|(i, _)| i).collect();
+    if let Some(&i) = out.get(MAX_MONITORED_SEGMENTS) {
+        return Err(ConfigError::new(
+            format!("segments[{i}].monitor"),
+            format!(
+                "{} monitored segments, at most {MAX_MONITORED_SEGMENTS} (MAX_MONITORED_SEGMENTS): each adds features × 8 series on every proxy; monitor the cells you act on",
+                out.len()
+            ),
+        ));
     }
     Ok(out)
 }
@@ -1203,6 +1226,30 @@ mod tests {
         assert_eq!(e, "features[0].holdout: 60 is outside 0-50 (percent of eligible users held out)");
         let e = err(&base("[]"));
         assert_eq!(e, "features: at least one feature is required");
+    }
+
+    #[test]
+    fn monitored_segments_are_opt_in_and_bounded() {
+        let seg = |i: usize, monitor: bool| {
+            format!(r#"{{"name": "s{i}", "devices": ["tablet"], "monitor": {monitor}}}"#)
+        };
+        let cfg = |segs: Vec<String>| {
+            format!(
+                r#"{{"rollout": {{"percentage": 5}}, "segments": [{}], "features": [{{"name": "a", "override": "on"}}]}}"#,
+                segs.join(",")
+            )
+        };
+        let c = compile(cfg(vec![seg(0, false), seg(1, true), seg(2, true)]).as_bytes()).unwrap();
+        assert_eq!(c.monitored_segments, vec![1, 2]);
+        let c = compile(cfg(vec![seg(0, false)]).as_bytes()).unwrap();
+        assert!(c.monitored_segments.is_empty());
+        let e = err(&cfg((0..=MAX_MONITORED_SEGMENTS).map(|i| seg(i, true)).collect()));
+        assert!(
+            e.starts_with("segments[8].monitor: 9 monitored segments, at most 8 (MAX_MONITORED_SEGMENTS)"),
+            "{e}"
+        );
+        let e = err(&cfg(vec![r#"{"name": "s", "devices": ["tablet"], "monitor": "yes"}"#.into()]));
+        assert!(e.contains("segments") && e.contains("monitor") || e.contains("expected a boolean"), "{e}");
     }
 
     #[test]

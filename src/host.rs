@@ -49,6 +49,8 @@ pub struct StreamState {
     /// Features on / held out for this request (bitmasks).
     pub enabled: u64,
     pub holdout: u64,
+    /// The segments the request was in (bitmask).
+    pub segments: u64,
     /// What automated rollback needs to know of the request.
     pub exposure: rollback::Exposure,
 }
@@ -198,6 +200,7 @@ impl Runtime {
             started_nanos,
             enabled,
             holdout: d.holdout,
+            segments: d.profile.segments,
             exposure: rollback::Exposure {
                 stack: Some(d.stack),
                 cells: d.cells,
@@ -230,6 +233,8 @@ impl Runtime {
             security: signal(headers.header(&h.security)),
             enabled: state.enabled,
             holdout: state.holdout,
+            randomised: state.exposure.randomised,
+            segments: state.segments,
         };
         for (name, _) in headers.iter() {
             if h.is_control(name) {

@@ -214,6 +214,9 @@ pub struct Metrics {
     /// Per feature × arm (on, off, holdout) × outcome (requests, errors,
     /// engagements, security), new stack only.
     feature_outcomes: Vec<[[Option<Counter>; 4]; 3]>,
+    /// Per monitored segment (its bit in `Profile::segments`) × feature × arm
+    /// (on, off) × outcome, randomised new-stack requests only.
+    segment_outcomes: Vec<(u64, Vec<ArmOutcomes>)>,
     /// Per feature × arm: latency histogram (ms) as counters, new stack only.
     feature_latency: Vec<[Buckets; 3]>,
     /// Per rollback event kind: incremented at once (rare, and worth seeing).
@@ -224,6 +227,8 @@ const ROLLBACK_EVENTS: [&str; 7] =
     ["suspect", "cleared", "blocked", "killed", "reverted", "recovered", "srm"];
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
+/// One feature's on/off arms × outcomes in one monitored segment.
+type ArmOutcomes = [[Option<Counter>; 4]; 2];
 const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
 
 impl Metrics {
@@ -256,6 +261,26 @@ impl Metrics {
                         c(format!("augur_feature_outcomes_total.rollout.{r}.feature.{f}.arm.{a}.outcome.{o}"))
                     })
                 })
+            })
+            .collect();
+        let segment_outcomes = config
+            .monitored_segments
+            .iter()
+            .filter_map(|&s| Some((1u64 << s, config.segments.get(s)?.name.as_str())))
+            .map(|(bit, seg)| {
+                let per_feature = config
+                    .feature_names()
+                    .map(|f| {
+                        [ARMS[0], ARMS[1]].map(|a| {
+                            OUTCOMES.map(|o| {
+                                c(format!(
+                                    "augur_segment_outcomes_total.rollout.{r}.feature.{f}.segment.{seg}.arm.{a}.outcome.{o}"
+                                ))
+                            })
+                        })
+                    })
+                    .collect();
+                (bit, per_feature)
             })
             .collect();
         // model_version is the last pair: its value may hold dots.
@@ -324,6 +349,7 @@ impl Metrics {
             engagements,
             security,
             feature_outcomes,
+            segment_outcomes,
             feature_latency,
             rollback_events,
         }
@@ -418,6 +444,20 @@ impl Metrics {
                     arms[arm].observe(b, o.latency_ms, sink);
                 }
             }
+            for (bit, features) in &self.segment_outcomes {
+                if o.segments & bit == 0 {
+                    continue;
+                }
+                for (i, arms) in features.iter().enumerate().filter(|(i, _)| o.randomised & (1 << i) != 0) {
+                    let c = &arms[usize::from(o.enabled & (1 << i) == 0)];
+                    let counted = [true, error, o.engaged, o.security];
+                    for (counter, yes) in c.iter().zip(counted) {
+                        if yes {
+                            b.add(*counter, sink);
+                        }
+                    }
+                }
+            }
         }
         self.latency[s].observe(b, o.latency_ms, sink);
     }
@@ -436,6 +476,10 @@ pub struct Outcome {
     /// Features on for this request / held out for this request (bitmasks).
     pub enabled: u64,
     pub holdout: u64,
+    /// Features whose on/off state was random (holdout or exploration draw),
+    /// and the segments the request was in (bitmasks).
+    pub randomised: u64,
+    pub segments: u64,
 }
 
 impl Outcome {
@@ -535,6 +579,8 @@ mod tests {
                 security: false,
                 enabled: d.enabled_mask(),
                 holdout: d.holdout,
+                randomised: d.randomised,
+                segments: d.profile.segments,
             };
             m.on_response(&o, &mut sink);
         }
@@ -596,6 +642,51 @@ mod tests {
     }
 
     #[test]
+    fn monitored_segments_count_randomised_new_stack_outcomes_only() {
+        let c = compile(
+            br#"{"rollout": {"percentage": 50},
+                 "segments": [{"name": "mobile", "devices": ["mobile"]},
+                              {"name": "tablets", "devices": ["tablet"], "monitor": true}],
+                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "on"}]}"#,
+        )
+        .unwrap();
+        let mut sink = MapSink::default();
+        let mut m = Metrics::define(&c, &mut sink);
+        let seg = |f: &str, arm: &str, o: &str| {
+            format!("augur_segment_outcomes_total.rollout.default.feature.{f}.segment.tablets.arm.{arm}.outcome.{o}")
+        };
+        assert!(sink.names.iter().any(|(_, n)| *n == seg("b", "off", "security")));
+        assert!(!sink.names.iter().any(|(_, n)| n.contains("segment.mobile")), "not monitored: no series");
+        let outcome = |stack, status, enabled, randomised, segments| Outcome {
+            stack,
+            status: Some(status),
+            latency_ms: 1,
+            engaged: false,
+            security: false,
+            enabled,
+            holdout: 0,
+            randomised,
+            segments,
+        };
+        // a randomised on (twice, one error) and off (once, an error); b not randomised.
+        m.on_response(&outcome(Stack::New, 200, 0b11, 0b01, 0b10), &mut sink);
+        m.on_response(&outcome(Stack::New, 503, 0b11, 0b01, 0b11), &mut sink);
+        m.on_response(&outcome(Stack::New, 503, 0b10, 0b01, 0b10), &mut sink);
+        // Not counted: not in the monitored segment, old stack, not randomised.
+        m.on_response(&outcome(Stack::New, 503, 0b01, 0b01, 0b01), &mut sink);
+        m.on_response(&outcome(Stack::Old, 503, 0, 0b01, 0b10), &mut sink);
+        m.on_response(&outcome(Stack::New, 503, 0b01, 0, 0b10), &mut sink);
+        m.flush(&mut sink);
+        assert_eq!(sink.counter(&seg("a", "on", "requests")), 2);
+        assert_eq!(sink.counter(&seg("a", "on", "errors")), 1);
+        assert_eq!(sink.counter(&seg("a", "off", "requests")), 1);
+        assert_eq!(sink.counter(&seg("a", "off", "errors")), 1);
+        for arm in ["on", "off"] {
+            assert_eq!(sink.counter(&seg("b", arm, "requests")), 0, "b was never randomised");
+        }
+    }
+
+    #[test]
     fn per_feature_histograms_are_cumulative_bucket_counters() {
         let c =
             compile(br#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#)
@@ -611,6 +702,8 @@ mod tests {
                 security: false,
                 enabled: 1,
                 holdout: 0,
+                randomised: 0,
+                segments: 0,
             };
             m.on_response(&o, &mut sink);
         }
@@ -647,6 +740,8 @@ mod tests {
                 security: false,
                 enabled: 0,
                 holdout: 0,
+                randomised: 0,
+                segments: 0,
             };
             assert!(o.is_error());
             m.on_response(&o, &mut sink);

@@ -17,7 +17,8 @@
 //! `augur stat` answers `{"test": "harm", "bad_on": x, "bad": k, "pi": p}`,
 //! `{"test": "ratio", "x": x, "n": n, "p0": p}` with `{"ln_m": …}`, and
 //! `{"test": "levels", "alpha": a, "features": f}` with the alarm levels of each
-//! family: the filter's own numbers, for tools that must agree with it.
+//! family, and `{"test": "defaults"}` with the rollback defaults the levels and
+//! actions depend on: the filter's own numbers, for tools that must agree with it.
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
@@ -182,7 +183,12 @@ fn stat(q: &serde_json::Value) -> Result<serde_json::Value, String> {
             Ok(serde_json::json!({"single": l.single, "pair": l.pair, "kill": l.kill, "revert": l.revert,
                 "screen": l.screen, "srm": l.srm}))
         }
-        _ => Err("stat query needs \"test\": \"harm\", \"ratio\" or \"levels\"".into()),
+        Some("defaults") => {
+            let p = Policy::default();
+            Ok(serde_json::json!({"alpha": p.alpha, "min_samples": p.min_samples,
+                "kill_after_cells": p.kill_after_cells, "explore_share": p.explore_share}))
+        }
+        _ => Err("stat query needs \"test\": \"harm\", \"ratio\", \"levels\" or \"defaults\"".into()),
     }
 }
 
