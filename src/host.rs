@@ -12,7 +12,8 @@
 //! test with forged `x-augur-stack` headers guards this: Envoy computes the
 //! route before the filter runs, with the forged value.
 
-use crate::config::{Config, ControlHeaders};
+use crate::config::Config;
+use crate::control::ControlHeaders;
 use crate::engine::{decide, Decision, Worker};
 use crate::headers::{HeaderMap, Headers};
 use crate::metrics::{MetricSink, Metrics, Outcome};
@@ -379,9 +380,10 @@ impl Runtime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::compile;
     use crate::metrics::test_sink::MapSink;
     use crate::rollback::shared::tests::FakeStore;
+    use crate::testing::TestConfig;
+    use serde_json::json;
 
     /// A proxy stand-in: a header list plus what the filter did to it.
     #[derive(Default)]
@@ -439,15 +441,12 @@ pub(crate) mod tests {
     }
 
     fn runtime(pct: f64) -> (Runtime, MapSink) {
-        let c = compile(
-            format!(
-                r#"{{"rollout": {{"percentage": {pct}}},
-                   "features": [{{"name": "a", "override": "on"}}, {{"name": "b", "override": "off"}},
-                                {{"name": "c", "override": "on", "requires": ["a"]}}]}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+        let c = TestConfig::rollout(pct)
+            .on("a")
+            .off("b")
+            .feature("c", json!({"override": "on", "requires": ["a"]}))
+            .compile()
+            .unwrap();
         let mut sink = MapSink::default();
         (Runtime::new(c, &mut sink), sink)
     }
@@ -519,11 +518,8 @@ pub(crate) mod tests {
 
     #[test]
     fn ticks_flush_stats_every_time_and_sync_rollback_once_per_sync_period() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100}, "rollback": {"sync_ms": 1000}, "stats": {"flush_ms": 250},
-                 "features": [{"name": "new_checkout"}]}"#,
-        )
-        .unwrap();
+        let checkout = |pct| TestConfig::rollout(pct).feature("new_checkout", json!({}));
+        let c = checkout(100.0).set("rollback.sync_ms", 1000).set("stats.flush_ms", 250).compile().unwrap();
         let mut sink = MapSink::default();
         let mut rt = Runtime::new(c, &mut sink);
         assert_eq!(rt.tick_period_ms(), Some(250));
@@ -540,13 +536,10 @@ pub(crate) mod tests {
             assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.new"), tick as i64 + 1);
         }
         assert_eq!(syncs, 3, "12 ticks of 250 ms: a sync every fourth");
-        let no_rollback =
-            compile(br#"{"rollout": {"percentage": 1}, "features": [{"name": "new_checkout"}]}"#).unwrap();
+        let no_rollback = checkout(1.0).compile().unwrap();
         assert_eq!(Runtime::new(no_rollback, &mut sink).tick_period_ms(), Some(1000));
-        let nothing = compile(
-            br#"{"rollout": {"percentage": 1}, "rollback": {"enabled": false}, "stats": {"flush_ms": 0}, "features": [{"name": "new_checkout"}]}"#,
-        )
-        .unwrap();
+        let nothing =
+            checkout(1.0).set("rollback.enabled", false).set("stats.flush_ms", 0).compile().unwrap();
         assert_eq!(Runtime::new(nothing, &mut sink).tick_period_ms(), None);
     }
 
@@ -605,14 +598,11 @@ pub(crate) mod tests {
     /// tablets when `harm` is set. Returns the workers' final rollback state and
     /// the harmed exposures.
     fn two_workers(harm: bool, requests: usize) -> (Blocks, Blocks, usize, MapSink, FakeStore) {
-        let json = br#"{"rollout": {"percentage": 100},
-            "features": [
-              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "search_v2", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let config = TestConfig::rollout(100.0).permissive("new_checkout").permissive("search_v2");
         let mut sink = MapSink::default();
         let mut workers = [
-            Runtime::new(compile(json).unwrap(), &mut sink),
-            Runtime::new(compile(json).unwrap(), &mut sink),
+            Runtime::new(config.compile().unwrap(), &mut sink),
+            Runtime::new(config.compile().unwrap(), &mut sink),
         ];
         let mut store = FakeStore::default();
         let mut harmed = 0;
@@ -678,20 +668,23 @@ pub(crate) mod tests {
         let (blocks, _, _, _, mut store) = two_workers(true, 8000);
         assert_eq!(blocks.single_blocks(0), 1 << 1, "new_checkout blocked for tablets");
         // The push: same rollout, one feature more, a threshold changed.
-        let pushed = br#"{"rollout": {"percentage": 100}, "model": {"version": "v2"},
-            "features": [
-              {"name": "recommendations", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "search_v2", "min_score": 1, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let pushed = TestConfig::rollout(100.0)
+            .set("model.version", "v2")
+            .permissive("recommendations")
+            .permissive("new_checkout")
+            .feature(
+                "search_v2",
+                json!({"min_score": 1, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}),
+            );
         let tablet = || FakeHost::with(&[("x-user-id", "u1"), ("x-request-id", "r"), ("user-agent", "iPad")]);
         let mut sink = MapSink::default();
         let checkout_on = |rt: &Runtime| rt.last_decision().flags[1].on;
 
-        let mut unadopted = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        let mut unadopted = Runtime::new(pushed.compile().unwrap(), &mut sink);
         unadopted.on_request_headers(&mut tablet(), &mut sink);
         assert!(checkout_on(&unadopted), "without adoption the harm is back (the bug this guards)");
 
-        let mut rt = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        let mut rt = Runtime::new(pushed.compile().unwrap(), &mut sink);
         rt.adopt_shared(&store);
         rt.on_request_headers(&mut tablet(), &mut sink);
         assert!(!checkout_on(&rt));
@@ -710,9 +703,8 @@ pub(crate) mod tests {
         rt.hand_over(&mut store);
         assert_eq!(store.data[&key].1, before + 1, "nothing left to hand over");
 
-        let epoch = br#"{"rollout": {"percentage": 100}, "rollback": {"epoch": 1},
-            "features": [{"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
-        let mut fresh = Runtime::new(compile(epoch).unwrap(), &mut sink);
+        let epoch = TestConfig::rollout(100.0).set("rollback.epoch", 1).permissive("new_checkout");
+        let mut fresh = Runtime::new(epoch.compile().unwrap(), &mut sink);
         fresh.adopt_shared(&store);
         fresh.on_request_headers(&mut tablet(), &mut sink);
         assert!(fresh.last_decision().flags[0].on, "a new rollback.epoch starts clean");

@@ -7,6 +7,7 @@
 //! and `filter` (wasm only) is the thin proxy-wasm adapter.
 
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod flags;
 pub mod headers;
@@ -17,6 +18,9 @@ pub mod profile;
 pub mod record;
 pub mod rollback;
 pub mod routing;
+pub mod segments;
+#[doc(hidden)]
+pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;

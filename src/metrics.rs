@@ -12,7 +12,7 @@
 //!
 //! Host access is behind [`MetricSink`] so this module is tested natively.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::engine::Decision;
 use crate::flags::Reason;
 use crate::rollback::Event;
@@ -32,6 +32,30 @@ pub trait MetricSink {
     fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
     fn increment(&mut self, id: u32, by: i64);
     fn record(&mut self, id: u32, value: u64);
+}
+
+/// `stats` in the plugin configuration.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStats {
+    flush_ms: u64,
+}
+
+impl Default for RawStats {
+    fn default() -> Self {
+        RawStats { flush_ms: 1000 }
+    }
+}
+
+/// Compiles `stats`: the flush period in ms (0 = every counter at once).
+pub(crate) fn compile_stats(raw: &RawStats) -> Result<u64, ConfigError> {
+    if raw.flush_ms != 0 && !(100..=60_000).contains(&raw.flush_ms) {
+        return Err(ConfigError::new(
+            "stats.flush_ms",
+            format!("{} is outside 100-60000 (or 0 to count at once)", raw.flush_ms),
+        ));
+    }
+    Ok(raw.flush_ms)
 }
 
 const STACKS: [Stack; 2] = [Stack::Old, Stack::New];
@@ -508,16 +532,12 @@ pub(crate) mod test_sink {
 mod tests {
     use super::test_sink::MapSink;
     use super::*;
-    use crate::config::compile;
     use crate::engine::{decide, Worker};
+    use crate::testing::TestConfig;
 
     #[test]
     fn every_decision_is_counted_once_per_stack_and_feature() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 50},
-                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(50.0).on("a").off("b").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         let mut w = Worker::new(&c);
@@ -597,9 +617,7 @@ mod tests {
 
     #[test]
     fn per_feature_histograms_are_cumulative_bucket_counters() {
-        let c =
-            compile(br#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#)
-                .unwrap();
+        let c = TestConfig::rollout(100.0).on("a").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         for latency_ms in [0, 7, 7, 300, 60_000] {
@@ -634,8 +652,7 @@ mod tests {
 
     #[test]
     fn odd_status_is_other() {
-        let c = compile(br#"{"rollout": {"percentage": 50}, "features": [{"name": "a", "override": "on"}]}"#)
-            .unwrap();
+        let c = TestConfig::rollout(50.0).on("a").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         for status in [None, Some(999), Some(0)] {
@@ -657,14 +674,9 @@ mod tests {
 
     #[test]
     fn batched_counters_flush_once_per_moved_counter_or_go_out_at_once_when_asked() {
-        let cfg = |flush: &str| {
-            compile(
-                format!(r#"{{"rollout": {{"percentage": 0}}, "stats": {{"flush_ms": {flush}}}, "features": [{{"name": "a", "override": "on"}}]}}"#)
-                    .as_bytes(),
-            )
-            .unwrap()
-        };
-        let c = cfg("1000");
+        let cfg =
+            |flush: u64| TestConfig::rollout(0.0).set("stats.flush_ms", flush).on("a").compile().unwrap();
+        let c = cfg(1000);
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         let mut d = Decision::default();
@@ -679,7 +691,7 @@ mod tests {
         m.flush(&mut sink);
         assert_eq!(sink.increments, 2, "nothing moved, nothing sent");
 
-        let c = cfg("0");
+        let c = cfg(0);
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         m.on_decision(&d, false, true, &mut sink);

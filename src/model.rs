@@ -26,6 +26,7 @@ use tract_onnx::prelude::*;
 
 use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
 
+pub mod config;
 pub mod dense;
 pub mod graph;
 pub mod onnx_ops;

@@ -35,6 +35,7 @@
 //! merged state, which all workers then apply.
 
 pub mod cells;
+pub mod config;
 pub mod shared;
 pub mod stats;
 

@@ -6,9 +6,10 @@
 //! `augur encode`, which calls the same function, so the two can never drift.
 //! Every slot is documented in [`SLOTS`] (printed by `augur schema`).
 
-use std::collections::HashSet;
-
 use crate::headers::Headers;
+use crate::segments::{Segment, MAX_SEGMENTS};
+
+pub mod config;
 
 /// Identifies this encoding. A model carries it in its ONNX metadata
 /// (`augur.schema`) and the filter refuses a model trained for another one.
@@ -21,8 +22,6 @@ pub const MAX_LOCATIONS: usize = 4;
 pub const MAX_PATH_CLASSES: usize = 4;
 /// Maximum number of configurable history signals.
 pub const MAX_HISTORY: usize = 4;
-/// Maximum number of segments (membership is a 64-bit mask).
-pub const MAX_SEGMENTS: usize = 64;
 
 /// Payload sizes are log-scaled against this size (10 MB → 1.0).
 const PAYLOAD_SCALE_BYTES: f32 = 10_000_000.0;
@@ -173,21 +172,6 @@ pub struct ProfileSpec {
     pub history: Vec<HistorySignal>,
 }
 
-/// A named group of requests: every criterion that is set must match
-/// (criteria are ANDed, values inside one criterion are ORed). A segment defined
-/// by predicted behaviour is completed by the engine after inference
-/// (`config::PredictedSegment`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Segment {
-    pub name: String,
-    /// User ids (a hash set: membership is O(1) whatever the list's length,
-    /// up to `config::MAX_USERS_PER_SEGMENT`).
-    pub users: HashSet<String>,
-    pub devices: Vec<Device>,
-    pub locations: Vec<String>,
-    pub header: Option<(String, Vec<String>)>,
-}
-
 /// The profile of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -290,36 +274,16 @@ pub fn encode(
 
     profile.segments = 0;
     for (i, seg) in segments.iter().enumerate().take(MAX_SEGMENTS) {
-        if segment_matches(seg, user, device, location, req) {
+        if seg.matches(user, device, location, req) {
             profile.segments |= 1 << i;
         }
     }
 }
 
-fn segment_matches(
-    seg: &Segment,
-    user: Option<&[u8]>,
-    device: Device,
-    location: Option<&str>,
-    req: &(impl Headers + ?Sized),
-) -> bool {
-    let users_ok = seg.users.is_empty()
-        || user.and_then(|u| std::str::from_utf8(u).ok()).is_some_and(|u| seg.users.contains(u));
-    let devices_ok = seg.devices.is_empty() || seg.devices.contains(&device);
-    let locations_ok = seg.locations.is_empty()
-        || location.is_some_and(|l| seg.locations.iter().any(|s| s.eq_ignore_ascii_case(l)));
-    let header_ok = match &seg.header {
-        None => true,
-        Some((name, values)) => {
-            req.header(name).is_some_and(|got| values.iter().any(|v| v.eq_ignore_ascii_case(got.trim())))
-        }
-    };
-    users_ok && devices_ok && locations_ok && header_ok
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     fn spec() -> ProfileSpec {
         ProfileSpec {
