@@ -24,7 +24,7 @@ use crate::profile::ProfileSpec;
 use crate::rollback::config::RawRollback;
 use crate::rollback::Policy;
 use crate::routing::{RawRollout, RawStacks, Rollout};
-use crate::segments::{PredictedSegment, RawSegment, Segment};
+use crate::segments::{RawSegment, Segment};
 use crate::{flags, metrics, model, profile, rollback, routing, segments};
 
 /// Largest accepted plugin configuration, in bytes (JSON, inline model included).
@@ -124,9 +124,8 @@ pub struct Config {
     pub new_stack: String,
     pub headers: ControlHeaders,
     pub profile: ProfileSpec,
+    /// Static and predicted segments, evaluated once per request after inference.
     pub segments: Vec<Segment>,
-    /// Segments that also need a prediction (completed after inference).
-    pub predicted_segments: Vec<PredictedSegment>,
     /// Per-segment deployment thresholds, first match wins (segment index, buckets).
     pub rollout_by_segment: Vec<(usize, u32)>,
     pub rules: FlagRules,
@@ -179,13 +178,16 @@ fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
     })
 }
 
-/// Compiles only what the profile needs (encoding and segments), without loading
-/// a model: used by `augur encode` so the trainer can encode data before any
-/// model exists.
-pub fn compile_profile_only(json: &[u8]) -> Result<(ProfileSpec, Vec<Segment>), ConfigError> {
+/// Compiles only what the encoding needs, without loading a model: used by
+/// `augur encode` so the trainer can encode data before any model exists. The
+/// static segments are validated too (a config `augur encode` accepts is one
+/// the filter accepts as far as the profile goes).
+pub fn compile_profile_only(json: &[u8]) -> Result<ProfileSpec, ConfigError> {
     let raw = parse(json)?;
     let control = ControlHeaders::compile(&raw.control_header_prefix, &raw.previous_control_header_prefixes)?;
-    Ok((profile::config::compile(&raw.profile, &control)?, segments::compile(&raw.segments, &control)?))
+    let spec = profile::config::compile(&raw.profile, &control)?;
+    segments::compile(&raw.segments, &control)?;
+    Ok(spec)
 }
 
 /// Parses and compiles a plugin configuration with the embedded default model
@@ -207,12 +209,12 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
     let rollout = routing::compile(&raw.rollout)?;
     routing::check_stacks(&raw.stacks)?;
     let profile = profile::config::compile(&raw.profile, &headers)?;
-    let segments = segments::compile(&raw.segments, &headers)?;
+    let mut segments = segments::compile(&raw.segments, &headers)?;
     let weights = model::config::compile_weights(&raw.scoring)?;
     let (model, model_version) = model::config::compile(&raw.model, default_model)?;
     let rules = flags::config::compile(&raw.features, &segments, &model, weights)?;
     let (rollback, rollback_sync_ms) = rollback::config::compile(&raw.rollback)?;
-    let predicted_segments = segments::compile_predicted(&raw.segments, &model)?;
+    segments::compile_predicted(&raw.segments, &mut segments, &model)?;
     let rollout_by_segment = routing::compile_by_segment(&raw.rollout, &segments)?;
     Ok(Config {
         name: raw.name,
@@ -224,7 +226,6 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
         headers,
         profile,
         segments,
-        predicted_segments,
         rollout_by_segment,
         rules,
         model,

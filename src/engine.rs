@@ -7,11 +7,13 @@
 
 use crate::config::Config;
 use crate::flags::{FlagDecision, FlagInputs, Override, Reason};
+use crate::hash::stable_hash;
 use crate::headers::Headers;
 use crate::model::{Impact, Session};
-use crate::profile::{self, stable_hash, Profile};
+use crate::profile::{self, Profile};
 use crate::rollback::{self, Blocks, GROUPS};
 use crate::routing::{Stack, BUCKETS};
+use crate::segments;
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +166,7 @@ fn exploration_draw(config: &Config, draw: u64) -> u64 {
 /// Decides one request into `out` (reusing its allocations).
 pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized), out: &mut Decision) {
     out.id = worker.draw();
-    profile::encode(&config.profile, &config.segments, req, &mut out.profile);
+    profile::encode(&config.profile, req, &mut out.profile);
 
     out.cells = rollback::cells(&out.profile);
     out.model_ok = match worker.session.as_mut() {
@@ -172,13 +174,15 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         None => false,
     };
     let impacts = out.model_ok.then_some(worker.impacts.as_slice());
-    // Segments by predicted behaviour complete once the model has run.
-    for p in &config.predicted_segments {
-        let bit = 1u64 << p.segment;
-        if out.profile.segments & bit != 0 && !impacts.is_some_and(|i| p.matches(i, &config.rules.weights)) {
-            out.profile.segments &= !bit;
-        }
-    }
+    // Once, after inference: a predicted segment needs the model's output.
+    out.profile.segments = segments::evaluate(
+        &config.segments,
+        &config.profile,
+        &out.profile,
+        req,
+        impacts,
+        &config.rules.weights,
+    );
 
     out.reverted = worker.blocks.reverted;
     (out.stack, out.bucket) = if config.global_off || out.reverted {

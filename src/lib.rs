@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod flags;
+pub mod hash;
 pub mod headers;
 pub mod host;
 pub mod metrics;

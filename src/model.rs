@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
+use crate::hash::stable_hash;
+use crate::profile::{Vector, INPUT_DIM, SCHEMA_ID};
 
 pub mod config;
 pub mod dense;

@@ -7,7 +7,7 @@
 //! Changing the salt reshuffles everyone — use a new salt per rollout.
 
 use crate::config::{is_token, ConfigError};
-use crate::profile::stable_hash;
+use crate::hash::stable_hash;
 use crate::segments::{self, Segment};
 
 /// Number of buckets: percentages resolve to 1/10 000 of a percent.

@@ -3,7 +3,8 @@
 //!
 //! A *static* segment is matched from the request (users, devices, locations,
 //! a header); a *predicted* one also needs the model's prediction for a feature
-//! in a range. Owns the `segments` section of the configuration.
+//! in a range. Membership is evaluated once per request, after the model has
+//! run ([`evaluate`]). Owns the `segments` section of the configuration.
 
 use std::collections::HashSet;
 
@@ -13,7 +14,7 @@ use crate::config::{is_token, ConfigError};
 use crate::control::ControlHeaders;
 use crate::headers::Headers;
 use crate::model::{Impact, Model, ScoreWeights};
-use crate::profile::Device;
+use crate::profile::{Device, Profile, ProfileSpec};
 
 /// Maximum number of segments (membership is a 64-bit mask).
 pub const MAX_SEGMENTS: usize = 64;
@@ -21,9 +22,7 @@ pub const MAX_SEGMENTS: usize = 64;
 pub const MAX_USERS_PER_SEGMENT: usize = 10_000;
 
 /// A named group of requests: every criterion that is set must match
-/// (criteria are ANDed, values inside one criterion are ORed). A segment defined
-/// by predicted behaviour is completed by the engine after inference
-/// ([`PredictedSegment`]).
+/// (criteria are ANDed, values inside one criterion are ORed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
     pub name: String,
@@ -33,11 +32,13 @@ pub struct Segment {
     pub devices: Vec<Device>,
     pub locations: Vec<String>,
     pub header: Option<(String, Vec<String>)>,
+    /// A prediction that must be in range too (compiled against the model).
+    pub predicted: Option<Predicted>,
 }
 
 impl Segment {
     /// Whether the request matches every static criterion of the segment.
-    pub fn matches(
+    fn matches_request(
         &self,
         user: Option<&[u8]>,
         device: Device,
@@ -70,11 +71,9 @@ pub enum PredictedValue {
     Score,
 }
 
-/// A segment whose membership also needs a prediction in range.
+/// A prediction a segment's members must have in range.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PredictedSegment {
-    /// Index into `Config::segments`.
-    pub segment: usize,
+pub struct Predicted {
     /// The model output slot of the feature.
     pub slot: usize,
     pub value: PredictedValue,
@@ -82,7 +81,7 @@ pub struct PredictedSegment {
     pub max: f32,
 }
 
-impl PredictedSegment {
+impl Predicted {
     /// Whether the prediction for this request is in range.
     pub fn matches(&self, impacts: &[Impact], weights: &ScoreWeights) -> bool {
         let Some(i) = impacts.get(self.slot) else { return false };
@@ -95,6 +94,34 @@ impl PredictedSegment {
         };
         (self.min..=self.max).contains(&v)
     }
+}
+
+/// The request's segments (bit `i`: `segments[i]`), evaluated once the model
+/// has run: every static criterion matches and the prediction, if the segment
+/// has one, is in range (`impacts` is `None` when the model failed: a
+/// predicted segment then has no members).
+pub fn evaluate(
+    segments: &[Segment],
+    spec: &ProfileSpec,
+    profile: &Profile,
+    req: &(impl Headers + ?Sized),
+    impacts: Option<&[Impact]>,
+    weights: &ScoreWeights,
+) -> u64 {
+    if segments.is_empty() {
+        return 0;
+    }
+    let user = req.header_bytes(&spec.user_header).filter(|u| !u.is_empty());
+    let location = req.header(&spec.location_header).map(str::trim);
+    let mut mask = 0;
+    for (i, seg) in segments.iter().enumerate().take(MAX_SEGMENTS) {
+        let predicted_ok =
+            seg.predicted.as_ref().is_none_or(|p| impacts.is_some_and(|all| p.matches(all, weights)));
+        if predicted_ok && seg.matches_request(user, profile.device, location, req) {
+            mask |= 1 << i;
+        }
+    }
+    mask
 }
 
 /// One entry of `segments` in the plugin configuration.
@@ -189,6 +216,7 @@ pub(crate) fn compile(raw: &[RawSegment], control: &ControlHeaders) -> Result<Ve
             devices: s.devices.clone(),
             locations: s.locations.iter().map(|l| l.trim().to_ascii_lowercase()).collect(),
             header,
+            predicted: None,
         });
     }
     Ok(out)
@@ -197,10 +225,10 @@ pub(crate) fn compile(raw: &[RawSegment], control: &ControlHeaders) -> Result<Ve
 /// Compiles the predicted criteria of `segments` against the model's features.
 pub(crate) fn compile_predicted(
     raw: &[RawSegment],
+    segments: &mut [Segment],
     model: &Model,
-) -> Result<Vec<PredictedSegment>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, s) in raw.iter().enumerate() {
+) -> Result<(), ConfigError> {
+    for (i, (s, out)) in raw.iter().zip(segments.iter_mut()).enumerate() {
         let Some(p) = &s.predicted else { continue };
         let field = format!("segments[{i}].predicted");
         let Some(slot) = model.features().iter().position(|f| f == &p.feature) else {
@@ -221,9 +249,9 @@ pub(crate) fn compile_predicted(
                 format!("need 0 ≤ min ≤ max ≤ {top}, got min {min}, max {max}"),
             ));
         }
-        out.push(PredictedSegment { segment: i, slot, value: p.impact, min, max });
+        out.predicted = Some(Predicted { slot, value: p.impact, min, max });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The index of segment `name`, or the error for `field` that names the fix.
@@ -279,5 +307,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("segments[0].predicted.feature: the model does not score \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn segments_and_criteria_and_together_and_predicted_ones_need_the_model() {
+        let c = TestConfig::rollout(5.0)
+            .segment("beta", json!({"header": "x-tier", "values": ["beta"]}))
+            .segment("eu_mobile", json!({"devices": ["mobile"], "locations": ["eu"]}))
+            .segment("staff", json!({"users": ["alice"]}))
+            .segment(
+                "engaged",
+                json!({"predicted": {"feature": "recommendations", "impact": "score", "min": 0}}),
+            )
+            .on("a")
+            .compile()
+            .unwrap();
+        let impacts = [crate::model::Impact::default(); 8];
+        let of = |pairs: &[(&str, &str)], impacts: Option<&[crate::model::Impact]>| {
+            let req: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let mut p = crate::profile::Profile::default();
+            crate::profile::encode(&c.profile, &req, &mut p);
+            super::evaluate(&c.segments, &c.profile, &p, &req, impacts, &c.rules.weights)
+        };
+        assert_eq!(of(&[("x-tier", "Beta"), ("x-user-id", "alice")], Some(&impacts)), 0b1101);
+        assert_eq!(of(&[("x-geo-region", "eu"), ("user-agent", "Android Mobile")], None), 0b0010);
+        assert_eq!(of(&[("x-geo-region", "eu"), ("user-agent", "Windows")], None), 0);
     }
 }

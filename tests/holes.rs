@@ -134,13 +134,13 @@ fn a_user_id_that_is_not_utf8_is_hashed_as_bytes_not_anonymous() {
     let mut m = HeaderMap::default();
     m.load(HeaderMap::serialize([("x-user-id", &b"caf\xe9"[..])])).expect("well formed");
     let mut p = Profile::default();
-    encode(&c.profile, &c.segments, &m, &mut p);
+    encode(&c.profile, &m, &mut p);
     assert_eq!(p.vector[1], 1.0, "user_present");
     assert!(p.vector[0] > 0.0, "user_bucket from the bytes");
     let mut other = HeaderMap::default();
     other.load(HeaderMap::serialize([("x-user-id", &b"caf\xe8"[..])])).expect("well formed");
     let mut q = Profile::default();
-    encode(&c.profile, &c.segments, &other, &mut q);
+    encode(&c.profile, &other, &mut q);
     assert_ne!(p.vector[0], q.vector[0], "different bytes, different users");
 
     // And routed as that user (sticky), not as an anonymous request (old stack).
@@ -157,7 +157,7 @@ fn history_values_out_of_f32_range_clamp_like_large_ones() {
     let at = |v: &str| {
         let req = vec![("x-user-sessions-30d".to_string(), v.to_string())];
         let mut p = Profile::default();
-        encode(&c.profile, &c.segments, &req, &mut p);
+        encode(&c.profile, &req, &mut p);
         p.vector[16]
     };
     assert_eq!(at("1e38"), 1.0);
