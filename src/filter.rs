@@ -17,8 +17,8 @@ use crate::abi;
 use crate::config;
 use crate::control::{self, ControlHeaders};
 use crate::headers::HeaderMap;
-use crate::host::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
+use crate::stream::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 
 /// Filter-state key of the decision record; the access log reads it as
 /// `%FILTER_STATE(wasm.augur_decision:PLAIN)%`.

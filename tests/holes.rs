@@ -5,10 +5,10 @@
 use augur::config::compile;
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::{HeaderMap, Headers};
-use augur::host::{Host, Runtime};
 use augur::metrics::{MetricKind, MetricSink};
 use augur::profile::{encode, Profile};
 use augur::routing::Stack;
+use augur::stream::{Host, Runtime};
 use augur::testing::TestConfig;
 
 /// A proxy stand-in over raw header bytes (values need not be UTF-8).

@@ -174,11 +174,11 @@ pub struct ProfileSpec {
 
 /// The profile of one request: typed attributes read from the headers. The
 /// model's input [`Profile::vector`] and the rollback cells
-/// ([`crate::rollback::cells`]) are both computed from these fields, so
+/// ([`crate::rollback::cells()`]) are both computed from these fields, so
 /// neither ever decodes the other.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
-    /// The user id's hash mapped to [0,1) (24 bits, exact in f32), when the
+    /// The user id's hash mapped to `[0,1)` (24 bits, exact in f32), when the
     /// request carries a user id.
     pub user_bucket: Option<f32>,
     pub device: Device,
@@ -188,12 +188,12 @@ pub struct Profile {
     pub path_class: Option<usize>,
     /// POST, PUT, PATCH or DELETE.
     pub write: bool,
-    /// `ln(1+content-length)/ln(1+10MB)`, clamped to [0,1].
+    /// `ln(1+content-length)/ln(1+10MB)`, clamped to `[0,1]`.
     pub payload: f32,
-    /// Each history signal divided by its max, clamped to [0,1]; 0 when absent.
+    /// Each history signal divided by its max, clamped to `[0,1]`; 0 when absent.
     pub history: [f32; MAX_HISTORY],
     /// Bit `i` set when the request is in `segments[i]` (set by the engine
-    /// once the model has run: [`crate::segments::Segments::evaluate`]).
+    /// once the model has run: [`crate::segments::evaluate`]).
     pub segments: u64,
     /// The model's input, derived from the fields above by [`encode`].
     pub vector: Vector,

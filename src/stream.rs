@@ -1,6 +1,7 @@
-//! Host: what augur does with one HTTP stream, written against a small [`Host`]
-//! trait so it is tested natively with [`FakeHost`](tests). `filter` implements the
-//! trait with proxy-wasm host calls and does nothing else.
+//! Stream: the runtime of one configuration on one worker — what augur does
+//! with each HTTP stream and on each tick — written against small host traits
+//! ([`Host`], [`MetricSink`], [`SharedStore`]) so it is tested natively with fakes.
+//! `filter` implements the traits with proxy-wasm host calls and does nothing else.
 //!
 //! Per request: strip client-sent control headers → decide → write the routing
 //! header (and, on the new stack, the feature and decision headers) → store the
@@ -16,10 +17,11 @@ use crate::config::Config;
 use crate::control::ControlHeaders;
 use crate::engine::{decide, Decision, Worker};
 use crate::headers::{HeaderMap, Headers};
-use crate::metrics::{MetricSink, Metrics, Outcome};
+use crate::metrics::{MetricSink, Metrics};
+use crate::outcome::{signal, Outcome};
 use crate::record;
 pub use crate::rollback::SharedStore;
-use crate::rollback::{self, Blocks, Counts, Event};
+use crate::rollback::{self, Blocks, Event, Pool};
 use crate::routing::Stack;
 
 /// The proxy operations a stream needs.
@@ -52,19 +54,6 @@ pub struct StreamState {
     pub holdout: u64,
     /// What automated rollback needs to know of the request.
     pub exposure: rollback::Exposure,
-}
-
-/// An app signal header is set when its value is `1`, `true`, `yes` or a
-/// positive number (e.g. a conversion value).
-fn signal(value: Option<&str>) -> bool {
-    match value.map(str::trim) {
-        None => false,
-        Some(v) => {
-            v.eq_ignore_ascii_case("true")
-                || v.eq_ignore_ascii_case("yes")
-                || v.parse::<f64>().is_ok_and(|x| x > 0.0)
-        }
-    }
 }
 
 /// Clients never pick their own stack or features: removes every request
@@ -104,12 +93,8 @@ pub struct Runtime {
     response: HeaderMap,
     /// The decision id of the current request (see `Decision::id`).
     decision_id: String,
-    /// Outcomes seen by this worker since its last merge into shared data.
-    pending: Counts,
-    /// The rollout's rollback state in shared data.
-    shared: rollback::Sync,
-    /// When this worker last synced rollback state (ms since the epoch).
-    synced_ms: Option<u64>,
+    /// This worker's side of the rollout's shared rollback state.
+    pool: Pool,
 }
 
 impl Runtime {
@@ -117,13 +102,8 @@ impl Runtime {
     pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
         let worker = Worker::new(&config);
         let metrics = Metrics::define(&config, sink);
-        let pending = Counts::new(config.rules.features.len());
-        let shared = rollback::Sync::new(
-            &config.name,
-            &config.rollout.salt,
-            config.rollback.epoch,
-            config.feature_names(),
-        );
+        let names: Vec<&str> = config.feature_names().collect();
+        let pool = Pool::new(&config.name, &config.rollout.salt, config.rollback.epoch, &names);
         Runtime {
             config,
             worker,
@@ -135,9 +115,7 @@ impl Runtime {
             request: HeaderMap::default(),
             response: HeaderMap::default(),
             decision_id: String::with_capacity(16),
-            pending,
-            shared,
-            synced_ms: None,
+            pool,
         }
     }
 
@@ -191,8 +169,8 @@ impl Runtime {
         let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
         self.metrics.on_decision(d, spoofed, keyed, sink);
         let enabled = d.enabled_mask();
-        if self.config.rollback.enabled && d.explored != 0 {
-            self.pending.record_draws(d.explored, d.drawn_off);
+        if self.config.rollback.enabled {
+            self.pool.record_draws(d.explored, d.drawn_off);
         }
         StreamState {
             stack: Some(d.stack),
@@ -240,22 +218,7 @@ impl Runtime {
         host.set_outcome_record(outcome.signals());
         self.metrics.on_response(&outcome, sink);
         if self.config.rollback.enabled {
-            // A block set while this request was in flight makes its comparison
-            // stale: it no longer belongs to the feature's fresh on/off tallies.
-            let mut exposure = state.exposure;
-            for f in 0..self.config.rules.features.len().min(64) {
-                if exposure.randomised & (1 << f) != 0 && self.worker.blocks.blocks(f, &exposure.cells) {
-                    exposure.randomised &= !(1 << f);
-                    exposure.explored &= !(1 << f);
-                }
-            }
-            let kpis = rollback::Outcome {
-                error: outcome.is_error(),
-                security: outcome.security,
-                latency_ms: outcome.latency_ms,
-            };
-            let slow_ms = self.worker.blocks.slow_ms(&self.config.rollback);
-            self.pending.record(&exposure, kpis, slow_ms);
+            self.pool.record(&state.exposure, &self.worker.blocks, outcome.kpis(), &self.config.rollback);
         }
     }
 
@@ -298,21 +261,20 @@ impl Runtime {
         // Ticks may come faster than the sync period (a shorter stats flush);
         // half a tick of slack so a sync is never pushed one tick late.
         let slack = self.tick_period_ms().unwrap_or(0) / 2;
-        if self.synced_ms.is_some_and(|at| now_ms.saturating_sub(at) + slack < self.config.rollback_sync_ms) {
-            return Vec::new();
-        }
-        self.synced_ms = Some(now_ms);
-        match self.shared.sync(store, &self.pending, &self.config.rollback, now_ms / 1000) {
-            Ok((blocks, events)) => {
-                self.pending = Counts::new(self.config.rules.features.len());
+        let (sync_ms, policy) = (self.config.rollback_sync_ms, &self.config.rollback);
+        match self.pool.tick(store, now_ms, sync_ms, slack, policy) {
+            None => Vec::new(),
+            Some(Ok((blocks, events))) => {
                 self.worker.blocks = blocks;
+                let rules = &self.config.rules.features;
+                let name = |f: usize| rules.get(f).map_or("?", |r| r.name.as_str());
                 for e in &events {
-                    log::warn!("rollback: {}", self.describe(e));
+                    log::warn!("rollback: {}", e.describe(name, policy.explore_share));
                     self.metrics.on_rollback(e, sink);
                 }
                 events
             }
-            Err(rollback::shared::Contended) => {
+            Some(Err(rollback::shared::Contended)) => {
                 log::warn!("rollback: shared data stayed contended; will retry on the next tick");
                 Vec::new()
             }
@@ -326,7 +288,7 @@ impl Runtime {
         if !self.config.rollback.enabled {
             return;
         }
-        if let Some(blocks) = self.shared.adopt(store) {
+        if let Some(blocks) = self.pool.adopt(store) {
             self.worker.blocks = blocks;
         }
     }
@@ -334,40 +296,8 @@ impl Runtime {
     /// When a configuration goes away: hands the outcomes it counted since its
     /// last sync over to the shared state, so the next configuration's tests see them.
     pub fn hand_over(&mut self, store: &mut impl SharedStore) {
-        if self.config.rollback.enabled && self.shared.hand_over(store, &self.pending) {
-            self.pending = Counts::new(self.config.rules.features.len());
-        }
-    }
-
-    fn describe(&self, e: &Event) -> String {
-        let name = |f: &usize| self.config.rules.features.get(*f).map_or("?", |r| r.name.as_str());
-        let kpi = |k: &usize| rollback::KPI_NAMES.get(*k).copied().unwrap_or("?");
-        match e {
-            Event::Suspect { cell, kpi: k, evidence } => format!(
-                "cell {} suspect on {} (evidence {evidence:.1}): exploring",
-                rollback::cell_name(*cell),
-                kpi(k)
-            ),
-            Event::Cleared { cell } => format!("cell {} cleared", rollback::cell_name(*cell)),
-            Event::Blocked { feature, cell, kpi: k, evidence, needed } => format!(
-                "feature {} rolled back in {} on {} (evidence {evidence:.1} ≥ {needed:.1})",
-                name(feature),
-                rollback::cell_name(*cell),
-                kpi(k)
-            ),
-            Event::Killed { feature, kpi: k, evidence } => {
-                format!("feature {} rolled back everywhere on {} (evidence {evidence:.1})", name(feature), kpi(k))
-            }
-            Event::Reverted { kpi: k, evidence } => format!(
-                "new stack regressed on {} (evidence {evidence:.1}): all traffic reverts to the old stack",
-                kpi(k)
-            ),
-            Event::Recovered { feature } => format!("feature {} back on probation", name(feature)),
-            Event::SampleRatioMismatch { feature, drawn_off, drawn, evidence } => format!(
-                "feature {}: sample ratio mismatch ({drawn_off} of {drawn} exploration draws off, configured {:.2}; evidence {evidence:.1}): no automated decisions for it until the next rollback.epoch",
-                name(feature),
-                self.config.rollback.explore_share
-            ),
+        if self.config.rollback.enabled {
+            self.pool.hand_over(store);
         }
     }
 
@@ -578,22 +508,6 @@ pub(crate) mod tests {
         assert_eq!((errors("a", "on"), errors("b", "off"), errors("c", "on")), (1, 1, 1));
     }
 
-    #[test]
-    fn signal_values() {
-        for (v, want) in [
-            ("1", true),
-            ("true", true),
-            ("YES", true),
-            ("12.5", true),
-            ("0", false),
-            ("no", false),
-            ("", false),
-        ] {
-            assert_eq!(signal(Some(v)), want, "{v}");
-        }
-        assert!(!signal(None));
-    }
-
     /// Two workers share one store; `new_checkout` fails half the time for
     /// tablets when `harm` is set. Returns the workers' final rollback state and
     /// the harmed exposures.
@@ -696,7 +610,7 @@ pub(crate) mod tests {
         let st = rt.on_request_headers(&mut host, &mut sink);
         host.response = vec![(":status".into(), "503".into())];
         rt.on_response_headers(&st, &mut host, &mut sink);
-        let key = rt.shared.key().to_string();
+        let key = rt.pool.key().to_string();
         let before = store.data[&key].1;
         rt.hand_over(&mut store);
         assert_eq!(store.data[&key].1, before + 1, "one write");
