@@ -153,9 +153,7 @@ struct Live(RefCell<Runtime>);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        let rt = self.0.get_mut();
-        rt.flush_stats(&mut ProxyMetrics);
-        rt.hand_over(&mut ProxyShared);
+        self.0.get_mut().retire(&mut ProxyShared, &mut ProxyMetrics);
     }
 }
 

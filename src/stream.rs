@@ -301,6 +301,13 @@ impl Runtime {
         }
     }
 
+    /// When the configuration goes away (its last stream ended): hands the
+    /// batched counters to the proxy and the rollback outcomes to shared data.
+    pub fn retire(&mut self, store: &mut impl SharedStore, sink: &mut impl MetricSink) {
+        self.flush_stats(sink);
+        self.hand_over(store);
+    }
+
     /// The rollback state this worker applies.
     pub fn blocks(&self) -> &Blocks {
         &self.worker.blocks
@@ -622,5 +629,81 @@ pub(crate) mod tests {
         fresh.adopt_shared(&store);
         fresh.on_request_headers(&mut tablet(), &mut sink);
         assert!(fresh.last_decision().flags[0].on, "a new rollback.epoch starts clean");
+    }
+
+    /// Serves one request for user `u1` whose response has `status`.
+    fn serve(rt: &mut Runtime, sink: &mut MapSink, status: Option<&str>) {
+        let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+        let st = rt.on_request_headers(&mut host, sink);
+        host.response = status.map(|s| (":status".to_string(), s.to_string())).into_iter().collect();
+        rt.on_response_headers(&st, &mut host, sink);
+    }
+
+    /// New-stack requests and errors in the rollout's shared counts (the
+    /// device group: every request is in exactly one of its cells).
+    fn shared_new_stack(rt: &Runtime, store: &FakeStore) -> (u32, u32) {
+        let names: Vec<String> = rt.config().feature_names().map(String::from).collect();
+        let Some((bytes, _)) = store.data.get(rt.pool.key()) else { return (0, 0) };
+        let (_, counts) = rollback::shared::decode(bytes, &names).unwrap();
+        let device = counts.stack.iter().flat_map(|window| &window[1][..rollback::cells::GROUP_START[1]]);
+        device.fold((0, 0), |(n, e), t| (n + t.n, e + t.bad[0]))
+    }
+
+    #[test]
+    fn a_lost_cas_race_is_retried_and_a_contended_sync_keeps_its_counts() {
+        let (mut rt, mut sink) = runtime(100.0);
+        let mut store = FakeStore::default();
+        for _ in 0..10 {
+            serve(&mut rt, &mut sink, Some("200"));
+        }
+        rt.on_tick(&mut store, 10_000, &mut sink);
+        assert_eq!(shared_new_stack(&rt, &store), (10, 0));
+
+        serve(&mut rt, &mut sink, Some("200"));
+        store.races = 3;
+        rt.on_tick(&mut store, 11_000, &mut sink);
+        assert_eq!((store.races, shared_new_stack(&rt, &store)), (0, (11, 0)), "won on the fourth attempt");
+
+        serve(&mut rt, &mut sink, Some("200"));
+        store.races = usize::MAX;
+        assert!(rt.on_tick(&mut store, 12_000, &mut sink).is_empty());
+        assert_eq!(shared_new_stack(&rt, &store), (11, 0), "every attempt lost: nothing written");
+        store.races = 0;
+        rt.on_tick(&mut store, 12_400, &mut sink);
+        assert_eq!(
+            shared_new_stack(&rt, &store),
+            (11, 0),
+            "not due yet (half a tick of slack): one sync per sync_ms"
+        );
+        rt.on_tick(&mut store, 13_000, &mut sink);
+        assert_eq!(shared_new_stack(&rt, &store), (12, 0), "the contended sync's counts were kept");
+    }
+
+    #[test]
+    fn a_response_without_a_valid_status_is_an_error_of_class_other() {
+        let (mut rt, mut sink) = runtime(100.0);
+        for status in [None, Some("abc"), Some("999"), Some("503"), Some("404")] {
+            serve(&mut rt, &mut sink, status);
+        }
+        let mut store = FakeStore::default();
+        rt.on_tick(&mut store, 10_000, &mut sink);
+        let class =
+            |c: &str| sink.counter(&format!("augur_responses_total.rollout.default.stack.new.class.{c}"));
+        assert_eq!((class("other"), class("5xx"), class("4xx")), (3, 1, 1));
+        assert_eq!(shared_new_stack(&rt, &store), (5, 4), "4xx is the client's, not an error");
+    }
+
+    #[test]
+    fn retiring_flushes_the_batched_counters_and_hands_over_the_outcomes() {
+        let (mut rt, mut sink) = runtime(100.0);
+        serve(&mut rt, &mut sink, Some("503"));
+        assert_eq!(sink.increments, 0, "batched until a tick");
+        let mut store = FakeStore::default();
+        rt.retire(&mut store, &mut sink);
+        assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.new"), 1);
+        assert_eq!(shared_new_stack(&rt, &store), (1, 1));
+        let writes = store.data[rt.pool.key()].1;
+        rt.retire(&mut store, &mut sink);
+        assert_eq!(store.data[rt.pool.key()].1, writes, "nothing left to hand over: no write");
     }
 }

@@ -411,6 +411,9 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct FakeStore {
         pub data: std::collections::HashMap<String, (Vec<u8>, u32)>,
+        /// Writes that lose a race: another worker writes the key between this
+        /// one's read and its write, so the write is a CAS mismatch.
+        pub races: usize,
     }
 
     impl SharedStore for FakeStore {
@@ -421,6 +424,11 @@ pub(crate) mod tests {
             }
         }
         fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            if self.races > 0 {
+                self.races -= 1;
+                let (_, token) = self.data.entry(key.to_string()).or_default();
+                *token += 1;
+            }
             let current = self.data.get(key).map(|(_, c)| *c);
             if cas.is_some() && cas != current {
                 return false;
