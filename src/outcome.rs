@@ -85,23 +85,4 @@ mod tests {
         }
         assert!(!signal(None));
     }
-
-    #[test]
-    fn no_valid_status_is_an_error_of_class_other() {
-        let o = |status| Outcome {
-            stack: Stack::Old,
-            status,
-            latency_ms: 1,
-            engaged: false,
-            security: false,
-            enabled: 0,
-            holdout: 0,
-        };
-        for status in [None, Some(999), Some(0), Some(503)] {
-            assert!(o(status).is_error(), "{status:?}");
-        }
-        assert_eq!(o(Some(999)).class(), CLASSES.len() - 1);
-        assert!(!o(Some(404)).is_error());
-        assert_eq!(o(Some(404)).class(), 3);
-    }
 }

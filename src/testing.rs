@@ -19,12 +19,7 @@ impl TestConfig {
 
     /// A feature with these fields besides its name (`json!({})` for defaults).
     pub fn feature(mut self, name: &str, fields: Value) -> TestConfig {
-        let mut f = Map::new();
-        f.insert("name".into(), name.into());
-        if let Value::Object(more) = fields {
-            f.extend(more);
-        }
-        push(&mut self.0, "features", Value::Object(f));
+        push(&mut self.0, "features", named(name, fields));
         self
     }
 
@@ -48,12 +43,7 @@ impl TestConfig {
 
     /// A segment with these criteria besides its name.
     pub fn segment(mut self, name: &str, criteria: Value) -> TestConfig {
-        let mut s = Map::new();
-        s.insert("name".into(), name.into());
-        if let Value::Object(more) = criteria {
-            s.extend(more);
-        }
-        push(&mut self.0, "segments", Value::Object(s));
+        push(&mut self.0, "segments", named(name, criteria));
         self
     }
 
@@ -86,6 +76,16 @@ impl TestConfig {
     pub fn compile_with_model(&self, model: &[u8]) -> Result<Config, ConfigError> {
         compile_with_model(self.json().as_bytes(), model)
     }
+}
+
+/// `{"name": name, ...fields}`.
+fn named(name: &str, fields: Value) -> Value {
+    let mut item = Map::new();
+    item.insert("name".into(), name.into());
+    if let Value::Object(more) = fields {
+        item.extend(more);
+    }
+    Value::Object(item)
 }
 
 fn push(config: &mut Value, list: &str, item: Value) {
