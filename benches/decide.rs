@@ -28,7 +28,7 @@ fn stages(c: &mut Criterion) {
 
     c.bench_function("profile/encode", |b| {
         let mut p = Profile::default();
-        b.iter(|| encode(&config.profile, &config.segments, black_box(req.as_slice()), &mut p))
+        b.iter(|| encode(&config.profile, black_box(req.as_slice()), &mut p))
     });
     c.bench_function("model/predict", |b| {
         let mut s = config.model.session().unwrap();

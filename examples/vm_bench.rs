@@ -51,7 +51,7 @@ fn main() {
     time("headers/load", n, || headers.load(black_box(serialized.clone())).unwrap());
     time("profile/encode", n, || {
         let mut p = Profile::default();
-        encode(&config.profile, &config.segments, black_box(&headers), &mut p);
+        encode(&config.profile, black_box(&headers), &mut p);
         black_box(p);
     });
     let mut s = config.model.session().unwrap();

@@ -6,7 +6,7 @@ world looks like. Importing this module has no side effects and it needs only
 the standard library.
 
 What it does *not* do is encode requests: the feature vector is defined only in
-Rust (``src/profile.rs``) and obtained with ``augur encode``. Everything here is
+Rust (``src/profile/mod.rs``) and obtained with ``augur encode``. Everything here is
 expressed in terms of users and HTTP request headers.
 
 Typical use::
@@ -85,7 +85,7 @@ REGION_HEADER = "x-geo-region"
 TIER_HEADER = "x-user-tier"
 
 #: Realistic User-Agent strings per device class. Each one is classified by
-#: ``augur`` (``classify_device`` in src/profile.rs) as its key; the trainer
+#: ``augur`` (``classify_device`` in src/profile/mod.rs) as its key; the trainer
 #: checks this on every run.
 USER_AGENTS: dict[str, tuple[str, ...]] = {
     "mobile": (

@@ -8,7 +8,7 @@ Pipeline:
 
 1. draw users and requests from ``models/synthetic.py`` (seeded, deterministic);
 2. encode every request with ``augur encode`` — the encoding lives only in Rust
-   (src/profile.rs), this script never re-implements it;
+   (src/profile/mod.rs), this script never re-implements it;
 3. targets = planted ``true_impacts`` + small gaussian noise, clipped to [0, 1];
 4. fit a model of the family ``--model`` picks: ``mlp`` (scikit-learn
    MLPRegressor, ReLU hidden layers; the default), ``gbm`` (gradient-boosted

@@ -7,11 +7,13 @@
 
 use crate::config::Config;
 use crate::flags::{FlagDecision, FlagInputs, Override, Reason};
+use crate::hash::stable_hash;
 use crate::headers::Headers;
 use crate::model::{Impact, Session};
-use crate::profile::{self, stable_hash, Profile};
+use crate::profile::{self, Profile};
 use crate::rollback::{self, Blocks, GROUPS};
 use crate::routing::{Stack, BUCKETS};
+use crate::segments;
 
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +166,7 @@ fn exploration_draw(config: &Config, draw: u64) -> u64 {
 /// Decides one request into `out` (reusing its allocations).
 pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized), out: &mut Decision) {
     out.id = worker.draw();
-    profile::encode(&config.profile, &config.segments, req, &mut out.profile);
+    profile::encode(&config.profile, req, &mut out.profile);
 
     out.cells = rollback::cells(&out.profile);
     out.model_ok = match worker.session.as_mut() {
@@ -172,13 +174,15 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         None => false,
     };
     let impacts = out.model_ok.then_some(worker.impacts.as_slice());
-    // Segments by predicted behaviour complete once the model has run.
-    for p in &config.predicted_segments {
-        let bit = 1u64 << p.segment;
-        if out.profile.segments & bit != 0 && !impacts.is_some_and(|i| p.matches(i, &config.rules.weights)) {
-            out.profile.segments &= !bit;
-        }
-    }
+    // Once, after inference: a predicted segment needs the model's output.
+    out.profile.segments = segments::evaluate(
+        &config.segments,
+        &config.profile,
+        &out.profile,
+        req,
+        impacts,
+        &config.rules.weights,
+    );
 
     out.reverted = worker.blocks.reverted;
     (out.stack, out.bucket) = if config.global_off || out.reverted {
@@ -248,15 +252,17 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile;
+    use crate::testing::TestConfig;
+    use serde_json::json;
 
-    fn config(pct: f64, extra: &str) -> Config {
-        let json = format!(
-            r#"{{"rollout": {{"percentage": {pct}}}, {extra}
-                "features": [{{"name": "new_checkout", "override": "on"}},
-                             {{"name": "one_click_pay", "override": "on", "requires": ["new_checkout"]}}]}}"#
-        );
-        compile(json.as_bytes()).unwrap()
+    fn checkout(pct: f64) -> TestConfig {
+        TestConfig::rollout(pct)
+            .on("new_checkout")
+            .feature("one_click_pay", json!({"override": "on", "requires": ["new_checkout"]}))
+    }
+
+    fn config(pct: f64) -> Config {
+        checkout(pct).compile().unwrap()
     }
 
     fn headers(user: &str) -> Vec<(String, String)> {
@@ -265,7 +271,7 @@ mod tests {
 
     #[test]
     fn new_stack_gets_features_old_stack_gets_none() {
-        let c = config(50.0, "");
+        let c = config(50.0);
         let mut w = Worker::new(&c);
         let mut seen = [false, false];
         for i in 0..200 {
@@ -289,7 +295,7 @@ mod tests {
 
     #[test]
     fn global_off_sends_everyone_old_with_no_features() {
-        let c = config(100.0, r#""override": "off","#);
+        let c = checkout(100.0).set("override", "off").compile().unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         decide(&c, &mut w, &headers("u1"), &mut d);
@@ -299,7 +305,7 @@ mod tests {
 
     #[test]
     fn anonymous_user_stays_on_old_stack_by_default() {
-        let c = config(100.0, "");
+        let c = config(100.0);
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         decide(&c, &mut w, &vec![("x-request-id".to_string(), "r1".to_string())], &mut d);
@@ -308,11 +314,11 @@ mod tests {
 
     #[test]
     fn holdout_is_sticky_and_close_to_its_share() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100},
-                 "features": [{"name": "a", "override": "on", "holdout": 20}, {"name": "b", "override": "on"}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(100.0)
+            .feature("a", json!({"override": "on", "holdout": 20}))
+            .on("b")
+            .compile()
+            .unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         let n = 5000;
@@ -337,13 +343,15 @@ mod tests {
     fn predicted_segments_tailor_the_rollout() {
         // Users the model predicts will engage with recommendations go to the new
         // stack; everyone else stays on the old one.
-        let c = compile(
-            br#"{"rollout": {"percentage": 0, "by_segment": [{"segment": "engaged", "percentage": 100}]},
-                 "segments": [{"name": "engaged",
-                               "predicted": {"feature": "recommendations", "impact": "engagement", "min": 0.6}}],
-                 "features": [{"name": "recommendations", "allow_segments": ["engaged"], "min_score": 0}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(0.0)
+            .set("rollout.by_segment", json!([{"segment": "engaged", "percentage": 100}]))
+            .segment(
+                "engaged",
+                json!({"predicted": {"feature": "recommendations", "impact": "engagement", "min": 0.6}}),
+            )
+            .feature("recommendations", json!({"allow_segments": ["engaged"], "min_score": 0}))
+            .compile()
+            .unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         let req = |user: &str, sessions: &str| -> Vec<(String, String)> {
@@ -354,24 +362,5 @@ mod tests {
         assert!(d.flags[0].on);
         decide(&c, &mut w, &req("light", "1"), &mut d);
         assert_eq!((d.stack, d.profile.segments), (Stack::Old, 0), "light user is not in the segment");
-    }
-
-    #[test]
-    fn predicted_segment_needs_a_scored_feature() {
-        let e = compile(
-            br#"{"rollout": {"percentage": 0},
-                 "segments": [{"name": "x", "predicted": {"feature": "nope", "impact": "score", "min": 50}}],
-                 "features": [{"name": "a", "override": "on"}]}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.starts_with("segments[0].predicted.feature: the model does not score \"nope\""), "{e}");
-        let e = compile(
-            br#"{"rollout": {"percentage": 0, "by_segment": [{"segment": "ghost", "percentage": 5}]},
-                 "features": [{"name": "a", "override": "on"}]}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.starts_with("rollout.by_segment[0].segment: unknown segment \"ghost\""), "{e}");
     }
 }

@@ -14,10 +14,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::abi;
-use crate::config::{self, ControlHeaders};
+use crate::config;
+use crate::control::{self, ControlHeaders};
 use crate::headers::HeaderMap;
-use crate::host::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 use crate::metrics::{MetricKind, MetricSink};
+use crate::stream::{strip_control_headers, Host, Runtime, SharedStore, StreamState};
 
 /// Filter-state key of the decision record; the access log reads it as
 /// `%FILTER_STATE(wasm.augur_decision:PLAIN)%`.
@@ -34,7 +35,7 @@ const DEFAULT_CONTROL_PREFIX: &str = "x-augur-";
 /// plugin first in a base VM that has seen no earlier configuration, so a
 /// VM-local memory would let the push through there and refuse it only on
 /// the workers. A push that changes it needs an explicit migration
-/// (`config::check_prefix_change`); a fresh Envoy starts empty, and `augur
+/// (`control::check_prefix_change`); a fresh Envoy starts empty, and `augur
 /// check-config --envoy` is the static check against the route table.
 fn prefix_key(name: &str) -> String {
     format!("augur.control_header_prefix.{name}")
@@ -152,9 +153,7 @@ struct Live(RefCell<Runtime>);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        let rt = self.0.get_mut();
-        rt.flush_stats(&mut ProxyMetrics);
-        rt.hand_over(&mut ProxyShared);
+        self.0.get_mut().retire(&mut ProxyShared, &mut ProxyMetrics);
     }
 }
 
@@ -174,7 +173,7 @@ impl RootContext for AugurRoot {
             return false;
         };
         let compiled = config::compile(&bytes).and_then(|cfg| match accepted_prefix(&cfg.name) {
-            Some(p) => config::check_prefix_change(&p, &cfg.headers).map(|()| cfg),
+            Some(p) => control::check_prefix_change(&p, &cfg.headers).map(|()| cfg),
             None => Ok(cfg),
         });
         match compiled {

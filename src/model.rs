@@ -24,8 +24,10 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::profile::{stable_hash, Vector, INPUT_DIM, SCHEMA_ID};
+use crate::hash::stable_hash;
+use crate::profile::{Vector, INPUT_DIM, SCHEMA_ID};
 
+pub mod config;
 pub mod dense;
 pub mod graph;
 pub mod onnx_ops;

@@ -220,19 +220,13 @@ fn push_unit(out: &mut String, x: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile;
     use crate::engine::{decide, Worker};
     use crate::profile::INPUT_DIM;
+    use crate::testing::TestConfig;
 
     #[test]
     fn flags_header_lists_every_feature_with_state_reason_and_score() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100},
-                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"},
-                              {"name": "search_v2", "min_score": 0, "max_performance_cost": 1,
-                               "max_error_risk": 1, "max_security_risk": 1}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(100.0).on("a").off("b").permissive("search_v2").compile().unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         let req: Vec<(String, String)> = vec![("x-user-id".into(), "u1".into())];
@@ -257,12 +251,12 @@ mod tests {
 
     #[test]
     fn record_is_valid_json_with_every_field() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100},
-                 "segments": [{"name": "beta", "header": "x-tier", "values": ["beta"]}],
-                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(100.0)
+            .segment("beta", serde_json::json!({"header": "x-tier", "values": ["beta"]}))
+            .on("a")
+            .off("b")
+            .compile()
+            .unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         let req: Vec<(String, String)> =
@@ -289,11 +283,11 @@ mod tests {
 
     #[test]
     fn randomised_features_are_marked_with_their_arm() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100},
-                 "features": [{"name": "a", "override": "on", "holdout": 50}, {"name": "b", "override": "on"}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(100.0)
+            .feature("a", serde_json::json!({"override": "on", "holdout": 50}))
+            .on("b")
+            .compile()
+            .unwrap();
         let mut w = Worker::new(&c);
         let mut d = Decision::default();
         let mut arms = std::collections::HashSet::new();

@@ -6,7 +6,9 @@
 //! raising the percentage only ever moves users from old to new, never back.
 //! Changing the salt reshuffles everyone — use a new salt per rollout.
 
-use crate::profile::stable_hash;
+use crate::config::{is_token, ConfigError};
+use crate::hash::stable_hash;
+use crate::segments::{self, Segment};
 
 /// Number of buckets: percentages resolve to 1/10 000 of a percent.
 pub const BUCKETS: u32 = 1_000_000;
@@ -97,6 +99,89 @@ impl Rollout {
     }
 }
 
+/// `rollout` in the plugin configuration.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    pub(crate) percentage: f64,
+    #[serde(default)]
+    by_segment: Vec<RawSegmentRollout>,
+    #[serde(default = "default_salt")]
+    pub(crate) salt: String,
+    #[serde(default)]
+    when_absent: WhenAbsent,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegmentRollout {
+    segment: String,
+    percentage: f64,
+}
+
+fn default_salt() -> String {
+    "augur".into()
+}
+
+/// `stacks` in the plugin configuration: the routing-header values.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawStacks {
+    pub(crate) old: String,
+    pub(crate) new: String,
+}
+
+impl Default for RawStacks {
+    fn default() -> Self {
+        RawStacks { old: "old".into(), new: "new".into() }
+    }
+}
+
+fn percentage(field: String, pct: f64) -> Result<f64, ConfigError> {
+    if (0.0..=100.0).contains(&pct) {
+        Ok(pct)
+    } else {
+        Err(ConfigError::new(field, format!("{pct} is outside 0-100")))
+    }
+}
+
+/// Compiles the split of `rollout`.
+pub(crate) fn compile(raw: &RawRollout) -> Result<Rollout, ConfigError> {
+    let pct = percentage("rollout.percentage".into(), raw.percentage)?;
+    if raw.salt.is_empty() {
+        return Err(ConfigError::new("rollout.salt", "must not be empty (use a new salt per rollout)"));
+    }
+    Ok(Rollout::new(pct, &raw.salt, raw.when_absent))
+}
+
+/// Compiles `rollout.by_segment`: per-segment thresholds (segment index,
+/// buckets; first match wins).
+pub(crate) fn compile_by_segment(
+    raw: &RawRollout,
+    segments: &[Segment],
+) -> Result<Vec<(usize, u32)>, ConfigError> {
+    let mut by_segment = Vec::with_capacity(raw.by_segment.len());
+    for (i, r) in raw.by_segment.iter().enumerate() {
+        let field = format!("rollout.by_segment[{i}]");
+        let ix = segments::resolve(format!("{field}.segment"), &r.segment, segments)?;
+        by_segment.push((ix, threshold(percentage(format!("{field}.percentage"), r.percentage)?)));
+    }
+    Ok(by_segment)
+}
+
+/// Checks `stacks`: two different header values the route table matches.
+pub(crate) fn check_stacks(raw: &RawStacks) -> Result<(), ConfigError> {
+    for (field, v) in [("stacks.old", &raw.old), ("stacks.new", &raw.new)] {
+        if !is_token(v) {
+            return Err(ConfigError::new(field, format!("\"{v}\" must be a non-empty lowercase token (it is a header value the route table matches)")));
+        }
+    }
+    if raw.old == raw.new {
+        return Err(ConfigError::new("stacks.new", "must differ from stacks.old"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,4 +238,18 @@ mod tests {
     }
 
     const PINNED_USER_1: u32 = 931_032;
+
+    #[test]
+    fn rollout_section_is_checked() {
+        use crate::testing::TestConfig;
+        let err = |c: TestConfig| c.compile().unwrap_err().to_string();
+        let e = err(TestConfig::rollout(101.0).on("a"));
+        assert_eq!(e, "rollout.percentage: 101 is outside 0-100");
+        let e = err(TestConfig::rollout(0.0)
+            .set("rollout.by_segment", serde_json::json!([{"segment": "ghost", "percentage": 5}]))
+            .on("a"));
+        assert!(e.starts_with("rollout.by_segment[0].segment: unknown segment \"ghost\""), "{e}");
+        let e = err(TestConfig::rollout(5.0).on("a").set("stacks.new", "old"));
+        assert_eq!(e, "stacks.new: must differ from stacks.old");
+    }
 }

@@ -5,10 +5,11 @@
 use augur::config::compile;
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::{HeaderMap, Headers};
-use augur::host::{Host, Runtime};
 use augur::metrics::{MetricKind, MetricSink};
 use augur::profile::{encode, Profile};
 use augur::routing::Stack;
+use augur::stream::{Host, Runtime};
+use augur::testing::TestConfig;
 
 /// A proxy stand-in over raw header bytes (values need not be UTF-8).
 #[derive(Default)]
@@ -66,17 +67,16 @@ impl MetricSink for NullSink {
     fn record(&mut self, _: u32, _: u64) {}
 }
 
-fn runtime(json: &str) -> Runtime {
-    Runtime::new(compile(json.as_bytes()).expect("valid"), &mut NullSink)
+/// Everyone with a user id on the new stack, with one feature forced on.
+fn all_new() -> Runtime {
+    Runtime::new(TestConfig::rollout(100.0).on("a").compile().expect("valid"), &mut NullSink)
 }
-
-const ALL_NEW: &str = r#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#;
 
 #[test]
 fn underscore_look_alikes_of_control_headers_are_stripped() {
     // Frameworks that fold '_' into '-' (CGI, Django, Rails, nginx with
     // underscores_in_headers) would read these as control headers.
-    let mut rt = runtime(ALL_NEW);
+    let mut rt = all_new();
     let mut host = RawHost::with(&[
         ("x-user-id", "u1"),
         ("x_augur_stack", "new"),
@@ -95,7 +95,7 @@ fn underscore_look_alikes_of_control_headers_are_stripped() {
 
 #[test]
 fn the_decision_id_is_not_the_clients_request_id() {
-    let mut rt = runtime(ALL_NEW);
+    let mut rt = all_new();
     let mut ids = std::collections::HashSet::new();
     for _ in 0..100 {
         let mut host = RawHost::with(&[("x-user-id", "u1"), ("x-request-id", "chosen-by-client")]);
@@ -114,10 +114,8 @@ fn the_decision_id_is_not_the_clients_request_id() {
 fn a_client_cannot_pick_its_per_request_draw_with_x_request_id() {
     // Anonymous requests under `per_request` are split per request: a client
     // replaying one x-request-id must still land on both stacks.
-    let c = compile(
-        br#"{"rollout": {"percentage": 50, "when_absent": "per_request"}, "features": [{"name": "a", "override": "on"}]}"#,
-    )
-    .expect("valid");
+    let c =
+        TestConfig::rollout(50.0).set("rollout.when_absent", "per_request").on("a").compile().expect("valid");
     let mut w = Worker::new(&c);
     let mut d = Decision::default();
     let req = vec![("x-request-id".to_string(), "always-the-same".to_string())];
@@ -132,18 +130,17 @@ fn a_client_cannot_pick_its_per_request_draw_with_x_request_id() {
 
 #[test]
 fn a_user_id_that_is_not_utf8_is_hashed_as_bytes_not_anonymous() {
-    let c = compile(br#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#)
-        .expect("valid");
+    let c = TestConfig::rollout(100.0).on("a").compile().expect("valid");
     let mut m = HeaderMap::default();
     m.load(HeaderMap::serialize([("x-user-id", &b"caf\xe9"[..])])).expect("well formed");
     let mut p = Profile::default();
-    encode(&c.profile, &c.segments, &m, &mut p);
+    encode(&c.profile, &m, &mut p);
     assert_eq!(p.vector[1], 1.0, "user_present");
     assert!(p.vector[0] > 0.0, "user_bucket from the bytes");
     let mut other = HeaderMap::default();
     other.load(HeaderMap::serialize([("x-user-id", &b"caf\xe8"[..])])).expect("well formed");
     let mut q = Profile::default();
-    encode(&c.profile, &c.segments, &other, &mut q);
+    encode(&c.profile, &other, &mut q);
     assert_ne!(p.vector[0], q.vector[0], "different bytes, different users");
 
     // And routed as that user (sticky), not as an anonymous request (old stack).
@@ -156,12 +153,11 @@ fn a_user_id_that_is_not_utf8_is_hashed_as_bytes_not_anonymous() {
 
 #[test]
 fn history_values_out_of_f32_range_clamp_like_large_ones() {
-    let c = compile(br#"{"rollout": {"percentage": 0}, "features": [{"name": "a", "override": "on"}]}"#)
-        .expect("valid");
+    let c = TestConfig::rollout(0.0).on("a").compile().expect("valid");
     let at = |v: &str| {
         let req = vec![("x-user-sessions-30d".to_string(), v.to_string())];
         let mut p = Profile::default();
-        encode(&c.profile, &c.segments, &req, &mut p);
+        encode(&c.profile, &req, &mut p);
         p.vector[16]
     };
     assert_eq!(at("1e38"), 1.0);
@@ -185,18 +181,16 @@ fn a_truncated_configuration_names_the_position_not_a_field() {
 }
 
 fn segment_with_users(n: usize) -> String {
-    let users: Vec<String> = (0..n).map(|i| format!("\"user-{i}\"")).collect();
-    format!(
-        r#"{{"rollout": {{"percentage": 100}},
-             "segments": [{{"name": "staff", "users": [{}]}}],
-             "features": [{{"name": "a", "override": "on", "allow_segments": ["staff"]}}]}}"#,
-        users.join(",")
-    )
+    let users: Vec<String> = (0..n).map(|i| format!("user-{i}")).collect();
+    TestConfig::rollout(100.0)
+        .segment("staff", serde_json::json!({"users": users}))
+        .feature("a", serde_json::json!({"override": "on", "allow_segments": ["staff"]}))
+        .json()
 }
 
 #[test]
 fn configuration_size_and_user_lists_are_limited_and_refusals_name_the_limit() {
-    let limit = augur::config::MAX_USERS_PER_SEGMENT;
+    let limit = augur::segments::MAX_USERS_PER_SEGMENT;
     assert!(compile(segment_with_users(limit).as_bytes()).is_ok());
     let e = compile(segment_with_users(limit + 1).as_bytes()).expect_err("too many").to_string();
     assert!(e.starts_with(&format!("segments[0].users: {} user ids, at most {limit}", limit + 1)), "{e}");
@@ -213,7 +207,7 @@ fn configuration_size_and_user_lists_are_limited_and_refusals_name_the_limit() {
 fn segment_user_lookups_do_not_scan_the_list() {
     // O(1) membership: the lookup is a hash set, so a full list decides the
     // same as a short one (correctness here; cost is in `make bench`).
-    let c = compile(segment_with_users(augur::config::MAX_USERS_PER_SEGMENT).as_bytes()).expect("valid");
+    let c = compile(segment_with_users(augur::segments::MAX_USERS_PER_SEGMENT).as_bytes()).expect("valid");
     let mut w = Worker::new(&c);
     let mut d = Decision::default();
     for (user, member) in [("user-0", true), ("user-9999", true), ("user-10000", false), ("nobody", false)] {

@@ -2,24 +2,23 @@
 //! match is refused at configure time, and a model that fails on one request
 //! fails open (fallbacks, request still decided).
 
-use augur::config::compile;
 use augur::engine::{decide, Decision, Worker};
 use augur::flags::Reason;
 use augur::routing::Stack;
+use augur::testing::TestConfig;
 use base64::Engine as _;
+use serde_json::json;
 
 const NAN_MODEL: &[u8] = include_bytes!("fixtures/nan_model.onnx");
 const WRONG_SHAPE: &[u8] = include_bytes!("fixtures/wrong_shape.onnx");
 
-fn config_with(model: &[u8]) -> String {
+fn config_with(model: &[u8]) -> TestConfig {
     let b64 = base64::engine::general_purpose::STANDARD.encode(model);
-    format!(
-        r#"{{"rollout": {{"percentage": 100}},
-            "model": {{"onnx_base64": "{b64}"}},
-            "features": [{{"name": "new_checkout", "fallback": "on"}},
-                         {{"name": "search_v2"}},
-                         {{"name": "one_click_pay", "requires": ["new_checkout"], "fallback": "on"}}]}}"#
-    )
+    TestConfig::rollout(100.0)
+        .set("model.onnx_base64", b64)
+        .feature("new_checkout", json!({"fallback": "on"}))
+        .feature("search_v2", json!({}))
+        .feature("one_click_pay", json!({"requires": ["new_checkout"], "fallback": "on"}))
 }
 
 fn request(sessions: &str) -> Vec<(String, String)> {
@@ -28,7 +27,7 @@ fn request(sessions: &str) -> Vec<(String, String)> {
 
 #[test]
 fn model_with_wrong_output_shape_is_refused() {
-    let err = compile(config_with(WRONG_SHAPE).as_bytes()).unwrap_err().to_string();
+    let err = config_with(WRONG_SHAPE).compile().unwrap_err().to_string();
     assert_eq!(
         err,
         "model.onnx_base64: shape: output has shape 1,12 but 5 features × 4 impacts need 20 values"
@@ -37,7 +36,7 @@ fn model_with_wrong_output_shape_is_refused() {
 
 #[test]
 fn model_failure_on_one_request_falls_back_and_continues() {
-    let c = compile(config_with(NAN_MODEL).as_bytes()).unwrap();
+    let c = config_with(NAN_MODEL).compile().unwrap();
     let mut w = Worker::new(&c);
     let mut d = Decision::default();
 

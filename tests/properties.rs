@@ -9,9 +9,9 @@
 use augur::config::{compile, MAX_CONFIG_BYTES};
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::{HeaderMap, Headers};
-use augur::host::{Host, Runtime};
 use augur::metrics::{MetricKind, MetricSink};
 use augur::model::Model;
+use augur::stream::{Host, Runtime};
 use proptest::prelude::*;
 
 const DEMO: &str = include_str!("../envoy/augur-demo.json");

@@ -61,8 +61,8 @@ def test_errors_give_the_default_and_say_what_to_fix():
 def test_model_failure_and_every_reason_is_mapped():
     model, ok, flags = parse_flags("@model=m.2;error,a=on;fallback_on")
     assert (model, ok, flags["a"]) == ("m.2", False, (True, "fallback_on", None))
-    # Every reason augur can give (src/flags.rs) has an OpenFeature reason.
-    src = (ROOT / "src" / "flags.rs").read_text()
+    # Every reason augur can give (src/flags/mod.rs) has an OpenFeature reason.
+    src = (ROOT / "src" / "flags" / "mod.rs").read_text()
     block = src[src.index("pub fn as_str(self)"):src.index("pub fn is_on(self)")]
     reasons = {line.split('=> "')[1].split('"')[0] for line in block.splitlines() if '=> "' in line}
     assert reasons == set(REASONS), reasons ^ set(REASONS)

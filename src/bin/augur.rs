@@ -93,10 +93,10 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         (Some("encode"), Some("--config"), Some(path)) => {
-            let (spec, segments) = compile_profile_only(&read(path)?).map_err(|e| e.to_string())?;
+            let spec = compile_profile_only(&read(path)?).map_err(|e| e.to_string())?;
             let mut p = Profile::default();
             for_each_line(|h, out| {
-                encode(&spec, &segments, h, &mut p);
+                encode(&spec, h, &mut p);
                 let v: Vec<f64> = p.vector.iter().map(|x| f64::from(*x)).collect();
                 writeln!(out, "{}", serde_json::to_string(&v).map_err(|e| e.to_string())?)
                     .map_err(|e| e.to_string())

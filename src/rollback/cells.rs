@@ -7,7 +7,7 @@
 //! than diluted in both parents. Indices: singles `0..CELLS`, then pairs
 //! `CELLS..ALL_CELLS`, group pair by group pair.
 
-use crate::profile::{Profile, INPUT_DIM};
+use crate::profile::{Profile, MAX_HISTORY, MAX_LOCATIONS, MAX_PATH_CLASSES};
 
 /// Attribute groups; a request has exactly one single cell in each.
 pub const GROUPS: usize = 8;
@@ -58,20 +58,19 @@ const fn pair_base() -> [[usize; GROUPS]; GROUPS] {
 /// First pair cell of groups `a < b`.
 const PAIR_BASE: [[usize; GROUPS]; GROUPS] = pair_base();
 
-// The cell layout reads slots of the profile encoding by position.
-const _: () = assert!(INPUT_DIM == 20, "update rollback::cells for the new encoding");
+// One cell per value of each attribute, plus one for "none of them".
+const _: () = assert!(GROUP_SIZE[1] == MAX_LOCATIONS + 1 && GROUP_SIZE[2] == MAX_PATH_CLASSES + 1);
+const _: () = assert!(GROUPS == 4 + MAX_HISTORY, "one group per history signal");
 
-/// A request's single cell in each group.
+/// A request's single cell in each group, from its typed profile.
 pub fn cells(profile: &Profile) -> [u8; GROUPS] {
-    let v = &profile.vector;
-    let one_hot = |from: usize, n: usize| (from..from + n).position(|i| v[i] > 0.5).unwrap_or(n);
     let mut out = [0u8; GROUPS];
-    out[0] = one_hot(2, 4) as u8; // mobile, tablet, desktop, bot, unknown
-    out[1] = (5 + one_hot(6, 4)) as u8; // location 0-3, other
-    out[2] = (10 + one_hot(11, 4)) as u8; // path class 0-3, none
-    out[3] = (15 + usize::from(v[10] > 0.5)) as u8; // read, write
-    for h in 0..4 {
-        out[4 + h] = (GROUP_START[4 + h] + usize::from(v[16 + h] >= 0.5)) as u8;
+    out[0] = profile.device.slot().unwrap_or(4) as u8; // mobile, tablet, desktop, bot, unknown
+    out[1] = (5 + profile.location.unwrap_or(MAX_LOCATIONS)) as u8; // location 0-3, other
+    out[2] = (10 + profile.path_class.unwrap_or(MAX_PATH_CLASSES)) as u8; // path class 0-3, none
+    out[3] = (15 + usize::from(profile.write)) as u8; // read, write
+    for h in 0..MAX_HISTORY {
+        out[4 + h] = (GROUP_START[4 + h] + usize::from(profile.history_high(h))) as u8;
     }
     out
 }
@@ -162,15 +161,13 @@ mod tests {
 
     #[test]
     fn cells_cover_every_group_once() {
-        let mut p = Profile::default();
-        p.vector[3] = 1.0; // tablet
-        p.vector[8] = 1.0; // location 2
+        use crate::profile::Device;
+        let p = Profile { device: Device::Tablet, location: Some(2), ..Profile::default() };
         let c = cells(&p);
         assert_eq!(c, [1, 7, 14, 15, 17, 19, 21, 23]);
         assert_eq!(cells(&Profile::default()), [4, 9, 14, 15, 17, 19, 21, 23]);
-        let mut p = Profile::default();
-        p.vector[10] = 1.0;
-        p.vector[19] = 0.9;
+        let mut p = Profile { write: true, ..Profile::default() };
+        p.history[3] = 0.9;
         assert_eq!(cells(&p)[3], 16);
         assert_eq!(cells(&p)[7], 24);
         assert_eq!(cell_name(1), "device=tablet");

@@ -35,11 +35,13 @@
 //! merged state, which all workers then apply.
 
 pub mod cells;
+pub mod config;
+mod log;
 pub mod shared;
 pub mod stats;
 
 pub use cells::{cell_name, cells, ALL_CELLS, CELLS, GROUPS};
-pub use shared::{SharedStore, Sync};
+pub use shared::{Pool, SharedStore, Sync};
 
 use crate::routing::Stack;
 use cells::{expand, parents, siblings, MASK_WORDS};

@@ -1,5 +1,6 @@
 //! Rollback state in proxy-wasm shared data: the whole binary format and the
-//! sync protocol (merge → evaluate → write back, adopt, hand over) in one place.
+//! sync protocol (merge → evaluate → write back, adopt, hand over) and each
+//! worker's side of it ([`Pool`]: pending outcomes, sync period) in one place.
 //!
 //! One value per rollout, under `augur.rollback.<name>.<salt>.<epoch>`: every
 //! worker and every configuration of that rollout reads and writes the same
@@ -16,7 +17,7 @@
 //! blocks ([`Blocks::encode`]), the counts ([`Counts::encode`]).
 
 use super::cells::MASK_WORDS;
-use super::{evaluate, Blocks, Counts, Event, Policy, Tally, KPIS};
+use super::{evaluate, Blocks, Counts, Event, Exposure, Outcome, Policy, Tally, KPIS};
 
 /// Proxy-wide shared memory (proxy-wasm shared data): how workers pool outcomes.
 pub trait SharedStore {
@@ -113,6 +114,93 @@ impl Sync {
             }
         }
         Err(Contended)
+    }
+}
+
+/// One configuration's worker-side rollback sync: the outcomes this worker
+/// counted since its last merge, and when it last synced. The stream runtime
+/// records into it and ticks it; everything about shared data stays here.
+pub struct Pool {
+    features: usize,
+    /// Outcomes seen by this worker since its last merge into shared data.
+    pending: Counts,
+    /// The rollout's rollback state in shared data.
+    shared: Sync,
+    /// When this worker last synced (ms since the epoch).
+    synced_ms: Option<u64>,
+}
+
+impl Pool {
+    pub fn new(name: &str, salt: &str, epoch: u64, features: &[impl AsRef<str>]) -> Pool {
+        Pool {
+            features: features.len(),
+            pending: Counts::new(features.len()),
+            shared: Sync::new(name, salt, epoch, features.iter().map(|f| f.as_ref().to_string())),
+            synced_ms: None,
+        }
+    }
+
+    /// The shared-data key of the rollout's state.
+    pub fn key(&self) -> &str {
+        self.shared.key()
+    }
+
+    /// Counts a request's exploration draws when it is decided (the
+    /// sample-ratio check counts draws, not responses).
+    pub fn record_draws(&mut self, explored: u64, drawn_off: u64) {
+        if explored != 0 {
+            self.pending.record_draws(explored, drawn_off);
+        }
+    }
+
+    /// Counts a response under the blocks in force now.
+    pub fn record(&mut self, exposure: &Exposure, blocks: &Blocks, outcome: Outcome, policy: &Policy) {
+        // A block set while this request was in flight makes its comparison
+        // stale: it no longer belongs to the feature's fresh on/off tallies.
+        let mut exposure = *exposure;
+        for f in 0..self.features.min(64) {
+            if exposure.randomised & (1 << f) != 0 && blocks.blocks(f, &exposure.cells) {
+                exposure.randomised &= !(1 << f);
+                exposure.explored &= !(1 << f);
+            }
+        }
+        self.pending.record(&exposure, outcome, blocks.slow_ms(policy));
+    }
+
+    /// Once per `sync_ms` (ticks may come faster; `slack_ms` keeps a sync from
+    /// slipping a tick late): merges the pending outcomes into shared data,
+    /// runs the rollback tests on the pooled counts and returns the blocks to
+    /// apply and what changed. `None` when no sync was due.
+    pub fn tick(
+        &mut self,
+        store: &mut impl SharedStore,
+        now_ms: u64,
+        sync_ms: u64,
+        slack_ms: u64,
+        policy: &Policy,
+    ) -> Option<Result<(Blocks, Vec<Event>), Contended>> {
+        if self.synced_ms.is_some_and(|at| now_ms.saturating_sub(at) + slack_ms < sync_ms) {
+            return None;
+        }
+        self.synced_ms = Some(now_ms);
+        let result = self.shared.sync(store, &self.pending, policy, now_ms / 1000);
+        if result.is_ok() {
+            self.pending = Counts::new(self.features);
+        }
+        Some(result)
+    }
+
+    /// The blocks in force for this rollout, for a configuration about to serve.
+    pub fn adopt(&self, store: &impl SharedStore) -> Option<Blocks> {
+        self.shared.adopt(store)
+    }
+
+    /// When the configuration goes away: hands what it counted since its last
+    /// sync over to the shared state.
+    pub fn hand_over(&mut self, store: &mut impl SharedStore) {
+        if self.shared.hand_over(store, &self.pending) {
+            self.pending = Counts::new(self.features);
+        }
     }
 }
 
@@ -323,6 +411,9 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct FakeStore {
         pub data: std::collections::HashMap<String, (Vec<u8>, u32)>,
+        /// Writes that lose a race: another worker writes the key between this
+        /// one's read and its write, so the write is a CAS mismatch.
+        pub races: usize,
     }
 
     impl SharedStore for FakeStore {
@@ -333,6 +424,11 @@ pub(crate) mod tests {
             }
         }
         fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            if self.races > 0 {
+                self.races -= 1;
+                let (_, token) = self.data.entry(key.to_string()).or_default();
+                *token += 1;
+            }
             let current = self.data.get(key).map(|(_, c)| *c);
             if cas.is_some() && cas != current {
                 return false;

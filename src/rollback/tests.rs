@@ -3,18 +3,11 @@
 
 use super::cells::pair;
 use super::*;
-use crate::profile::Profile;
+use crate::profile::{Device, Profile};
 
 fn profile(device: usize, location: Option<usize>, path: Option<usize>) -> Profile {
-    let mut p = Profile::default();
-    p.vector[2 + device] = 1.0;
-    if let Some(l) = location {
-        p.vector[6 + l] = 1.0;
-    }
-    if let Some(c) = path {
-        p.vector[11 + c] = 1.0;
-    }
-    p
+    const DEVICES: [Device; 4] = [Device::Mobile, Device::Tablet, Device::Desktop, Device::Bot];
+    Profile { device: DEVICES[device], location, path_class: path, ..Profile::default() }
 }
 
 /// Deterministic pseudo-random stream.

@@ -27,6 +27,8 @@
 
 use crate::model::{Impact, ScoreWeights};
 
+pub mod config;
+
 /// Per-feature or global override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,6 +1,7 @@
-//! Host: what augur does with one HTTP stream, written against a small [`Host`]
-//! trait so it is tested natively with [`FakeHost`](tests). `filter` implements the
-//! trait with proxy-wasm host calls and does nothing else.
+//! Stream: the runtime of one configuration on one worker — what augur does
+//! with each HTTP stream and on each tick — written against small host traits
+//! ([`Host`], [`MetricSink`], [`SharedStore`]) so it is tested natively with fakes.
+//! `filter` implements the traits with proxy-wasm host calls and does nothing else.
 //!
 //! Per request: strip client-sent control headers → decide → write the routing
 //! header (and, on the new stack, the feature and decision headers) → store the
@@ -12,13 +13,15 @@
 //! test with forged `x-augur-stack` headers guards this: Envoy computes the
 //! route before the filter runs, with the forged value.
 
-use crate::config::{Config, ControlHeaders};
+use crate::config::Config;
+use crate::control::ControlHeaders;
 use crate::engine::{decide, Decision, Worker};
 use crate::headers::{HeaderMap, Headers};
-use crate::metrics::{MetricSink, Metrics, Outcome};
+use crate::metrics::{MetricSink, Metrics};
+use crate::outcome::{signal, Outcome};
 use crate::record;
 pub use crate::rollback::SharedStore;
-use crate::rollback::{self, Blocks, Counts, Event};
+use crate::rollback::{self, Blocks, Event, Pool};
 use crate::routing::Stack;
 
 /// The proxy operations a stream needs.
@@ -53,19 +56,6 @@ pub struct StreamState {
     pub segments: u64,
     /// What automated rollback needs to know of the request.
     pub exposure: rollback::Exposure,
-}
-
-/// An app signal header is set when its value is `1`, `true`, `yes` or a
-/// positive number (e.g. a conversion value).
-fn signal(value: Option<&str>) -> bool {
-    match value.map(str::trim) {
-        None => false,
-        Some(v) => {
-            v.eq_ignore_ascii_case("true")
-                || v.eq_ignore_ascii_case("yes")
-                || v.parse::<f64>().is_ok_and(|x| x > 0.0)
-        }
-    }
 }
 
 /// Clients never pick their own stack or features: removes every request
@@ -105,12 +95,8 @@ pub struct Runtime {
     response: HeaderMap,
     /// The decision id of the current request (see `Decision::id`).
     decision_id: String,
-    /// Outcomes seen by this worker since its last merge into shared data.
-    pending: Counts,
-    /// The rollout's rollback state in shared data.
-    shared: rollback::Sync,
-    /// When this worker last synced rollback state (ms since the epoch).
-    synced_ms: Option<u64>,
+    /// This worker's side of the rollout's shared rollback state.
+    pool: Pool,
 }
 
 impl Runtime {
@@ -118,13 +104,8 @@ impl Runtime {
     pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
         let worker = Worker::new(&config);
         let metrics = Metrics::define(&config, sink);
-        let pending = Counts::new(config.rules.features.len());
-        let shared = rollback::Sync::new(
-            &config.name,
-            &config.rollout.salt,
-            config.rollback.epoch,
-            config.feature_names(),
-        );
+        let names: Vec<&str> = config.feature_names().collect();
+        let pool = Pool::new(&config.name, &config.rollout.salt, config.rollback.epoch, &names);
         Runtime {
             config,
             worker,
@@ -136,9 +117,7 @@ impl Runtime {
             request: HeaderMap::default(),
             response: HeaderMap::default(),
             decision_id: String::with_capacity(16),
-            pending,
-            shared,
-            synced_ms: None,
+            pool,
         }
     }
 
@@ -192,8 +171,8 @@ impl Runtime {
         let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
         self.metrics.on_decision(d, spoofed, keyed, sink);
         let enabled = d.enabled_mask();
-        if self.config.rollback.enabled && d.explored != 0 {
-            self.pending.record_draws(d.explored, d.drawn_off);
+        if self.config.rollback.enabled {
+            self.pool.record_draws(d.explored, d.drawn_off);
         }
         StreamState {
             stack: Some(d.stack),
@@ -244,22 +223,7 @@ impl Runtime {
         host.set_outcome_record(outcome.signals());
         self.metrics.on_response(&outcome, sink);
         if self.config.rollback.enabled {
-            // A block set while this request was in flight makes its comparison
-            // stale: it no longer belongs to the feature's fresh on/off tallies.
-            let mut exposure = state.exposure;
-            for f in 0..self.config.rules.features.len().min(64) {
-                if exposure.randomised & (1 << f) != 0 && self.worker.blocks.blocks(f, &exposure.cells) {
-                    exposure.randomised &= !(1 << f);
-                    exposure.explored &= !(1 << f);
-                }
-            }
-            let kpis = rollback::Outcome {
-                error: outcome.is_error(),
-                security: outcome.security,
-                latency_ms: outcome.latency_ms,
-            };
-            let slow_ms = self.worker.blocks.slow_ms(&self.config.rollback);
-            self.pending.record(&exposure, kpis, slow_ms);
+            self.pool.record(&state.exposure, &self.worker.blocks, outcome.kpis(), &self.config.rollback);
         }
     }
 
@@ -302,21 +266,20 @@ impl Runtime {
         // Ticks may come faster than the sync period (a shorter stats flush);
         // half a tick of slack so a sync is never pushed one tick late.
         let slack = self.tick_period_ms().unwrap_or(0) / 2;
-        if self.synced_ms.is_some_and(|at| now_ms.saturating_sub(at) + slack < self.config.rollback_sync_ms) {
-            return Vec::new();
-        }
-        self.synced_ms = Some(now_ms);
-        match self.shared.sync(store, &self.pending, &self.config.rollback, now_ms / 1000) {
-            Ok((blocks, events)) => {
-                self.pending = Counts::new(self.config.rules.features.len());
+        let (sync_ms, policy) = (self.config.rollback_sync_ms, &self.config.rollback);
+        match self.pool.tick(store, now_ms, sync_ms, slack, policy) {
+            None => Vec::new(),
+            Some(Ok((blocks, events))) => {
                 self.worker.blocks = blocks;
+                let rules = &self.config.rules.features;
+                let name = |f: usize| rules.get(f).map_or("?", |r| r.name.as_str());
                 for e in &events {
-                    log::warn!("rollback: {}", self.describe(e));
+                    log::warn!("rollback: {}", e.describe(name, policy.explore_share));
                     self.metrics.on_rollback(e, sink);
                 }
                 events
             }
-            Err(rollback::shared::Contended) => {
+            Some(Err(rollback::shared::Contended)) => {
                 log::warn!("rollback: shared data stayed contended; will retry on the next tick");
                 Vec::new()
             }
@@ -330,7 +293,7 @@ impl Runtime {
         if !self.config.rollback.enabled {
             return;
         }
-        if let Some(blocks) = self.shared.adopt(store) {
+        if let Some(blocks) = self.pool.adopt(store) {
             self.worker.blocks = blocks;
         }
     }
@@ -338,41 +301,16 @@ impl Runtime {
     /// When a configuration goes away: hands the outcomes it counted since its
     /// last sync over to the shared state, so the next configuration's tests see them.
     pub fn hand_over(&mut self, store: &mut impl SharedStore) {
-        if self.config.rollback.enabled && self.shared.hand_over(store, &self.pending) {
-            self.pending = Counts::new(self.config.rules.features.len());
+        if self.config.rollback.enabled {
+            self.pool.hand_over(store);
         }
     }
 
-    fn describe(&self, e: &Event) -> String {
-        let name = |f: &usize| self.config.rules.features.get(*f).map_or("?", |r| r.name.as_str());
-        let kpi = |k: &usize| rollback::KPI_NAMES.get(*k).copied().unwrap_or("?");
-        match e {
-            Event::Suspect { cell, kpi: k, evidence } => format!(
-                "cell {} suspect on {} (evidence {evidence:.1}): exploring",
-                rollback::cell_name(*cell),
-                kpi(k)
-            ),
-            Event::Cleared { cell } => format!("cell {} cleared", rollback::cell_name(*cell)),
-            Event::Blocked { feature, cell, kpi: k, evidence, needed } => format!(
-                "feature {} rolled back in {} on {} (evidence {evidence:.1} ≥ {needed:.1})",
-                name(feature),
-                rollback::cell_name(*cell),
-                kpi(k)
-            ),
-            Event::Killed { feature, kpi: k, evidence } => {
-                format!("feature {} rolled back everywhere on {} (evidence {evidence:.1})", name(feature), kpi(k))
-            }
-            Event::Reverted { kpi: k, evidence } => format!(
-                "new stack regressed on {} (evidence {evidence:.1}): all traffic reverts to the old stack",
-                kpi(k)
-            ),
-            Event::Recovered { feature } => format!("feature {} back on probation", name(feature)),
-            Event::SampleRatioMismatch { feature, drawn_off, drawn, evidence } => format!(
-                "feature {}: sample ratio mismatch ({drawn_off} of {drawn} exploration draws off, configured {:.2}; evidence {evidence:.1}): no automated decisions for it until the next rollback.epoch",
-                name(feature),
-                self.config.rollback.explore_share
-            ),
-        }
+    /// When the configuration goes away (its last stream ended): hands the
+    /// batched counters to the proxy and the rollback outcomes to shared data.
+    pub fn retire(&mut self, store: &mut impl SharedStore, sink: &mut impl MetricSink) {
+        self.flush_stats(sink);
+        self.hand_over(store);
     }
 
     /// The rollback state this worker applies.
@@ -384,9 +322,10 @@ impl Runtime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::compile;
     use crate::metrics::test_sink::MapSink;
     use crate::rollback::shared::tests::FakeStore;
+    use crate::testing::TestConfig;
+    use serde_json::json;
 
     /// A proxy stand-in: a header list plus what the filter did to it.
     #[derive(Default)]
@@ -444,15 +383,12 @@ pub(crate) mod tests {
     }
 
     fn runtime(pct: f64) -> (Runtime, MapSink) {
-        let c = compile(
-            format!(
-                r#"{{"rollout": {{"percentage": {pct}}},
-                   "features": [{{"name": "a", "override": "on"}}, {{"name": "b", "override": "off"}},
-                                {{"name": "c", "override": "on", "requires": ["a"]}}]}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap();
+        let c = TestConfig::rollout(pct)
+            .on("a")
+            .off("b")
+            .feature("c", json!({"override": "on", "requires": ["a"]}))
+            .compile()
+            .unwrap();
         let mut sink = MapSink::default();
         (Runtime::new(c, &mut sink), sink)
     }
@@ -524,11 +460,8 @@ pub(crate) mod tests {
 
     #[test]
     fn ticks_flush_stats_every_time_and_sync_rollback_once_per_sync_period() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 100}, "rollback": {"sync_ms": 1000}, "stats": {"flush_ms": 250},
-                 "features": [{"name": "new_checkout"}]}"#,
-        )
-        .unwrap();
+        let checkout = |pct| TestConfig::rollout(pct).feature("new_checkout", json!({}));
+        let c = checkout(100.0).set("rollback.sync_ms", 1000).set("stats.flush_ms", 250).compile().unwrap();
         let mut sink = MapSink::default();
         let mut rt = Runtime::new(c, &mut sink);
         assert_eq!(rt.tick_period_ms(), Some(250));
@@ -545,13 +478,10 @@ pub(crate) mod tests {
             assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.new"), tick as i64 + 1);
         }
         assert_eq!(syncs, 3, "12 ticks of 250 ms: a sync every fourth");
-        let no_rollback =
-            compile(br#"{"rollout": {"percentage": 1}, "features": [{"name": "new_checkout"}]}"#).unwrap();
+        let no_rollback = checkout(1.0).compile().unwrap();
         assert_eq!(Runtime::new(no_rollback, &mut sink).tick_period_ms(), Some(1000));
-        let nothing = compile(
-            br#"{"rollout": {"percentage": 1}, "rollback": {"enabled": false}, "stats": {"flush_ms": 0}, "features": [{"name": "new_checkout"}]}"#,
-        )
-        .unwrap();
+        let nothing =
+            checkout(1.0).set("rollback.enabled", false).set("stats.flush_ms", 0).compile().unwrap();
         assert_eq!(Runtime::new(nothing, &mut sink).tick_period_ms(), None);
     }
 
@@ -590,34 +520,15 @@ pub(crate) mod tests {
         assert_eq!((errors("a", "on"), errors("b", "off"), errors("c", "on")), (1, 1, 1));
     }
 
-    #[test]
-    fn signal_values() {
-        for (v, want) in [
-            ("1", true),
-            ("true", true),
-            ("YES", true),
-            ("12.5", true),
-            ("0", false),
-            ("no", false),
-            ("", false),
-        ] {
-            assert_eq!(signal(Some(v)), want, "{v}");
-        }
-        assert!(!signal(None));
-    }
-
     /// Two workers share one store; `new_checkout` fails half the time for
     /// tablets when `harm` is set. Returns the workers' final rollback state and
     /// the harmed exposures.
     fn two_workers(harm: bool, requests: usize) -> (Blocks, Blocks, usize, MapSink, FakeStore) {
-        let json = br#"{"rollout": {"percentage": 100},
-            "features": [
-              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "search_v2", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let config = TestConfig::rollout(100.0).permissive("new_checkout").permissive("search_v2");
         let mut sink = MapSink::default();
         let mut workers = [
-            Runtime::new(compile(json).unwrap(), &mut sink),
-            Runtime::new(compile(json).unwrap(), &mut sink),
+            Runtime::new(config.compile().unwrap(), &mut sink),
+            Runtime::new(config.compile().unwrap(), &mut sink),
         ];
         let mut store = FakeStore::default();
         let mut harmed = 0;
@@ -683,20 +594,23 @@ pub(crate) mod tests {
         let (blocks, _, _, _, mut store) = two_workers(true, 8000);
         assert_eq!(blocks.single_blocks(0), 1 << 1, "new_checkout blocked for tablets");
         // The push: same rollout, one feature more, a threshold changed.
-        let pushed = br#"{"rollout": {"percentage": 100}, "model": {"version": "v2"},
-            "features": [
-              {"name": "recommendations", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1},
-              {"name": "search_v2", "min_score": 1, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
+        let pushed = TestConfig::rollout(100.0)
+            .set("model.version", "v2")
+            .permissive("recommendations")
+            .permissive("new_checkout")
+            .feature(
+                "search_v2",
+                json!({"min_score": 1, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}),
+            );
         let tablet = || FakeHost::with(&[("x-user-id", "u1"), ("x-request-id", "r"), ("user-agent", "iPad")]);
         let mut sink = MapSink::default();
         let checkout_on = |rt: &Runtime| rt.last_decision().flags[1].on;
 
-        let mut unadopted = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        let mut unadopted = Runtime::new(pushed.compile().unwrap(), &mut sink);
         unadopted.on_request_headers(&mut tablet(), &mut sink);
         assert!(checkout_on(&unadopted), "without adoption the harm is back (the bug this guards)");
 
-        let mut rt = Runtime::new(compile(pushed).unwrap(), &mut sink);
+        let mut rt = Runtime::new(pushed.compile().unwrap(), &mut sink);
         rt.adopt_shared(&store);
         rt.on_request_headers(&mut tablet(), &mut sink);
         assert!(!checkout_on(&rt));
@@ -708,18 +622,93 @@ pub(crate) mod tests {
         let st = rt.on_request_headers(&mut host, &mut sink);
         host.response = vec![(":status".into(), "503".into())];
         rt.on_response_headers(&st, &mut host, &mut sink);
-        let key = rt.shared.key().to_string();
+        let key = rt.pool.key().to_string();
         let before = store.data[&key].1;
         rt.hand_over(&mut store);
         assert_eq!(store.data[&key].1, before + 1, "one write");
         rt.hand_over(&mut store);
         assert_eq!(store.data[&key].1, before + 1, "nothing left to hand over");
 
-        let epoch = br#"{"rollout": {"percentage": 100}, "rollback": {"epoch": 1},
-            "features": [{"name": "new_checkout", "min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}]}"#;
-        let mut fresh = Runtime::new(compile(epoch).unwrap(), &mut sink);
+        let epoch = TestConfig::rollout(100.0).set("rollback.epoch", 1).permissive("new_checkout");
+        let mut fresh = Runtime::new(epoch.compile().unwrap(), &mut sink);
         fresh.adopt_shared(&store);
         fresh.on_request_headers(&mut tablet(), &mut sink);
         assert!(fresh.last_decision().flags[0].on, "a new rollback.epoch starts clean");
+    }
+
+    /// Serves one request for user `u1` whose response has `status`.
+    fn serve(rt: &mut Runtime, sink: &mut MapSink, status: Option<&str>) {
+        let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+        let st = rt.on_request_headers(&mut host, sink);
+        host.response = status.map(|s| (":status".to_string(), s.to_string())).into_iter().collect();
+        rt.on_response_headers(&st, &mut host, sink);
+    }
+
+    /// New-stack requests and errors in the rollout's shared counts (the
+    /// device group: every request is in exactly one of its cells).
+    fn shared_new_stack(rt: &Runtime, store: &FakeStore) -> (u32, u32) {
+        let names: Vec<String> = rt.config().feature_names().map(String::from).collect();
+        let Some((bytes, _)) = store.data.get(rt.pool.key()) else { return (0, 0) };
+        let (_, counts) = rollback::shared::decode(bytes, &names).unwrap();
+        let device = counts.stack.iter().flat_map(|window| &window[1][..rollback::cells::GROUP_START[1]]);
+        device.fold((0, 0), |(n, e), t| (n + t.n, e + t.bad[0]))
+    }
+
+    #[test]
+    fn a_lost_cas_race_is_retried_and_a_contended_sync_keeps_its_counts() {
+        let (mut rt, mut sink) = runtime(100.0);
+        let mut store = FakeStore::default();
+        for _ in 0..10 {
+            serve(&mut rt, &mut sink, Some("200"));
+        }
+        rt.on_tick(&mut store, 10_000, &mut sink);
+        assert_eq!(shared_new_stack(&rt, &store), (10, 0));
+
+        serve(&mut rt, &mut sink, Some("200"));
+        store.races = 3;
+        rt.on_tick(&mut store, 11_000, &mut sink);
+        assert_eq!((store.races, shared_new_stack(&rt, &store)), (0, (11, 0)), "won on the fourth attempt");
+
+        serve(&mut rt, &mut sink, Some("200"));
+        store.races = usize::MAX;
+        assert!(rt.on_tick(&mut store, 12_000, &mut sink).is_empty());
+        assert_eq!(shared_new_stack(&rt, &store), (11, 0), "every attempt lost: nothing written");
+        store.races = 0;
+        rt.on_tick(&mut store, 12_400, &mut sink);
+        assert_eq!(
+            shared_new_stack(&rt, &store),
+            (11, 0),
+            "not due yet (half a tick of slack): one sync per sync_ms"
+        );
+        rt.on_tick(&mut store, 13_000, &mut sink);
+        assert_eq!(shared_new_stack(&rt, &store), (12, 0), "the contended sync's counts were kept");
+    }
+
+    #[test]
+    fn a_response_without_a_valid_status_is_an_error_of_class_other() {
+        let (mut rt, mut sink) = runtime(100.0);
+        for status in [None, Some("abc"), Some("999"), Some("503"), Some("404")] {
+            serve(&mut rt, &mut sink, status);
+        }
+        let mut store = FakeStore::default();
+        rt.on_tick(&mut store, 10_000, &mut sink);
+        let class =
+            |c: &str| sink.counter(&format!("augur_responses_total.rollout.default.stack.new.class.{c}"));
+        assert_eq!((class("other"), class("5xx"), class("4xx")), (3, 1, 1));
+        assert_eq!(shared_new_stack(&rt, &store), (5, 4), "4xx is the client's, not an error");
+    }
+
+    #[test]
+    fn retiring_flushes_the_batched_counters_and_hands_over_the_outcomes() {
+        let (mut rt, mut sink) = runtime(100.0);
+        serve(&mut rt, &mut sink, Some("503"));
+        assert_eq!(sink.increments, 0, "batched until a tick");
+        let mut store = FakeStore::default();
+        rt.retire(&mut store, &mut sink);
+        assert_eq!(sink.counter("augur_requests_total.rollout.default.stack.new"), 1);
+        assert_eq!(shared_new_stack(&rt, &store), (1, 1));
+        let writes = store.data[rt.pool.key()].1;
+        rt.retire(&mut store, &mut sink);
+        assert_eq!(store.data[rt.pool.key()].1, writes, "nothing left to hand over: no write");
     }
 }

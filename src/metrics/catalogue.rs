@@ -1,42 +1,17 @@
-//! Metrics: the Envoy stats augur keeps for every decision.
-//!
-//! A name is a base name followed by `.label.value` pairs, e.g.
-//! `augur_requests_total.rollout.checkout.stack.new` or
-//! `augur_feature_decisions_total.rollout.checkout.feature.search_v2.state.off.reason.security_risk`.
-//! Envoy prefixes wasm stats with `wasmcustom.`; the `stats_tags` in
-//! `envoy/envoy.yaml` cut each pair out of the name into a label, so
-//! `/stats/prometheus` shows `augur_requests_total{stack="new"}` (a custom stat
-//! namespace: no `envoy_` prefix). Names follow Prometheus conventions: counters
-//! end in `_total`, durations are in seconds (`le` bounds in seconds). The full
-//! list is in README ("Reading the stats").
-//!
-//! Host access is behind [`MetricSink`] so this module is tested natively.
+//! The stat catalogue: every stat augur keeps — its name, labels and when it
+//! moves. Names are part of the operator contract (dashboards, alerts,
+//! README "Reading the stats"): change them only on purpose.
 
+use super::batch::{Batch, Buckets, Counter};
+use super::{MetricKind, MetricSink};
 use crate::config::Config;
 use crate::engine::Decision;
 use crate::flags::Reason;
+use crate::outcome::{Outcome, CLASSES};
 use crate::rollback::Event;
 use crate::routing::Stack;
 
-/// Kind of an Envoy stat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-/// Where stats go: Envoy's stats store in the filter, a map in tests.
-pub trait MetricSink {
-    /// Defines (or looks up) a stat; `None` if the host refused it.
-    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32>;
-    fn increment(&mut self, id: u32, by: i64);
-    fn record(&mut self, id: u32, value: u64);
-}
-
 const STACKS: [Stack; 2] = [Stack::Old, Stack::New];
-/// Response status classes: 1xx..5xx, then "other" for anything unparsable.
-const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 /// Name of the counter for `feature` of rollout `rollout` decided with `reason`.
 pub fn decision_stat(rollout: &str, feature: &str, reason: Reason) -> String {
@@ -51,61 +26,6 @@ fn stack_ix(s: Stack) -> usize {
     match s {
         Stack::Old => 0,
         Stack::New => 1,
-    }
-}
-
-/// A counter: its slot in the worker's [`Batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counter(u16);
-
-/// Counter increments of one worker, handed to the proxy on the next tick.
-///
-/// Why: every stat update is a call out of the VM (~0.5 µs in Envoy's V8), and a
-/// request moves up to `2 + 2 × features` counters. Batched, a tick makes one
-/// call per counter that moved, whatever the traffic. Histograms are recorded
-/// at once (the host has no "record N samples" call). With `stats.flush_ms: 0`
-/// counters are incremented immediately.
-#[derive(Debug, Clone, Default)]
-struct Batch {
-    /// Host stat id per slot.
-    ids: Vec<u32>,
-    /// Increments not yet handed over, per slot.
-    deltas: Vec<u64>,
-    immediate: bool,
-}
-
-impl Batch {
-    fn define(&mut self, sink: &mut impl MetricSink, name: &str) -> Option<Counter> {
-        let id = sink.define(MetricKind::Counter, name)?;
-        let slot = u16::try_from(self.ids.len()).ok()?;
-        self.ids.push(id);
-        self.deltas.push(0);
-        Some(Counter(slot))
-    }
-
-    fn add(&mut self, c: Option<Counter>, sink: &mut impl MetricSink) {
-        self.add_n(c, 1, sink);
-    }
-
-    fn add_n(&mut self, c: Option<Counter>, n: u64, sink: &mut impl MetricSink) {
-        let Some(Counter(slot)) = c else { return };
-        let slot = usize::from(slot);
-        if self.immediate {
-            if let Some(id) = self.ids.get(slot) {
-                sink.increment(*id, i64::try_from(n).unwrap_or(i64::MAX));
-            }
-        } else if let Some(d) = self.deltas.get_mut(slot) {
-            *d = d.saturating_add(n);
-        }
-    }
-
-    fn flush(&mut self, sink: &mut impl MetricSink) {
-        for (id, d) in self.ids.iter().zip(self.deltas.iter_mut()) {
-            if *d > 0 {
-                sink.increment(*id, i64::try_from(*d).unwrap_or(i64::MAX));
-                *d = 0;
-            }
-        }
     }
 }
 
@@ -137,55 +57,6 @@ const LATENCY_BOUNDS: &[(u64, &str)] = &[
     (2500, "2.5"),
     (5000, "5"),
 ];
-
-/// A histogram kept as batched counters in Prometheus' layout: cumulative
-/// `<name>_bucket` counters labelled `le` (the bounds, then `+Inf`), plus
-/// `<name>_count` and a sum counter, so `histogram_quantile()` works on it.
-///
-/// Why not an Envoy histogram: each sample would be one more call out of the VM
-/// per request (per feature, for the feature histograms); these are counted in
-/// the worker and flushed with the other counters. Counters are integers, so a
-/// sum of seconds cannot be kept exactly: the sum of a latency histogram is
-/// `<unit-less base>_milliseconds_total` (see [`Buckets::define`]).
-#[derive(Debug, Clone)]
-struct Buckets {
-    bounds: &'static [(u64, &'static str)],
-    /// One per bound, then `+Inf`.
-    buckets: Vec<Option<Counter>>,
-    count: Option<Counter>,
-    sum: Option<Counter>,
-}
-
-impl Buckets {
-    /// `name` is the base name (`_bucket` and `_count` are appended), `sum`
-    /// the full name of the sum counter; `labels` the `.label.value` pairs.
-    fn define(
-        batch: &mut Batch,
-        sink: &mut impl MetricSink,
-        name: &str,
-        sum: &str,
-        labels: &str,
-        bounds: &'static [(u64, &'static str)],
-    ) -> Buckets {
-        let les = bounds.iter().map(|(_, le)| *le).chain(std::iter::once("+Inf"));
-        let buckets = les.map(|le| batch.define(sink, &format!("{name}_bucket{labels}.le.{le}"))).collect();
-        Buckets {
-            bounds,
-            buckets,
-            count: batch.define(sink, &format!("{name}_count{labels}")),
-            sum: batch.define(sink, &format!("{sum}{labels}")),
-        }
-    }
-
-    fn observe(&self, batch: &mut Batch, value: u64, sink: &mut impl MetricSink) {
-        let first = self.bounds.iter().position(|(b, _)| value <= *b).unwrap_or(self.bounds.len());
-        for c in self.buckets.iter().skip(first) {
-            batch.add(*c, sink);
-        }
-        batch.add(self.count, sink);
-        batch.add_n(self.sum, value, sink);
-    }
-}
 
 /// Stat ids for one configuration. All stats are defined up front in
 /// `on_configure`, so the request path only counts.
@@ -235,7 +106,7 @@ impl Metrics {
     /// Defines every stat for `config`.
     pub fn define(config: &Config, sink: &mut impl MetricSink) -> Metrics {
         let r = config.name.as_str();
-        let mut batch = Batch { immediate: config.stats_flush_ms == 0, ..Batch::default() };
+        let mut batch = Batch::new(config.stats_flush_ms == 0);
         let mut c = |name: String| batch.define(sink, &name);
         let requests = STACKS.map(|s| c(format!("augur_requests_total.rollout.{r}.stack.{}", s.as_str())));
         let unkeyed =
@@ -463,105 +334,17 @@ impl Metrics {
     }
 }
 
-/// What augur learns about a request from its response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub stack: Stack,
-    pub status: Option<u16>,
-    pub latency_ms: u64,
-    /// The app reported an engagement (`<prefix>engagement` response header).
-    pub engaged: bool,
-    /// The app reported a security event (`<prefix>security` response header).
-    pub security: bool,
-    /// Features on for this request / held out for this request (bitmasks).
-    pub enabled: u64,
-    pub holdout: u64,
-    /// Features whose on/off state was random (holdout or exploration draw),
-    /// and the segments the request was in (bitmasks).
-    pub randomised: u64,
-    pub segments: u64,
-}
-
-impl Outcome {
-    /// Index into [`CLASSES`].
-    fn class(&self) -> usize {
-        match self.status {
-            Some(s @ 100..=599) => usize::from(s / 100 - 1),
-            _ => CLASSES.len() - 1,
-        }
-    }
-
-    /// 5xx, or no valid status at all (reset, timeout).
-    pub fn is_error(&self) -> bool {
-        !matches!(self.status, Some(100..=499))
-    }
-
-    /// The app signals as one token for the access log.
-    pub fn signals(&self) -> &'static str {
-        match (self.engaged, self.security) {
-            (false, false) => "none",
-            (true, false) => "engaged",
-            (false, true) => "security",
-            (true, true) => "engaged+security",
-        }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod test_sink {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    /// Records stats by name, like Envoy's store would.
-    #[derive(Default, Debug)]
-    pub struct MapSink {
-        pub names: Vec<(MetricKind, String)>,
-        pub counters: BTreeMap<String, i64>,
-        pub histograms: BTreeMap<String, Vec<u64>>,
-        /// Calls to `increment` (host calls, in the filter).
-        pub increments: usize,
-    }
-
-    impl MetricSink for MapSink {
-        fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-            if let Some(i) = self.names.iter().position(|(_, n)| n == name) {
-                return Some(i as u32);
-            }
-            self.names.push((kind, name.to_string()));
-            Some(self.names.len() as u32 - 1)
-        }
-        fn increment(&mut self, id: u32, by: i64) {
-            self.increments += 1;
-            let name = self.names[id as usize].1.clone();
-            *self.counters.entry(name).or_default() += by;
-        }
-        fn record(&mut self, id: u32, value: u64) {
-            let name = self.names[id as usize].1.clone();
-            self.histograms.entry(name).or_default().push(value);
-        }
-    }
-
-    impl MapSink {
-        pub fn counter(&self, name: &str) -> i64 {
-            self.counters.get(name).copied().unwrap_or(0)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_sink::MapSink;
+    use super::super::test_sink::MapSink;
     use super::*;
     use crate::config::compile;
     use crate::engine::{decide, Worker};
+    use crate::testing::TestConfig;
 
     #[test]
     fn every_decision_is_counted_once_per_stack_and_feature() {
-        let c = compile(
-            br#"{"rollout": {"percentage": 50},
-                 "features": [{"name": "a", "override": "on"}, {"name": "b", "override": "off"}]}"#,
-        )
-        .unwrap();
+        let c = TestConfig::rollout(50.0).on("a").off("b").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         let mut w = Worker::new(&c);
@@ -688,9 +471,7 @@ mod tests {
 
     #[test]
     fn per_feature_histograms_are_cumulative_bucket_counters() {
-        let c =
-            compile(br#"{"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}"#)
-                .unwrap();
+        let c = TestConfig::rollout(100.0).on("a").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         for latency_ms in [0, 7, 7, 300, 60_000] {
@@ -727,8 +508,7 @@ mod tests {
 
     #[test]
     fn odd_status_is_other() {
-        let c = compile(br#"{"rollout": {"percentage": 50}, "features": [{"name": "a", "override": "on"}]}"#)
-            .unwrap();
+        let c = TestConfig::rollout(50.0).on("a").compile().unwrap();
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         for status in [None, Some(999), Some(0)] {
@@ -752,14 +532,9 @@ mod tests {
 
     #[test]
     fn batched_counters_flush_once_per_moved_counter_or_go_out_at_once_when_asked() {
-        let cfg = |flush: &str| {
-            compile(
-                format!(r#"{{"rollout": {{"percentage": 0}}, "stats": {{"flush_ms": {flush}}}, "features": [{{"name": "a", "override": "on"}}]}}"#)
-                    .as_bytes(),
-            )
-            .unwrap()
-        };
-        let c = cfg("1000");
+        let cfg =
+            |flush: u64| TestConfig::rollout(0.0).set("stats.flush_ms", flush).on("a").compile().unwrap();
+        let c = cfg(1000);
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         let mut d = Decision::default();
@@ -774,7 +549,7 @@ mod tests {
         m.flush(&mut sink);
         assert_eq!(sink.increments, 2, "nothing moved, nothing sent");
 
-        let c = cfg("0");
+        let c = cfg(0);
         let mut sink = MapSink::default();
         let mut m = Metrics::define(&c, &mut sink);
         m.on_decision(&d, false, true, &mut sink);

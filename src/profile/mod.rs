@@ -1,14 +1,15 @@
-//! Profile: turns a request's headers into the model's input vector and the set of
-//! segments the request belongs to.
+//! Profile: turns a request's headers into typed attributes (device, location,
+//! path class, method, history), and those into the model's input vector.
 //!
 //! This module is the *one* definition of the feature-vector encoding. The filter
 //! calls [`encode`] per request; the trainer in `models/` gets its vectors from
 //! `augur encode`, which calls the same function, so the two can never drift.
 //! Every slot is documented in [`SLOTS`] (printed by `augur schema`).
 
-use std::collections::HashSet;
-
+use crate::hash::stable_hash;
 use crate::headers::Headers;
+
+pub mod config;
 
 /// Identifies this encoding. A model carries it in its ONNX metadata
 /// (`augur.schema`) and the filter refuses a model trained for another one.
@@ -21,8 +22,6 @@ pub const MAX_LOCATIONS: usize = 4;
 pub const MAX_PATH_CLASSES: usize = 4;
 /// Maximum number of configurable history signals.
 pub const MAX_HISTORY: usize = 4;
-/// Maximum number of segments (membership is a 64-bit mask).
-pub const MAX_SEGMENTS: usize = 64;
 
 /// Payload sizes are log-scaled against this size (10 MB → 1.0).
 const PAYLOAD_SCALE_BYTES: f32 = 10_000_000.0;
@@ -97,7 +96,7 @@ impl Device {
     }
 
     /// Index into the four device slots; `None` for unknown devices.
-    fn slot(self) -> Option<usize> {
+    pub(crate) fn slot(self) -> Option<usize> {
         match self {
             Device::Mobile => Some(0),
             Device::Tablet => Some(1),
@@ -173,148 +172,121 @@ pub struct ProfileSpec {
     pub history: Vec<HistorySignal>,
 }
 
-/// A named group of requests: every criterion that is set must match
-/// (criteria are ANDed, values inside one criterion are ORed). A segment defined
-/// by predicted behaviour is completed by the engine after inference
-/// (`config::PredictedSegment`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Segment {
-    pub name: String,
-    /// User ids (a hash set: membership is O(1) whatever the list's length,
-    /// up to `config::MAX_USERS_PER_SEGMENT`).
-    pub users: HashSet<String>,
-    pub devices: Vec<Device>,
-    pub locations: Vec<String>,
-    pub header: Option<(String, Vec<String>)>,
-}
-
-/// The profile of one request.
+/// The profile of one request: typed attributes read from the headers. The
+/// model's input [`Profile::vector`] and the rollback cells
+/// ([`crate::rollback::cells()`]) are both computed from these fields, so
+/// neither ever decodes the other.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
-    pub vector: Vector,
+    /// The user id's hash mapped to `[0,1)` (24 bits, exact in f32), when the
+    /// request carries a user id.
+    pub user_bucket: Option<f32>,
     pub device: Device,
-    /// Bit `i` set when the request is in `segments[i]`.
+    /// Index into `profile.locations`; `None`: absent or another location.
+    pub location: Option<usize>,
+    /// Index of the first `profile.path_classes` prefix the path starts with.
+    pub path_class: Option<usize>,
+    /// POST, PUT, PATCH or DELETE.
+    pub write: bool,
+    /// `ln(1+content-length)/ln(1+10MB)`, clamped to `[0,1]`.
+    pub payload: f32,
+    /// Each history signal divided by its max, clamped to `[0,1]`; 0 when absent.
+    pub history: [f32; MAX_HISTORY],
+    /// Bit `i` set when the request is in `segments[i]` (set by the engine
+    /// once the model has run: [`crate::segments::evaluate`]).
     pub segments: u64,
+    /// The model's input, derived from the fields above by [`encode`].
+    pub vector: Vector,
 }
 
 impl Default for Profile {
     fn default() -> Self {
-        Profile { vector: [0.0; INPUT_DIM], device: Device::Unknown, segments: 0 }
+        Profile {
+            user_bucket: None,
+            device: Device::Unknown,
+            location: None,
+            path_class: None,
+            write: false,
+            payload: 0.0,
+            history: [0.0; MAX_HISTORY],
+            segments: 0,
+            vector: [0.0; INPUT_DIM],
+        }
     }
 }
 
-/// Stable 64-bit hash (FNV-1a then a SplitMix64 finaliser for avalanche).
-/// Stable across workers, restarts and architectures: never use std's
-/// randomly seeded hasher for anything that must be sticky.
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            // Separator so ("ab","c") and ("a","bc") differ.
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        for &b in part.iter() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+impl Profile {
+    /// Whether history signal `h` is in its upper half (its rollback cell).
+    pub fn history_high(&self, h: usize) -> bool {
+        self.history.get(h).is_some_and(|x| *x >= 0.5)
     }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+
+    /// The model's input vector, slot by slot as [`SLOTS`] documents it.
+    fn to_vector(&self) -> Vector {
+        let mut v = [0.0; INPUT_DIM];
+        if let Some(bucket) = self.user_bucket {
+            v[SLOT_USER_BUCKET] = bucket;
+            v[SLOT_USER_PRESENT] = 1.0;
+        }
+        let mut one_hot = |from: usize, i: Option<usize>, n: usize| {
+            if let Some(i) = i.filter(|i| *i < n) {
+                v[from + i] = 1.0;
+            }
+        };
+        one_hot(SLOT_DEVICE, self.device.slot(), 4);
+        one_hot(SLOT_LOCATION, self.location, MAX_LOCATIONS);
+        one_hot(SLOT_PATH_CLASS, self.path_class, MAX_PATH_CLASSES);
+        v[SLOT_METHOD_WRITE] = if self.write { 1.0 } else { 0.0 };
+        v[SLOT_PAYLOAD] = self.payload;
+        v[SLOT_HISTORY..SLOT_HISTORY + MAX_HISTORY].copy_from_slice(&self.history);
+        v
+    }
 }
 
-/// Encodes a request into `profile`. Pure: reads headers only.
-pub fn encode(
-    spec: &ProfileSpec,
-    segments: &[Segment],
-    req: &(impl Headers + ?Sized),
-    profile: &mut Profile,
-) {
-    let v = &mut profile.vector;
-    *v = [0.0; INPUT_DIM];
-
+/// Encodes a request into `profile` (every field but `segments`). Pure:
+/// reads headers only.
+pub fn encode(spec: &ProfileSpec, req: &(impl Headers + ?Sized), profile: &mut Profile) {
     // As bytes: an id that is not UTF-8 (obs-text) is still that user, not anonymous.
     let user = req.header_bytes(&spec.user_header).filter(|u| !u.is_empty());
-    if let Some(user) = user {
-        // 24 bits are plenty for a [0,1) bucket and exact in f32.
-        let h = stable_hash(&[user]) >> 40;
-        v[SLOT_USER_BUCKET] = h as f32 / (1u64 << 24) as f32;
-        v[SLOT_USER_PRESENT] = 1.0;
-    }
+    // 24 bits are plenty for a [0,1) bucket and exact in f32.
+    profile.user_bucket = user.map(|u| (stable_hash(&[u]) >> 40) as f32 / (1u64 << 24) as f32);
 
-    let device = classify_device(req.header("user-agent"));
-    if let Some(i) = device.slot() {
-        v[SLOT_DEVICE + i] = 1.0;
-    }
-    profile.device = device;
+    profile.device = classify_device(req.header("user-agent"));
 
     let location = req.header(&spec.location_header).map(str::trim);
-    if let Some(loc) = location {
-        if let Some(i) = spec.locations.iter().position(|l| l.eq_ignore_ascii_case(loc)) {
-            v[SLOT_LOCATION + i] = 1.0;
-        }
-    }
+    profile.location =
+        location.and_then(|loc| spec.locations.iter().position(|l| l.eq_ignore_ascii_case(loc)));
 
-    if let Some(m) = req.header(":method") {
-        if ["POST", "PUT", "PATCH", "DELETE"].iter().any(|w| w.eq_ignore_ascii_case(m)) {
-            v[SLOT_METHOD_WRITE] = 1.0;
-        }
-    }
+    profile.write = req
+        .header(":method")
+        .is_some_and(|m| ["POST", "PUT", "PATCH", "DELETE"].iter().any(|w| w.eq_ignore_ascii_case(m)));
 
-    if let Some(path) = req.header(":path") {
-        if let Some(i) = spec.path_classes.iter().position(|p| path.starts_with(p.as_str())) {
-            v[SLOT_PATH_CLASS + i] = 1.0;
-        }
-    }
+    profile.path_class = req
+        .header(":path")
+        .and_then(|path| spec.path_classes.iter().position(|p| path.starts_with(p.as_str())));
 
+    profile.payload = 0.0;
     if let Some(len) = req.header("content-length").and_then(|s| s.trim().parse::<f64>().ok()) {
         // Beyond f64 parses as infinity and clamps to 1 like any huge value.
         if len > 0.0 {
             let scaled = (len.ln_1p() / f64::from(PAYLOAD_SCALE_BYTES).ln_1p()) as f32;
-            v[SLOT_PAYLOAD] = scaled.clamp(0.0, 1.0);
+            profile.payload = scaled.clamp(0.0, 1.0);
         }
     }
 
-    for (i, signal) in spec.history.iter().enumerate().take(MAX_HISTORY) {
+    profile.history = [0.0; MAX_HISTORY];
+    for (slot, signal) in profile.history.iter_mut().zip(&spec.history) {
         // Parsed as f64 and clamped before narrowing: `1e39` (beyond f32) or
         // `1e400` (beyond f64, infinity) encodes like any large value (1.0),
         // never as 0; only NaN is "no value".
         let value = req.header(&signal.header).and_then(|s| s.trim().parse::<f64>().ok());
         if let Some(x) = value.filter(|x| !x.is_nan()) {
-            v[SLOT_HISTORY + i] = (x / f64::from(signal.max)).clamp(0.0, 1.0) as f32;
+            *slot = (x / f64::from(signal.max)).clamp(0.0, 1.0) as f32;
         }
     }
 
     profile.segments = 0;
-    for (i, seg) in segments.iter().enumerate().take(MAX_SEGMENTS) {
-        if segment_matches(seg, user, device, location, req) {
-            profile.segments |= 1 << i;
-        }
-    }
-}
-
-fn segment_matches(
-    seg: &Segment,
-    user: Option<&[u8]>,
-    device: Device,
-    location: Option<&str>,
-    req: &(impl Headers + ?Sized),
-) -> bool {
-    let users_ok = seg.users.is_empty()
-        || user.and_then(|u| std::str::from_utf8(u).ok()).is_some_and(|u| seg.users.contains(u));
-    let devices_ok = seg.devices.is_empty() || seg.devices.contains(&device);
-    let locations_ok = seg.locations.is_empty()
-        || location.is_some_and(|l| seg.locations.iter().any(|s| s.eq_ignore_ascii_case(l)));
-    let header_ok = match &seg.header {
-        None => true,
-        Some((name, values)) => {
-            req.header(name).is_some_and(|got| values.iter().any(|v| v.eq_ignore_ascii_case(got.trim())))
-        }
-    };
-    users_ok && devices_ok && locations_ok && header_ok
+    profile.vector = profile.to_vector();
 }
 
 #[cfg(test)]
@@ -335,9 +307,9 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn profile_of(pairs: &[(&str, &str)], segments: &[Segment]) -> Profile {
+    fn profile_of(pairs: &[(&str, &str)]) -> Profile {
         let mut p = Profile::default();
-        encode(&spec(), segments, &req(pairs), &mut p);
+        encode(&spec(), &req(pairs), &mut p);
         p
     }
 
@@ -351,25 +323,22 @@ mod tests {
 
     #[test]
     fn empty_request_is_all_zero() {
-        let p = profile_of(&[], &[]);
+        let p = profile_of(&[]);
         assert_eq!(p.vector, [0.0; INPUT_DIM]);
         assert_eq!(p.device, Device::Unknown);
     }
 
     #[test]
     fn encodes_every_slot_group() {
-        let p = profile_of(
-            &[
-                ("x-user-id", "alice"),
-                ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile"),
-                ("x-geo", "EU"),
-                (":method", "post"),
-                (":path", "/api/checkout/pay?x=1"),
-                ("content-length", "10000000"),
-                ("x-sessions", "25"),
-            ],
-            &[],
-        );
+        let p = profile_of(&[
+            ("x-user-id", "alice"),
+            ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile"),
+            ("x-geo", "EU"),
+            (":method", "post"),
+            (":path", "/api/checkout/pay?x=1"),
+            ("content-length", "10000000"),
+            ("x-sessions", "25"),
+        ]);
         let v = p.vector;
         assert!(v[0] > 0.0 && v[0] < 1.0);
         assert_eq!(v[1], 1.0);
@@ -383,27 +352,24 @@ mod tests {
 
     #[test]
     fn user_bucket_is_stable_and_spread() {
-        let a = profile_of(&[("x-user-id", "alice")], &[]).vector[0];
-        let a2 = profile_of(&[("x-user-id", "alice")], &[]).vector[0];
-        let b = profile_of(&[("x-user-id", "bob")], &[]).vector[0];
+        let a = profile_of(&[("x-user-id", "alice")]).vector[0];
+        let a2 = profile_of(&[("x-user-id", "alice")]).vector[0];
+        let b = profile_of(&[("x-user-id", "bob")]).vector[0];
         assert_eq!(a, a2);
         assert_ne!(a, b);
     }
 
     #[test]
     fn garbage_values_encode_as_zero_not_panic() {
-        let p = profile_of(
-            &[
-                ("content-length", "-5"),
-                ("x-sessions", "NaN"),
-                ("x-geo", "\u{1F600}"),
-                (":path", ""),
-                ("x-user-id", ""),
-            ],
-            &[],
-        );
+        let p = profile_of(&[
+            ("content-length", "-5"),
+            ("x-sessions", "NaN"),
+            ("x-geo", "\u{1F600}"),
+            (":path", ""),
+            ("x-user-id", ""),
+        ]);
         assert_eq!(p.vector, [0.0; INPUT_DIM]);
-        let p = profile_of(&[("x-sessions", "1e30")], &[]);
+        let p = profile_of(&[("x-sessions", "1e30")]);
         assert_eq!(p.vector[16], 1.0, "clamped to 1");
     }
 
@@ -432,46 +398,4 @@ mod tests {
         let too_long = format!("{}Windows", "a".repeat(UA_SCAN - 6));
         assert_eq!(classify_device(Some(&too_long)), Device::Unknown);
     }
-
-    #[test]
-    fn segments_and_criteria_and_together() {
-        let segs = vec![
-            Segment {
-                name: "beta".into(),
-                users: HashSet::new(),
-                devices: vec![],
-                locations: vec![],
-                header: Some(("x-tier".into(), vec!["beta".into()])),
-            },
-            Segment {
-                name: "eu_mobile".into(),
-                users: HashSet::new(),
-                devices: vec![Device::Mobile],
-                locations: vec!["eu".into()],
-                header: None,
-            },
-            Segment {
-                name: "staff".into(),
-                users: HashSet::from(["alice".to_string()]),
-                devices: vec![],
-                locations: vec![],
-                header: None,
-            },
-        ];
-        let p = profile_of(&[("x-tier", "Beta"), ("x-user-id", "alice")], &segs);
-        assert_eq!(p.segments, 0b101);
-        let p = profile_of(&[("x-geo", "eu"), ("user-agent", "Android Mobile")], &segs);
-        assert_eq!(p.segments, 0b010);
-        let p = profile_of(&[("x-geo", "eu"), ("user-agent", "Windows")], &segs);
-        assert_eq!(p.segments, 0);
-    }
-
-    #[test]
-    fn stable_hash_separates_parts() {
-        assert_ne!(stable_hash(&[b"ab", b"c"]), stable_hash(&[b"a", b"bc"]));
-        // Pinned value: user buckets must never change between releases.
-        assert_eq!(stable_hash(&[b"augur"]), PINNED_AUGUR);
-    }
-
-    const PINNED_AUGUR: u64 = 1_125_535_234_250_690_083;
 }
