@@ -41,6 +41,7 @@ def measure_queries(f):
     for what, expr in [
         ("augur series (all proxies)", 'count({__name__=~"augur_.*"})'),
         ("augur series per proxy", 'count({__name__=~"augur_.*"}) / count(up{job="augur"})'),
+        ("augur series per proxy without a feature label", 'count({__name__=~"augur_.*", feature=""}) / count(up{job="augur"})'),
         ("augur_segment_outcomes_total", "count(augur_segment_outcomes_total)"),
         ("augur_feature_outcomes_total", "count(augur_feature_outcomes_total)"),
         ("series the controller reads", " + ".join(f"count({sel})" for _, sel in controller.selectors(rollout).values())),
