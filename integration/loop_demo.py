@@ -396,14 +396,14 @@ def first_decision_ms(res, retrain_entry):
     for r in res["records"]:
         d = r.get("decision")
         if isinstance(d, dict) and d["model"] == retrain_entry["version"]:
-            start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (3.10).timestamp()
-            return max(0.0, (start - pushed) * 1000)
+            return max(0.0, record_time(r, pushed) * 1000)
     return None
 
 
-def record_time(r, t_start):
-    """Seconds from the run's start to a record's START_TIME."""
-    return datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (3.10).timestamp() - t_start
+def record_time(r, since):
+    """Seconds from `since` (Unix time) to a record's START_TIME."""
+    start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (Python 3.10)
+    return start.timestamp() - since
 
 
 def mechanics(res, reqs, effects):

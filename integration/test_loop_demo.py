@@ -43,3 +43,7 @@ def test_offline_static_baseline_equals_a_live_static_run(tmp_path):
     assert live_tally["harmed"] == offline["harmed"] > 0
     assert live_tally["benefit"] == offline["benefit"] > 0
     assert live_tally["pairs"] == offline["pairs"]
+    # Record times (time to block, push lag) are seconds since the run started.
+    assert all(0 <= loop_demo.record_time(r, live["t_start"]) < 60 for r in live["records"])
+    mech = loop_demo.mechanics(live, reqs, planted.effects("tangled"))
+    assert mech["blocked_share"] == {} and all(t is None for t in mech["time_to_block"].values())
