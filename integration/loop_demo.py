@@ -289,6 +289,10 @@ def run(kind, plugin, reqs, args, work, world="demo", seconds=None):
             envoy.close()
         apps.close()
     out["records"] = harness.read_records(access_log)
+    for r in out["records"]:
+        r["t"] = record_time(r, out["t_start"]) if "t_start" in out and r.get("start") else None
+    out["events"] = [(None if t is None else t - out.get("t_start", 0.0), m)
+                     for t, m in rollback_events(out.get("envoy_log", ""))]
     out["truth"] = [json.loads(x) for x in apps.truth["new"].read_text().splitlines() if x.strip()]
     out["truth_old"] = sum(1 for x in apps.truth["old"].read_text().splitlines() if x.strip())
     return out
@@ -429,7 +433,7 @@ def mechanics(res, reqs, effects):
             continue
         new += 1
         req = planted.attributes(h, h.get(":path", "/"), h.get(":method", "GET"))
-        t = record_time(r, res["t_start"])
+        t = r["t"]
         for f, v in d["features"].items():
             if v["reason"] != "rolled_back":
                 continue
@@ -447,7 +451,7 @@ def mechanics(res, reqs, effects):
                 first_block.setdefault(name, t)
             elif v.get("on") and name in first_block:
                 exposed_after[name] += 1
-    events = rollback_events(res["envoy_log"])
+    events = res["events"]
     harmful = {f for f, _ in harms}
     false_blocks = [m for _, m in events if ("rolled back" in m and m.split()[1] not in harmful)]
     # A block of a harmful feature that holds no harmed traffic is a false block too.
@@ -500,6 +504,12 @@ def one_world(world, seed, args, work, seconds):
     else:
         static = static_baseline(static_plugin_, reqs, sent, effects, work / f"{world}-{seed}")
     describe(loop)
+    return judge(world, seed, loop, static, reqs, effects, len(sent))
+
+
+def judge(world, seed, loop, static, reqs, effects, sent):
+    """Prints one run's per-pair table, blocks and `run …` line against the
+    static baseline; returns its summary (for `final`). Shared with loop_sim.py."""
     mech = mechanics(loop, reqs, effects)
     s, l = static, loop["tally"]
     x = 100.0 * (1 - l["harmed"] / s["harmed"]) if s["harmed"] else float("nan")
@@ -523,14 +533,14 @@ def one_world(world, seed, args, work, seconds):
     expl = exploration_by_quarter(loop)
     summary = {
         "world": world, "seed": seed, "x": x, "y": y, "mech": mech, "exploration": expl,
-        "lost": l["lost"], "sent": len(sent), "requests": len(reqs),
+        "lost": l["lost"], "sent": sent, "requests": len(reqs),
         "pushes": [r.get("first_decision_ms") for r in loop["retrain"]],
     }
     ttb = ", ".join(f"{n} {t:.1f}s" if t is not None else f"{n} never" for n, t in mech["time_to_block"].items())
     print(f"run {world} seed {seed}: harm reduction {x:.1f}% (beneficial kept {y:.1f}%); "
           f"over-blocking {100 * mech['overblocking_all']:.1f}%; false blocks {len(mech['false_blocks'])}, "
           f"false reverts {len(mech['reverts'])}, SRM halts {len(mech['srm'])}; lost {l['lost']}; "
-          f"sent {len(sent)}/{len(reqs)}; exploration by quarter "
+          f"sent {sent}/{len(reqs)}; exploration by quarter "
           + "/".join(f"{100 * e:.0f}%" for e in expl) + f"; time to block: {ttb}", flush=True)
     return summary
 
@@ -599,13 +609,12 @@ def describe(res):
     shares = exploration_by_quarter(res)
     print("  exploration: share of new-stack requests with a feature explored off, by quarter of the run: "
           + ", ".join(f"{100 * x:.1f}%" for x in shares))
-    events = rollback_events(res["envoy_log"])
-    t_start = res["t_start"]
+    events = res["events"]
     shown = [e for e in events if "rolled back" in e[1] or "regressed" in e[1]]
     suspects = sum(1 for e in events if "suspect" in e[1])
     print(f"  rollback: {len(shown)} blocks/kills, {suspects} cells became suspect (exploration)")
-    for t_wall, msg in shown[:12]:
-        at = "" if t_wall is None else f"at {t_wall - t_start:5.1f}s (~{progress_at(res['timeline'], t_wall - t_start)} requests): "
+    for t, msg in shown[:12]:
+        at = "" if t is None else f"at {t:5.1f}s (~{progress_at(res['timeline'], t)} requests): "
         print(f"    {at}{msg}")
     for r in res["retrain"]:
         print(f"  retrain job {r['version']} started at {r['started']:.1f}s, finished at {r['finished']:.1f}s, exit {r['rc']}:")
@@ -634,7 +643,7 @@ def describe(res):
         print(f"    {f:<16} n_on {n['n_treatment']:>5} n_ctl {n['n_control']:>5}  " + "; ".join(parts))
 
 
-def final(runs, elapsed, planned):
+def final(runs, elapsed, planned, prefix=""):
     print("\n== summary (shipped defaults)")
     for w in dict.fromkeys(r["world"] for r in runs):
         rs = [r for r in runs if r["world"] == w]
@@ -656,11 +665,11 @@ def final(runs, elapsed, planned):
           f"requests lost {sum(r['lost'] for r in runs)}"
           + (f"; cut short by the time limit (compared on the requests sent): {', '.join(short)}" if short else ""))
     if not runs:
-        print("harm reduction: nan% (beneficial kept: nan%)")
+        print(f"{prefix}harm reduction: nan% (beneficial kept: nan%)")
         return
     x = min(r["x"] for r in runs)
     y = min(r["y"] for r in runs)
-    print(f"harm reduction: {x:.1f}% (beneficial kept: {y:.1f}%)")
+    print(f"{prefix}harm reduction: {x:.1f}% (beneficial kept: {y:.1f}%)")
 
 
 if __name__ == "__main__":
