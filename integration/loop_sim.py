@@ -42,9 +42,9 @@ import planted
 class Simulator:
     """An `augur simulate` process: one JSON line in, one answer out."""
 
-    def __init__(self, config_path):
+    def __init__(self, config_path, seed):
         self.proc = subprocess.Popen(
-            [str(harness.AUGUR_CLI), "simulate", "--config", str(config_path)],
+            [str(harness.AUGUR_CLI), "simulate", "--config", str(config_path), "--seed", str(seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
         )
         self.events = []  # (seconds, message), as the filter logs them
@@ -78,13 +78,13 @@ def response_headers(status, engaged, security):
     return h
 
 
-def simulate(plugin, reqs, effects, rate, work):
+def simulate(plugin, reqs, effects, rate, work, seed):
     """One loop run of `reqs` through `augur simulate`; the loop_demo run shape
     (records with a time, rollback events, the new-stack app's truths)."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "sim.json"
     config.write_text(json.dumps(plugin))
-    sim = Simulator(config)
+    sim = Simulator(config, seed)
     records, truths, pending = [], [], []
     truth_old = 0
     try:
@@ -114,17 +114,18 @@ def simulate(plugin, reqs, effects, rate, work):
             "truth_old": truth_old, "retrain": []}
 
 
-def one_world(world, seed, args, work):
+def one_world(world, seed, args, work, draws):
     effects = planted.effects(world)
     reqs = loop_demo.build_requests(args.requests, seed, args.users)
     salt = f"{args.salt}-{seed}"
     t0 = time.monotonic()
     loop = simulate(loop_demo.loop_plugin(args.percentage, salt), reqs, effects, args.rate,
-                    work / f"{world}-{seed}")
+                    work / f"{world}-{seed}", draws)
     loop["tally"] = dict(loop_demo.exposure(loop["truth"]), lost=0)
     static = loop_demo.static_baseline(loop_demo.static_plugin(args.percentage, salt), reqs,
                                        range(len(reqs)), effects, work / f"{world}-{seed}")
-    print(f"\n#### sim world {world}, seed {seed}: {len(reqs)} requests in {time.monotonic() - t0:.1f}s")
+    print(f"\n#### sim world {world}, seed {seed}, draws {draws}: {len(reqs)} requests in "
+          f"{time.monotonic() - t0:.1f}s")
     for t, msg in loop["events"]:
         if "rolled back" in msg or "regressed" in msg or "killed" in msg:
             print(f"    at {t:6.1f}s: {msg}")
@@ -140,14 +141,16 @@ def main(argv=None):
     ap.add_argument("--percentage", type=float, default=50)
     ap.add_argument("--salt", default="loop-demo")
     ap.add_argument("--rate", type=float, default=200, help="simulated requests per second")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per world and seed, each with other exploration draws (the worker's seed)")
     ap.add_argument("--workdir", default=str(harness.ROOT / ".run" / "loop-sim"))
     args = ap.parse_args(argv)
     if not Path(harness.AUGUR_CLI).exists():
         print(f"loop-sim: missing {harness.AUGUR_CLI} (make cli)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    plan = [(w, s) for w in args.worlds for s in args.seeds]
-    runs = [one_world(w, s, args, Path(args.workdir)) for w, s in plan]
+    plan = [(w, s, 1000 * s + r) for w in args.worlds for s in args.seeds for r in range(args.repeat)]
+    runs = [one_world(w, s, args, Path(args.workdir), d) for w, s, d in plan]
     loop_demo.final(runs, time.monotonic() - started, len(plan), prefix="sim ")
     return 0
 

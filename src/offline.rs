@@ -194,12 +194,15 @@ pub struct Simulation {
     next_seq: u64,
     now_ms: u64,
     next_tick_ms: Option<u64>,
+    /// The worker's draws: fixed, so a run is reproducible; each push moves on.
+    seed: u64,
 }
 
 impl Simulation {
-    pub fn new(config: Config) -> Simulation {
+    /// A simulation whose random draws (exploration) follow `seed`.
+    pub fn new(config: Config, seed: u64) -> Simulation {
         let mut sink = MemorySink::counting_only();
-        let runtime = Runtime::new(config, &mut sink);
+        let runtime = Runtime::with_seed(config, seed, &mut sink);
         let next_tick_ms = runtime.tick_period_ms();
         Simulation {
             runtime,
@@ -210,6 +213,7 @@ impl Simulation {
             next_seq: 0,
             now_ms: 0,
             next_tick_ms,
+            seed,
         }
     }
 
@@ -266,7 +270,8 @@ impl Simulation {
     /// the new one adopts the blocks in force before its first request.
     pub fn push(&mut self, config: Config) {
         self.runtime.retire(&mut self.store, &mut self.sink);
-        self.runtime = Runtime::new(config, &mut self.sink);
+        self.seed = self.seed.wrapping_add(1);
+        self.runtime = Runtime::with_seed(config, self.seed, &mut self.sink);
         self.runtime.adopt_shared(&self.store);
         let period = self.runtime.tick_period_ms();
         self.next_tick_ms = period.map(|p| self.now_ms.saturating_add(p));
@@ -344,7 +349,7 @@ mod tests {
     #[test]
     fn a_simulated_request_is_decided_answered_and_ticked_by_the_filter_code() {
         let c = TestConfig::rollout(100.0).on("a").compile().unwrap();
-        let mut sim = Simulation::new(c);
+        let mut sim = Simulation::new(c, 1);
         let out = sim.apply(&json!({"t_ms": 5, "request": {"x-user-id": "u1", "x-augur-stack": "new"}})).unwrap();
         assert_eq!(out["seq"], 0);
         assert_eq!(out["set"]["x-augur-features"], "a");

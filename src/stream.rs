@@ -103,6 +103,16 @@ impl Runtime {
     /// Builds the runtime for a compiled configuration and defines its stats.
     pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
         let worker = Worker::new(&config);
+        Runtime::with_worker(config, worker, sink)
+    }
+
+    /// [`Runtime::new`] with reproducible draws (the worker's seed fixed).
+    pub fn with_seed(config: Config, seed: u64, sink: &mut impl MetricSink) -> Runtime {
+        let worker = Worker::with_seed(&config, seed);
+        Runtime::with_worker(config, worker, sink)
+    }
+
+    fn with_worker(config: Config, worker: Worker, sink: &mut impl MetricSink) -> Runtime {
         let metrics = Metrics::define(&config, sink);
         let names: Vec<&str> = config.feature_names().collect();
         let pool = Pool::new(&config.name, &config.rollout.salt, config.rollback.epoch, &names);

@@ -12,7 +12,8 @@
 //! augur inspect-model M.onnx            the model's metadata, and which kernel runs it and why
 //! augur predict M.onnx                  JSONL input vectors on stdin → JSONL raw model outputs
 //! augur stat                            JSONL queries of the rollback statistic on stdin → JSONL
-//! augur simulate --config C.json        JSONL timed requests / responses / pushes on stdin →
+//! augur simulate --config C.json [--seed N]
+//!                                       JSONL timed requests / responses / pushes on stdin →
 //!                                       one JSONL answer per line (flushed): the filter's
 //!                                       runtime and rollback on a simulated clock
 //! ```
@@ -33,7 +34,7 @@ use augur::profile::{encode, Profile, Vector, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | predict M.onnx | stat | simulate --config C.json"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | predict M.onnx | stat | simulate --config C.json [--seed N]"
     );
     ExitCode::from(2)
 }
@@ -147,7 +148,12 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         (Some("simulate"), Some("--config"), Some(path)) => {
             let config = compile(&read(path)?).map_err(|e| e.to_string())?;
-            simulate(augur::offline::Simulation::new(config))
+            let seed = match (arg(4), arg(5)) {
+                (None, _) => 0,
+                (Some("--seed"), Some(n)) => n.parse().map_err(|_| format!("--seed: {n} is not a whole number"))?,
+                _ => return Err(String::new()),
+            };
+            simulate(augur::offline::Simulation::new(config, seed))
         }
         (Some("stat"), None, _) => each_line(|line, out| {
             let q: serde_json::Value =
