@@ -43,10 +43,12 @@ class Simulator:
     """An `augur simulate` process: one JSON line in, one answer out."""
 
     def __init__(self, config_path, seed):
-        self.proc = subprocess.Popen(
-            [str(harness.AUGUR_CLI), "simulate", "--config", str(config_path), "--seed", str(seed)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-        )
+        self.err_path = Path(config_path).with_suffix(".err")
+        with open(self.err_path, "w", encoding="utf-8") as err:
+            self.proc = subprocess.Popen(
+                [str(harness.AUGUR_CLI), "simulate", "--config", str(config_path), "--seed", str(seed)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+            )
         self.events = []  # (seconds, message), as the filter logs them
 
     def ask(self, obj):
@@ -54,8 +56,8 @@ class Simulator:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read()
-            raise RuntimeError(f"augur simulate stopped: {err.strip()}")
+            self.proc.wait(timeout=10)
+            raise RuntimeError(f"augur simulate stopped: {self.err_path.read_text().strip()}")
         answer = json.loads(line)
         for t_ms, msg in answer.get("rollback", []):
             self.events.append((t_ms / 1000.0, msg))

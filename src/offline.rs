@@ -246,7 +246,8 @@ impl Simulation {
     /// A request at the current time: returns its sequence number (for its
     /// response) and the host after the filter ran (headers set, record).
     pub fn request(&mut self, headers: Vec<(String, String)>) -> (u64, &MemoryHost) {
-        self.host = MemoryHost { headers, now: self.now_ms.saturating_mul(1_000_000), ..MemoryHost::default() };
+        self.host =
+            MemoryHost { headers, now: self.now_ms.saturating_mul(1_000_000), ..MemoryHost::default() };
         let state = self.runtime.on_request_headers(&mut self.host, &mut self.sink);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -260,8 +261,11 @@ impl Simulation {
         let state = self.streams.remove(&seq).ok_or_else(|| {
             SimError(format!("response: no request {seq} in flight (each request is answered once)"))
         })?;
-        self.host =
-            MemoryHost { response: headers, now: self.now_ms.saturating_mul(1_000_000), ..MemoryHost::default() };
+        self.host = MemoryHost {
+            response: headers,
+            now: self.now_ms.saturating_mul(1_000_000),
+            ..MemoryHost::default()
+        };
         self.runtime.on_response_headers(&state, &mut self.host, &mut self.sink);
         Ok(&self.host)
     }
@@ -350,12 +354,18 @@ mod tests {
     fn a_simulated_request_is_decided_answered_and_ticked_by_the_filter_code() {
         let c = TestConfig::rollout(100.0).on("a").compile().unwrap();
         let mut sim = Simulation::new(c, 1);
-        let out = sim.apply(&json!({"t_ms": 5, "request": {"x-user-id": "u1", "x-augur-stack": "new"}})).unwrap();
+        let out =
+            sim.apply(&json!({"t_ms": 5, "request": {"x-user-id": "u1", "x-augur-stack": "new"}})).unwrap();
         assert_eq!(out["seq"], 0);
         assert_eq!(out["set"]["x-augur-features"], "a");
         assert_eq!(out["record"]["stack"], "new");
         let spoofed = |sim: &Simulation| {
-            sim.sink().counters.iter().filter(|(k, _)| k.starts_with("augur_spoofed_requests_total")).map(|(_, n)| *n).sum::<i64>()
+            sim.sink()
+                .counters
+                .iter()
+                .filter(|(k, _)| k.starts_with("augur_spoofed_requests_total"))
+                .map(|(_, n)| *n)
+                .sum::<i64>()
         };
         assert_eq!(spoofed(&sim), 0, "stats batch until a tick");
         let out = sim.apply(&json!({"t_ms": 40, "response": 0, "headers": {":status": "503"}})).unwrap();

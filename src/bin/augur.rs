@@ -150,7 +150,9 @@ fn run(args: &[String]) -> Result<(), String> {
             let config = compile(&read(path)?).map_err(|e| e.to_string())?;
             let seed = match (arg(4), arg(5)) {
                 (None, _) => 0,
-                (Some("--seed"), Some(n)) => n.parse().map_err(|_| format!("--seed: {n} is not a whole number"))?,
+                (Some("--seed"), Some(n)) => {
+                    n.parse().map_err(|_| format!("--seed: {n} is not a whole number"))?
+                }
                 _ => return Err(String::new()),
             };
             simulate(augur::offline::Simulation::new(config, seed))
