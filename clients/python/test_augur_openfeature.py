@@ -1,10 +1,8 @@
 """Unit tests of the Python OpenFeature provider (no Envoy: see
-integration/test_openfeature.py for the provider behind the real Envoy)."""
+python/tests/test_openfeature.py for the provider behind the real Envoy)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openfeature import api  # noqa: E402
 from openfeature.exception import ErrorCode  # noqa: E402

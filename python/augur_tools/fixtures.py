@@ -1,6 +1,6 @@
 """Special ONNX models for tests, built with the `onnx` package.
 
-    python integration/fixtures.py tests/fixtures     # (re)writes the committed fixtures
+    python -m augur_tools.fixtures tests/fixtures     # (re)writes the committed fixtures
 
 - `nan_model.onnx`: scores the demo features, but every output is
   sqrt(0.5 - x[16]) — NaN once the first history signal exceeds half its max.
@@ -14,7 +14,7 @@
 - `benches/models/mlp_f{F}_h{H}.onnx`: random MLPs scoring F features with
   hidden width H, for the scaling benchmarks.
 - `tests/fixtures/ml_*.onnx` + `ml_expected.json`: real models of every
-  supported family, fitted on seeded synthetic traffic (models/synthetic.py,
+  supported family, fitted on seeded synthetic traffic (python/augur_tools/sim/synthetic.py,
   encoded by `augur encode`) and exported by the standard converters exactly
   as users get them — LightGBM (onnxmltools), scikit-learn GradientBoosting,
   RandomForest and its classifier, Ridge, multinomial LogisticRegression, an
@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parent.parent
+from augur_tools.paths import ROOT
 DEMO_FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
 INPUT_DIM = 20
 
@@ -154,8 +154,7 @@ BENCH_MODELS = [(1, 32), (10, 32), (50, 32), (10, 16), (10, 64), (10, 256)]
 
 
 def _train():
-    sys.path.insert(0, str(ROOT / "models"))
-    import train  # noqa: PLC0415
+    from augur_tools.loop import train
 
     return train
 

@@ -1,6 +1,6 @@
 """Builds the augur filter as a Wasm OCI image, without a container daemon.
 
-    python3 deploy/image.py --wasm target/augur.wasm --out target/image --tag 0.1.0
+    python3 -m augur_tools.image --wasm target/augur.wasm --out target/image --tag 0.1.0
 
 The image follows the "compat" variant of the Wasm OCI image specification
 (github.com/solo-io/wasm, spec-compat.md), the layout Istio's `WasmPlugin` and

@@ -1,4 +1,4 @@
-"""The A/B report's statistics (models/report.py, statsmodels) on synthetic
+"""The A/B report's statistics (python/augur_tools/loop/report.py, statsmodels) on synthetic
 decision records with known planted effects: confidence intervals cover the
 planted effect, the multiplicity correction is Holm's / Benjamini-Hochberg's,
 and the regression adjustment on the pre-exposure profile (CUPED-style)
@@ -11,10 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from harness import ROOT
 
-sys.path.insert(0, str(ROOT / "models"))
-import report
+from augur_tools.loop import report
 
 ENGAGE_EFFECT = 0.05  # feature "a": +5 points of engagement
 LATENCY_EFFECT = 10.0  # feature "a": +10 ms
@@ -121,7 +119,7 @@ def test_multiplicity_correction_is_holm_and_benjamini_hochberg(reports):
 def test_ab_report_cli_prints_adjusted_and_corrected_columns(tmp_path):
     log = tmp_path / "access.log"
     log.write_text("\n".join(json.dumps(r) for r in synthetic_records(3000, 99)) + "\nnot json\n")
-    p = subprocess.run([sys.executable, str(ROOT / "models" / "report.py"), str(log), "--by", "device"],
+    p = subprocess.run([sys.executable, "-m", "augur_tools.loop.report", str(log), "--by", "device"],
                        capture_output=True, text=True, timeout=60, check=True)
     rep = report.report(synthetic_records(3000, 99))
     lat = overall(rep, "a", "latency_ms")

@@ -1,4 +1,4 @@
-"""The building blocks of the end-to-end benchmark (integration/bench_e2e.py) and
+"""The building blocks of the end-to-end benchmark (python/augur_tools/bench/) and
 of ECDS delivery (envoyconf.ecds_*): shapes, Envoy's own validation, and one
 real model push through a watched file."""
 
@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-import bench_e2e
-import envoyconf
+from augur_tools.bench import measure as bench_e2e
+from augur_tools.envoy import envoyconf
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 
@@ -123,7 +123,7 @@ def test_model_push_through_ecds_is_applied_without_restart_and_a_bad_one_is_rej
 def test_bench_refuses_to_run_without_its_tools_and_says_how_to_install(tmp_path):
     env = dict(os.environ, PATH=str(tmp_path), HOME=str(tmp_path), CARGO_HOME=str(tmp_path))
     r = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "integration" / "bench_e2e.py"), "--layout", "none"],
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "augur_tools.bench", "--layout", "none"],
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert r.returncode == 2

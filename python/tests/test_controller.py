@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-import harness
+from augur_tools.envoy import harness
 
-import augur_stats
-import controller
+from augur_tools import augur_stats
+from augur_tools.loop import controller
 
 ROLLOUT = json.loads((harness.ROOT / "deploy" / "fleet" / "rollout.json").read_text())
 FACTS = controller.rollout_facts(ROLLOUT)
@@ -186,11 +186,11 @@ def test_settings_errors_name_the_field(tmp_path):
 
 def test_cli_help_and_a_refused_configuration(tmp_path):
     py = str(harness.ROOT / ".venv" / "bin" / "python")
-    script = str(harness.ROOT / "models" / "controller.py")
-    r = subprocess.run([py, script, "--help"], capture_output=True, text=True, timeout=60)
+    script = ["-m", "augur_tools.loop.controller"]
+    r = subprocess.run([py, *script, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--config" in r.stdout and "block" in r.stdout
     (tmp_path / "bad.json").write_text('{"proxies": []}')
-    r = subprocess.run([py, script, "--config", str(tmp_path / "bad.json")], capture_output=True, text=True,
+    r = subprocess.run([py, *script, "--config", str(tmp_path / "bad.json")], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "configuration refused: rollout: required" in r.stderr, r.stderr
 

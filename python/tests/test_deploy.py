@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams, envoyconf
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import envoyconf
 
-sys.path.insert(0, str(ROOT / "deploy"))
-import image  # noqa: E402
+from augur_tools import image
 
 VERSION = "0.0.0-test"
 
@@ -45,7 +45,7 @@ def custom_section(name, payload):
 
 def build_image(out):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "image.py"), "--wasm", str(harness.WASM), "--out", str(out), "--tag", VERSION],
+        [sys.executable, "-m", "augur_tools.image", "--wasm", str(harness.WASM), "--out", str(out), "--tag", VERSION],
         capture_output=True, text=True, timeout=120, check=True,
     )
     return (Path(out) / "digest").read_text().strip(), r.stdout

@@ -7,15 +7,14 @@ which echo what they received.
 """
 
 import json
-import sys
 import time
 
 import pytest
 
-import harness
-from harness import Client, Envoy, Upstreams, ROOT
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import Client, Envoy, Upstreams, ROOT
 
-import fixtures  # noqa: E402
+from augur_tools import fixtures
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 
@@ -518,7 +517,7 @@ def test_bad_config_is_refused_with_the_error_in_envoys_log(tmp_path, plugin, me
 
 def test_committed_envoy_config_is_current_and_valid():
     assert (ROOT / "envoy" / "envoy.yaml").read_text() == harness.envoyconf.to_yaml(harness.envoyconf.demo()), (
-        "envoy/envoy.yaml is stale: run `python integration/envoyconf.py > envoy/envoy.yaml`"
+        "envoy/envoy.yaml is stale: run `python -m augur_tools.envoy.envoyconf > envoy/envoy.yaml`"
     )
     (ROOT / ".run").mkdir(exist_ok=True)  # the demo access log lives there
     rc, out = harness.validate(ROOT / "envoy" / "envoy.yaml")

@@ -1,6 +1,6 @@
 """One rollout across a fleet, for real: three Envoys 1.40 (2 workers each)
 serving augur through their own watched ECDS files, a real Prometheus scraping
-all three every second, and the controller (models/controller.py) as its own
+all three every second, and the controller (python/augur_tools/loop/controller.py) as its own
 process, with the shipped defaults except the ramp (off here: a fixed 50% so
 the run stays short; `make fleet-demo` runs the default ramp).
 
@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-import harness
-import fleet as fleetmod
-import retrain  # noqa: E402  (models/, on the path through harness)
+from augur_tools.envoy import harness
+from augur_tools.demos import fleet as fleetmod
+from augur_tools.loop import retrain
 
 HARM = "new_checkout:0.6"
 

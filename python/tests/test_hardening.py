@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-import harness
-from harness import Client, Envoy, Upstreams, ROOT
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import Client, Envoy, Upstreams, ROOT
 
-import envoyconf
-import retrain
+from augur_tools.envoy import envoyconf
+from augur_tools.loop import retrain
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 ALL_NEW = {"rollout": {"percentage": 100}, "features": [{"name": "a", "override": "on"}]}

@@ -3,7 +3,7 @@
 One Envoy for the module, two listeners:
 
 - `ecds`: augur served through ECDS from a watched file; models are pushed into
-  it with models/retrain.py's `push` (the retraining job's own code path);
+  it with python/augur_tools/loop/retrain.py's `push` (the retraining job's own code path);
 - `ab`: augur with a static configuration that has A/B holdouts, in front of
   the demo upstream's KPI knobs, for the A/B report.
 
@@ -14,7 +14,6 @@ import http.client
 import json
 import math
 import subprocess
-import sys
 import random
 import threading
 import time
@@ -23,15 +22,14 @@ import warnings
 import numpy as np
 import pytest
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-import envoyconf
-import fixtures
+from augur_tools.envoy import envoyconf
+from augur_tools import fixtures
 
-sys.path.insert(0, str(ROOT / "models"))
-import retrain  # noqa: E402
-import train  # noqa: E402
+from augur_tools.loop import retrain
+from augur_tools.loop import train
 
 FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
@@ -58,7 +56,7 @@ AB_PLUGIN = {
 
 
 def mlp_model(version, impacts, seed=0):
-    """A model exported by models/train.py whose every prediction is `impacts`
+    """A model exported by python/augur_tools/loop/train.py whose every prediction is `impacts`
     (one [perf, error, engagement, security] per feature), to push."""
     from sklearn.neural_network import MLPRegressor
 
@@ -266,7 +264,7 @@ def test_malformed_pushes_are_refused_and_the_previous_model_keeps_serving(env, 
     # The job's command line says so too: exit 3, "REFUSED", "keeps serving".
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(fixtures.wrong_shape_model())
-    cmd = [PY, str(ROOT / "models" / "retrain.py"), "--log", str(env["logs"]["ecds"]), "--ecds", str(env["watched"]),
+    cmd = [PY, "-m", "augur_tools.loop.retrain", "--log", str(env["logs"]["ecds"]), "--ecds", str(env["watched"]),
            "--admin", env["admin"], "--envoy-log", str(env["envoy"].log_path), "--version", "cli-bad",
            "--model", str(bad)]
     p = subprocess.run(cmd + ["--no-validate"], capture_output=True, text=True, timeout=60)
@@ -306,7 +304,7 @@ def send_ab(env, reqs):
 
 
 def independent_counts(recs, feature, holdout):
-    """The A/B arms counted straight from the log lines, without models/report.py:
+    """The A/B arms counted straight from the log lines, without python/augur_tools/loop/report.py:
     holdout users (reason holdout) against the other users with a user id who
     would have had the feature (the filter hashes each user into a holdout)."""
     t = {"n": 0, "err": 0, "eng": 0, "sec": 0, "lat": []}
@@ -336,7 +334,7 @@ def test_ab_report_matches_the_records_it_read(env, tmp_path):
     recs = harness.wait_for_records(env["logs"]["ab"], len(reqs))
     config = tmp_path / "ab.json"
     config.write_text(json.dumps(AB_PLUGIN))
-    p = subprocess.run([PY, str(ROOT / "models" / "report.py"), str(env["logs"]["ab"]), "--config", str(config),
+    p = subprocess.run([PY, "-m", "augur_tools.loop.report", str(env["logs"]["ab"]), "--config", str(config),
                         "--json"], capture_output=True, text=True, timeout=60, check=True)
     rep = json.loads(p.stdout)
     assert rep["records"] == len(recs) == len(reqs)
@@ -368,7 +366,7 @@ def test_ab_report_matches_the_records_it_read(env, tmp_path):
         # The planted KPIs do not depend on the feature: no significant effect.
         assert got["error"]["p"] > 0.001 and got["engagement"]["p"] > 0.001
     # The text report prints the same numbers.
-    p = subprocess.run([PY, str(ROOT / "models" / "report.py"), str(env["logs"]["ab"]), "--config", str(config)],
+    p = subprocess.run([PY, "-m", "augur_tools.loop.report", str(env["logs"]["ab"]), "--config", str(config)],
                        capture_output=True, text=True, timeout=60, check=True)
     banner_err = rep["features"]["banner"]["overall"]["error"]
     line = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("banner") and " error " in ln)
@@ -380,7 +378,7 @@ def test_retrain_finds_the_planted_cell_not_the_broad_ones():
     """The job's estimator on synthetic records (no Envoy): a harm of f1 on
     tablets only is attributed to device=tablet, not to the broad cells every
     record shares (location=other, method=read, ...), and f2 gets nothing."""
-    import report
+    from augur_tools.loop import report
 
     rng = random.Random(3)
     names = report.cell_names(str(harness.AUGUR_CLI))
@@ -405,10 +403,10 @@ def test_retrain_finds_the_planted_cell_not_the_broad_ones():
 
 
 def test_the_record_marks_what_report_counts(env):
-    """The record's `randomised` marks are the arms models/report.py counts, and
+    """The record's `randomised` marks are the arms python/augur_tools/loop/report.py counts, and
     its `cells` are the filter's: holdout users in the off arm, the others in
     the on arm, both marked; a feature without a holdout is never marked."""
-    import report
+    from augur_tools.loop import report
 
     reqs = ab_traffic(300)
     for h in reqs:

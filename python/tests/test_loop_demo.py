@@ -9,8 +9,8 @@ run through Envoy counts, on the world with AND-segments and an `all` segment.
 import argparse
 import time
 
-import loop_demo
-import planted
+from augur_tools.demos import loop_demo
+from augur_tools.sim import planted
 import pytest
 
 

@@ -3,7 +3,7 @@
 A LightGBM and a scikit-learn GradientBoosting model (one booster per output,
 exported by onnxmltools / skl2onnx exactly as those converters write them), a
 ridge regression and an MLPRegressor as skl2onnx exports it are each pushed with
-models/retrain.py's `push` (the retraining job's own code path) into one Envoy
+python/augur_tools/loop/retrain.py's `push` (the retraining job's own code path) into one Envoy
 serving augur through ECDS. For every request the filter decided, the scores in
 its decision record must be the scores onnxruntime's outputs give for the
 record's own `x`, and `augur predict` (the same kernels, natively) must match
@@ -11,19 +11,17 @@ onnxruntime within 1e-4.
 """
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-import envoyconf
+from augur_tools.envoy import envoyconf
 
-sys.path.insert(0, str(ROOT / "models"))
-import retrain  # noqa: E402
-import train  # noqa: E402
+from augur_tools.loop import retrain
+from augur_tools.loop import train
 
 FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())

@@ -26,9 +26,10 @@ import threading
 import pytest
 import yaml
 
-import fixtures
-import harness
-from harness import ROOT, Client, Envoy, Upstreams, envoyconf
+from augur_tools import fixtures
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import envoyconf
 
 RULES = ROOT / "deploy" / "prometheus" / "augur-rules.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "augur.json"

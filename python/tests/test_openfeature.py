@@ -12,10 +12,10 @@ from urllib.parse import quote
 
 import pytest
 
-import harness
-from harness import ROOT, Client, Envoy, envoyconf
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy
+from augur_tools.envoy import envoyconf
 
-sys.path.insert(0, str(ROOT / "clients" / "python"))
 from augur_openfeature import REASONS  # noqa: E402
 
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-import harness
-from harness import Client, Envoy, Upstreams
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import Client, Envoy, Upstreams
 
-import envoyconf
+from augur_tools.envoy import envoyconf
 
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}
 GUARDED = {

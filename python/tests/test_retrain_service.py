@@ -1,7 +1,7 @@
-"""The retraining job as a service (models/retrain.py --every), against a real
+"""The retraining job as a service (python/augur_tools/loop/retrain.py --every), against a real
 Envoy 1.40 + augur served through ECDS, on loopback.
 
-The app (integration/upstream.py) plants: feature f1 fails 60% of tablet
+The app (python/augur_tools/envoy/upstream.py) plants: feature f1 fails 60% of tablet
 requests it is on for; f3 fails 50% of every request it is on for. The serving
 model (s0) lets f1 on everywhere and keeps f3 off (predicted error risk 0.9).
 Every feature has a 40% A/B holdout, so the records carry randomised arms.
@@ -18,19 +18,17 @@ import io
 import json
 import signal
 import subprocess
-import sys
 import time
 
-import envoyconf
-import harness
+from augur_tools.envoy import envoyconf
+from augur_tools.envoy import harness
 import numpy as np
 import pytest
-from harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-sys.path.insert(0, str(ROOT / "models"))
-import retrain
-import synthetic
-import train
+from augur_tools.loop import retrain
+from augur_tools.sim import synthetic
+from augur_tools.loop import train
 
 FEATURES = ["f1", "f2", "f3"]
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
@@ -47,7 +45,7 @@ PLUGIN = {
 
 
 def linear_model(version, f1_tablet_error, f3_error):
-    """A linear model (exported by models/train.py) whose error risk for f1 is
+    """A linear model (exported by python/augur_tools/loop/train.py) whose error risk for f1 is
     0.05 + `f1_tablet_error` on tablets, for f3 `f3_error`; everything else low."""
     from sklearn.linear_model import LinearRegression
 
@@ -173,7 +171,7 @@ def test_service_pushes_better_skips_worse_and_restores_a_regression(env, tmp_pa
     # 2. the service process: a worse candidate (s0 again) is not pushed; bounded; SIGTERM.
     worse = tmp_path / "s0.onnx"
     worse.write_bytes(S0)
-    base = [PY, str(ROOT / "models" / "retrain.py"), "--log", str(env["log"]), "--ecds", str(env["watched"]),
+    base = [PY, "-m", "augur_tools.loop.retrain", "--log", str(env["log"]), "--ecds", str(env["watched"]),
             "--admin", env["admin"], "--version", "cli", "--model", str(worse), "--augur", str(harness.AUGUR_CLI)]
     before = retrain.ecds_counters(env["admin"])
     p = subprocess.run([*base, "--every", "0.2", "--max-rounds", "2"], capture_output=True, text=True, timeout=60,

@@ -1,17 +1,15 @@
 """One statistic: the filter's rollback test (`augur stat`, the same library as
-the wasm module) and the offline one (models/augur_stats.py, SciPy) agree."""
+the wasm module) and the offline one (python/augur_tools/augur_stats.py, SciPy) agree."""
 
 import json
 import random
 import subprocess
-import sys
 
 import pytest
 
-import harness
+from augur_tools.envoy import harness
 
-sys.path.insert(0, str(harness.ROOT / "models"))
-import augur_stats  # noqa: E402
+from augur_tools import augur_stats
 
 
 def ask(queries):

@@ -1,19 +1,16 @@
-"""What the retraining job learns and how it decides (models/uplift.py), on
+"""What the retraining job learns and how it decides (python/augur_tools/loop/uplift.py), on
 synthetic randomised records with planted effects: the T-learner finds an
 interaction (feature × device × history), thresholds come from the harm /
 benefit trade-off per feature, and the held-out policy value is an unbiased
 estimate of what turning a feature off gains. No Envoy."""
 
 import random
-import sys
 
 import numpy as np
 import pytest
-from harness import ROOT
 
-sys.path.insert(0, str(ROOT / "models"))
-import uplift
-from train import IMPACTS
+from augur_tools.loop import uplift
+from augur_tools.loop.train import IMPACTS
 
 TABLET, HISTORY_0 = 3, 16  # profile slots (`augur schema`)
 ERR, ENG = IMPACTS.index("error_risk"), IMPACTS.index("engagement")

@@ -31,7 +31,7 @@ Measured per configuration:
     issued on a timer whatever the responses do, up to `--latency-conns` in
     flight), p50/p90/p99/p99.9 in microseconds;
   * throughput at saturation with a fixed concurrency: `wrk -t1 -cN` with a Lua
-    script cycling through synthetic requests of many users (models/synthetic.py),
+    script cycling through synthetic requests of many users (python/augur_tools/sim/synthetic.py),
     and the Envoy's CPU time per request.
 The Envoys are started one after the other and stay up (idle when not
 measured); latency and saturation are measured in `--rounds` interleaved rounds
@@ -59,7 +59,7 @@ Targets (goals, printed, never asserted): added p50 <= 25 us, added p99 <= 100
 us, rps ratio >= 0.85 vs passthrough, wasm <= 4 MB, Envoy ready <= 3 s, model
 push applied <= 1 s. Exits 0 when it ran, 2 when a tool is missing, 1 on error.
 
-    .venv/bin/python integration/bench_e2e.py [--quick] [--breakdown] [--layout split|shared|none]
+    .venv/bin/python -m augur_tools.bench [--quick] [--breakdown] [--layout split|shared|none]
 """
 
 import argparse
@@ -76,12 +76,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
-from harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port  # noqa: E402
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port
 
-import envoyconf  # noqa: E402
+from augur_tools.envoy import envoyconf
 
 DEMO_PLUGIN = ROOT / "envoy" / "augur-demo.json"
 DEFAULT_MODEL = ROOT / "models" / "default.onnx"
@@ -377,7 +376,7 @@ def lua_str(s):
 
 
 def wrk_script(path, n=2000, seed=2026, max_body=1024):
-    """A wrk Lua script cycling through `n` synthetic requests (models/synthetic.py:
+    """A wrk Lua script cycling through `n` synthetic requests (python/augur_tools/sim/synthetic.py:
     many users, devices, regions, tiers, history headers, ~20% POST with a body
     of at most `max_body` bytes), and printing a JSON summary (latency in us)."""
     reqs = harness.synthetic_requests(n, seed=seed, prefix="wrk")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Sanity-check a model through augur's real decision path.
 
-    python models/decide_report.py --augur target/release/augur \\
+    python -m augur_tools.demos.decide_report --augur target/release/augur \\
         --config envoy/augur-demo.json --n 300 --seed 11 [--model M.onnx]
 
-Sends seeded synthetic requests (models/synthetic.py) through
+Sends seeded synthetic requests (python/augur_tools/sim/synthetic.py) through
 ``augur decide`` (profile → model → flag rules → routing, exactly as the filter
 runs them), then prints, for the requests routed to the new stack, the share of
 requests on which each feature is on — per device and per tier — the reasons
@@ -29,8 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import synthetic  # noqa: E402
+from augur_tools.sim import synthetic
 
 #: (description, feature, predicate(user, headers), expected on-rate range).
 CHECKS = (

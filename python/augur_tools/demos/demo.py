@@ -7,14 +7,12 @@ Ports: Envoy 10000 (admin 9901), old stack 18081, new stack 18082.
 
 import collections
 import json
-import sys
 import time
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-sys.path.insert(0, str(ROOT / "models"))
-import synthetic  # noqa: E402
+from augur_tools.sim import synthetic
 
 USERS = 150
 REQUESTS = 450

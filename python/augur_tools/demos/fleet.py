@@ -1,7 +1,7 @@
 """A fleet on loopback: N Envoys (each serving augur through its own watched
 ECDS file), the two demo stacks, a real Prometheus scraping every Envoy, and
-the augur controller (models/controller.py) as its own process. Used by
-`make fleet-demo` (integration/fleet_demo.py) and integration/test_fleet.py.
+the augur controller (python/augur_tools/loop/controller.py) as its own process. Used by
+`make fleet-demo` (python/augur_tools/demos/fleet_demo.py) and python/tests/test_fleet.py.
 
 Every wait is bounded; `close()` stops every process started here.
 """
@@ -16,11 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-import harness
-from harness import ROOT, Client, Envoy, Upstreams, envoyconf
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import envoyconf
 
 ROLLOUT = ROOT / "deploy" / "fleet" / "rollout.json"
-CONTROLLER = ROOT / "models" / "controller.py"
+CONTROLLER = "augur_tools.loop.controller"  # run as its own process: python -m
 JOB = "augur"
 UAS = {
     "phone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile",
@@ -106,7 +107,7 @@ class Fleet:
     # -- the controller process ------------------------------------------
     def start_controller(self):
         log = open(self.workdir / "controller.log", "a")
-        self.ctl = subprocess.Popen([sys.executable, str(CONTROLLER), "--config", str(self.controller_config)],
+        self.ctl = subprocess.Popen([sys.executable, "-m", CONTROLLER, "--config", str(self.controller_config)],
                                     stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
         log.close()
         harness.wait_until(lambda: self._controller_up(), 30, "controller /metrics")
@@ -151,7 +152,7 @@ class Fleet:
             return r.read().decode()
 
     def serving(self):
-        import retrain
+        from augur_tools.loop import retrain
 
         return {p.name: retrain.serving_version(p.admin) for p in self.proxies}
 

@@ -3,7 +3,7 @@
 
 Three Envoys 1.40 (`--concurrency 2`) serve augur through their own watched
 ECDS files; a real Prometheus scrapes them every second; the controller
-(models/controller.py, shipped defaults: ramp 1→5→10→25→50→100% with 30 s and
+(python/augur_tools/loop/controller.py, shipped defaults: ramp 1→5→10→25→50→100% with 30 s and
 200 new-stack requests per step) ramps `deploy/fleet/rollout.json`. Traffic
 (~150 req/s from 600 users) spreads every user's requests over the three
 proxies. When the ramp reaches 25%, a regression appears in the new release:
@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-import harness
-import fleet as fleetmod
-import controller  # noqa: E402  (models/, on the path through harness)
+from augur_tools.envoy import harness
+from augur_tools.demos import fleet as fleetmod
+from augur_tools.loop import controller
 
 ONSET_AT = 25
 HARM = "new_checkout:0.6"

@@ -4,7 +4,7 @@
 Two runs over the same bounded traffic (same seed, same users, same request ids,
 same 50% of users on the new stack, same salt), each with its own Envoy 1.40 +
 augur (served through ECDS) in front of two app processes
-(integration/planted.py). The new-stack app plants hidden effects per
+(python/augur_tools/sim/planted.py). The new-stack app plants hidden effects per
 (feature, segment) pair — some harm (errors, latency, security events), some
 help (engagement) — that augur and its model are never told.
 
@@ -14,7 +14,7 @@ help (engagement) — that augur and its model are never told.
   model with lenient thresholds (its priors, trained on another world, turn
   nothing off), automated rollback on (live exploration in suspect cells,
   per-cell blocks); after --retrain-at of the traffic, the external job
-  `models/retrain.py` reads the access log so far, trains a model from the
+  `python/augur_tools/loop/retrain.py` reads the access log so far, trains a model from the
   randomised records, validates it and pushes it into the running Envoy through
   ECDS (no restart) while traffic keeps flowing.
 
@@ -54,16 +54,13 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "models"))
 
-import envoyconf
-import harness
-import planted
-import report
-import synthetic
+from augur_tools.envoy import envoyconf
+from augur_tools.envoy import harness
+from augur_tools.sim import planted
+from augur_tools.loop import report
+from augur_tools.sim import synthetic
+from augur_tools.paths import ROOT, module_cmd
 
 FEATURES = list(synthetic.DEMO_FEATURES)
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1, "min_engagement": 0}
@@ -128,7 +125,7 @@ class Apps:
         try:
             for name, port in self.ports.items():
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, str(HERE / "planted.py"), "--name", name, "--port", str(port),
+                    [*module_cmd("augur_tools.sim.planted"), "--name", name, "--port", str(port),
                      "--truth", str(self.truth[name]), "--world", world],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
@@ -244,7 +241,7 @@ def run(kind, plugin, reqs, args, work, world="demo", seconds=None):
 
         def retrain(version):
             cmd = [
-                sys.executable, str(ROOT / "models" / "retrain.py"), "--log", str(access_log),
+                *module_cmd("augur_tools.loop.retrain"), "--log", str(access_log),
                 "--ecds", str(watched), "--admin", f"127.0.0.1:{admin}", "--envoy-log", str(envoy.log_path),
                 "--version", version, "--thresholds", PUSHED_THRESHOLDS, "--timeout", "20",
             ]
@@ -538,7 +535,7 @@ def one_world(world, seed, args, work, seconds):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worlds", nargs="+", default=list(planted.WORLDS), choices=list(planted.WORLDS),
-                    help="planted worlds to run (integration/planted.py)")
+                    help="planted worlds to run (python/augur_tools/sim/planted.py)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 11, 13], help="one run per world and seed")
     ap.add_argument("--requests", type=int, default=22000, help="requests per run")
     ap.add_argument("--users", type=int, default=4000)
@@ -620,7 +617,7 @@ def describe(res):
             r["first_decision_ms"] = lag
             print(f"  {r['version']}: first request decided with it {lag:.0f} ms after the ECDS file was replaced")
     rep = report.report([r for r in res["records"] if isinstance(r.get("decision"), dict)], res["plugin"])
-    print("  A/B (models/report.py) on the loop run's randomised records, effect on -> off:")
+    print("  A/B (python/augur_tools/loop/report.py) on the loop run's randomised records, effect on -> off:")
     for f, entry in rep["features"].items():
         o = entry["overall"]
         parts = []

@@ -11,7 +11,7 @@ applied/refused, and p50/p99 per window, with the p99 drift first→last window.
 Exits 1 when a request failed, a forged header was honoured, a control header
 reached a client, or a push had the wrong verdict.
 
-    SOAK_MINUTES=5 .venv/bin/python integration/soak.py
+    SOAK_MINUTES=5 .venv/bin/python -m augur_tools.demos.soak
 """
 
 import json
@@ -22,13 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
-from harness import ROOT, Client, Envoy, Upstreams  # noqa: E402
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-import envoyconf  # noqa: E402
-import retrain  # noqa: E402
+from augur_tools.envoy import envoyconf
+from augur_tools.loop import retrain
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "30"))
 RATE = int(os.environ.get("SOAK_RATE", "100"))

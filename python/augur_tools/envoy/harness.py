@@ -12,21 +12,13 @@ import random
 import re
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ENVOY = ROOT / ".venv" / "bin" / "envoy"
-# AUGUR_WASM / AUGUR_CLI: run the tests against another build (e.g. a release
-# candidate, or the previous one to see a new test fail there).
-WASM = Path(os.environ.get("AUGUR_WASM") or ROOT / "target" / "augur.wasm")
-AUGUR_CLI = Path(os.environ.get("AUGUR_CLI") or ROOT / "target" / "release" / "augur")
-sys.path.insert(0, str(ROOT / "integration"))
-sys.path.insert(0, str(ROOT / "models"))
-
-import envoyconf  # noqa: E402
+# The binaries' paths are read from here by the tests and demos (re-exported).
+from augur_tools.paths import AUGUR_CLI, ENVOY, ROOT, module_cmd
+from augur_tools.paths import WASM as WASM
 
 
 def free_port():
@@ -73,7 +65,7 @@ class Upstreams:
         for name, port in self.ports.items():
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(ROOT / "integration" / "upstream.py"), "--name", name, "--port", str(port)],
+                    module_cmd("augur_tools.envoy.upstream", "--name", name, "--port", port),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -239,9 +231,9 @@ MAX_BODY = 64 * 1024
 
 
 def synthetic_requests(n, seed, prefix, users=None):
-    """`n` requests from synthetic users (models/synthetic.py), each with its own
+    """`n` requests from synthetic users (python/augur_tools/sim/synthetic.py), each with its own
     x-request-id. Bodies are capped at 64 KB to keep loopback runs quick."""
-    import synthetic
+    from augur_tools.sim import synthetic
 
     rng = random.Random(seed)
     users = users or synthetic.make_users(max(1, n // 3), seed)

@@ -10,7 +10,7 @@ that much later when <feature> is enabled; `x-demo-engage: 1` / `x-demo-security
 app report an engagement / security event in `x-augur-engagement` /
 `x-augur-security`.
 
-    python integration/upstream.py --name new --port 18081
+    python -m augur_tools.envoy.upstream --name new --port 18081
 
 Listens on 127.0.0.1 only.
 """

@@ -33,8 +33,8 @@ Its state (`state`) is written atomically before every push, so a controller
 killed at any point resumes where it stopped: a decided action is delivered
 and audited exactly once.
 
-    python models/controller.py --config fleet.json
-    python models/controller.py --print-config     # every setting and its default
+    python -m augur_tools.loop.controller --config fleet.json
+    python -m augur_tools.loop.controller --print-config     # every setting and its default
 
 It serves /metrics (Prometheus text) on `listen`. Logs are JSON lines on stdout.
 """
@@ -56,14 +56,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "integration"))
 
-import augur_stats  # noqa: E402
-import envoyconf  # noqa: E402
-import retrain  # noqa: E402
-import train  # noqa: E402
+from augur_tools import augur_stats
+from augur_tools.envoy import envoyconf
+from augur_tools.loop import retrain
+from augur_tools.loop import train
+from augur_tools.paths import ROOT
 
 # Settings: name -> (default, meaning). `--print-config` prints them.
 SETTINGS = {
@@ -83,7 +81,7 @@ SETTINGS = {
     "model_dir": (None, "watched directory: a new *.onnx there is validated and adopted"),
     "verify_timeout_s": (5.0, "how long to wait for a proxy to serve a pushed version, per attempt"),
     "push_attempts": (3, "pushes per proxy per action before holding (retried every interval after that)"),
-    "augur": (str(HERE.parent / "target" / "release" / "augur"), "the augur CLI (check-config, inspect-model)"),
+    "augur": (str(ROOT / "target" / "release" / "augur"), "the augur CLI (check-config, inspect-model)"),
 }
 KPIS = ("errors", "security")  # the bad events counted per arm (slow needs the filter's learned cut)
 HOLD_REASONS = ("prometheus_down", "scrape_failed", "stale_scrape", "series_missing", "proxy_behind")

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """A/B report: the effect of each feature on each KPI, from the real Envoy's records.
 
-    python models/report.py .run/loop/access.log [--config plugin.json] [--by device|cell] [--json]
+    python -m augur_tools.loop.report .run/loop/access.log [--config plugin.json] [--by device|cell] [--json]
 
 Input: Envoy access-log lines, each ``{"decision": {...augur record...}, "status",
-"duration_ms", "signals", ...}`` (integration/envoyconf.py ACCESS_LOG_FORMAT).
+"duration_ms", "signals", ...}`` (python/augur_tools/envoy/envoyconf.py ACCESS_LOG_FORMAT).
 Lines that are not JSON, or whose ``decision`` is not an object (requests the
 filter never saw), are skipped and counted.
 
@@ -104,8 +104,7 @@ def kpi_values(r: dict) -> dict:
 def cell_names(augur: str | None = None) -> list[str]:
     """Rollback cell names by index, from `augur schema` (the filter's own list)."""
     try:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import train  # noqa: WPS433
+        from augur_tools.loop import train
 
         return list(train.augur_schema(augur or train.DEFAULT_AUGUR).get("cells", []))
     except (ImportError, OSError, RuntimeError, ValueError):  # the report works from the log alone: cells by number

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """The external retraining job: records in, a validated model pushed into the running Envoy.
 
-    python models/retrain.py --log .run/loop/access.log --ecds .run/loop/ecds/augur.json \\
+    python -m augur_tools.loop.retrain --log .run/loop/access.log --ecds .run/loop/ecds/augur.json \\
         --admin 127.0.0.1:9901 --envoy-log .run/loop/envoy.log --version loop-v2 \\
         [--thresholds performance_cost=0.25,error_risk=0.2,security_risk=0.2] [--dry-run]
-    python models/retrain.py ... --version svc --every 60 [--max-rounds N] [--journal retrain.jsonl]
+    python -m augur_tools.loop.retrain ... --version svc --every 60 [--max-rounds N] [--journal retrain.jsonl]
 
 1. **Read** the real Envoy's outputs: access-log lines ``{"decision": {...}, "status",
    "duration_ms", "signals", ...}`` — the decision record joined with its outcome.
 2. **Estimate** each feature's effect from the *randomised* records only (the
-   record marks them, see models/report.py), per rollback cell (device,
+   record marks them, see python/augur_tools/loop/report.py), per rollback cell (device,
    location, path class, method, history low/high — the record's ``cells``,
    named through ``augur schema``), for
    each impact: performance_cost = P(latency >= rollback.slow_ms), error_risk =
@@ -17,10 +17,10 @@
    security event). The effect of a feature in a cell is the uplift on − off;
    cells are chosen greedily, most specific first (largest significant uplift,
    then the rest re-estimated without the rows already explained), and only
-   uplifts whose evidence (models/augur_stats.py, the filter's own statistic)
+   uplifts whose evidence (python/augur_tools/augur_stats.py, the filter's own statistic)
    reaches --min-evidence on >= --min-n requests per arm count. A request's
    target impact is the uplift of the chosen cell it is in (0 elsewhere).
-3. **Train** a model on (record ``x``, target) with models/train.py's
+3. **Train** a model on (record ``x``, target) with python/augur_tools/loop/train.py's
    ``fit_family`` — ``--model mlp`` (the default), ``gbm`` (LightGBM, or
    scikit-learn GradientBoosting with ``--gbm sklearn``), ``linear``, or
    ``auto``: all three, and the one with the lowest held-out error on the
@@ -51,18 +51,18 @@ from Envoy within --timeout, 1 any other error.
 
 **Service mode** (``--every SECONDS``, see :class:`Service`): every round it
 reads the log, trains a candidate on the randomised records (``--targets
-uplift``: the T-learner of models/uplift.py, with per-feature thresholds from
+uplift``: the T-learner of python/augur_tools/loop/uplift.py, with per-feature thresholds from
 the harm/benefit trade-off), compares it with the serving model on held-out
 randomised records (the policy value of the decisions each would make,
 inverse-propensity weighted, in engagements per request), pushes it only if it
 is better by ``--margin`` and ``--min-z`` standard errors, then watches the
 KPIs of the requests the pushed model decides against the serving model's with
-the filter's always-valid test (models/augur_stats.py) and restores the
+the filter's always-valid test (python/augur_tools/augur_stats.py) and restores the
 previous configuration if one regresses. Every action is one JSON line on
 stdout (and ``--journal``). ``--max-rounds`` bounds it; SIGTERM / SIGINT stop it
 after the current round (exit 0).
 
-Reusable: :func:`push` (also used by the tests and integration/loop_demo.py),
+Reusable: :func:`push` (also used by the tests and python/augur_tools/demos/loop_demo.py),
 :func:`estimate_effects`, :func:`targets`, :func:`build`, :func:`evaluate`,
 :func:`kpi_watch`, :class:`Service`.
 """
@@ -90,17 +90,14 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "integration"))
 
-import augur_stats
-import envoyconf
-import report
-import train
-import uplift
-from train import IMPACTS, TrainError
+from augur_tools import augur_stats
+from augur_tools.envoy import envoyconf
+from augur_tools.loop import report
+from augur_tools.loop import train
+from augur_tools.loop import uplift
+from augur_tools.loop.train import IMPACTS, TrainError
+from augur_tools.paths import DEFAULT_MODEL
 
 THRESHOLD_FIELDS = uplift.THRESHOLD_FIELDS
 
@@ -397,7 +394,7 @@ def push(plugin, ecds_path, admin, envoy_log=None, version_info=None, timeout=15
 
 def load_model_bytes(plugin: dict) -> bytes:
     b64 = (plugin.get("model") or {}).get("onnx_base64")
-    return base64.b64decode(b64) if b64 else (HERE / "default.onnx").read_bytes()
+    return base64.b64decode(b64) if b64 else DEFAULT_MODEL.read_bytes()
 
 
 def model_features(onnx_bytes: bytes) -> list[str]:
@@ -485,7 +482,7 @@ def serving_predictions(plugin: dict, xs: np.ndarray, features: Sequence[str]) -
 
 
 def uplift_targets(records, xs, held, plugin, features, names, slow_ms, min_evidence, min_n, seed, log):
-    """Targets from the T-learner (models/uplift.py) fitted on the training
+    """Targets from the T-learner (python/augur_tools/loop/uplift.py) fitted on the training
     rows' randomised records: the clamped uplift for each (feature, impact) the
     always-valid cell test finds evidence for (0 for the others); a feature with
     no randomised training record keeps the serving model's predictions.
@@ -562,7 +559,7 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
     schema = train.augur_schema(augur)
     onnx_bytes = train.export_model(
         model, features, version, schema["schema"],
-        extra_metadata={"augur.trainer": f"models/retrain.py model={family} targets={target_kind} "
+        extra_metadata={"augur.trainer": f"python/augur_tools/loop/retrain.py model={family} targets={target_kind} "
                                          f"records={len(records)} effects={len(effects)}"},
     )
     # 1. the ONNX graph computes what was fitted (onnxruntime)
@@ -913,7 +910,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--augur", default=train.DEFAULT_AUGUR)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--min-evidence", type=float, default=MIN_EVIDENCE,
-                    help="evidence (ln of the always-valid mixture ratio, models/augur_stats.py) an effect needs "
+                    help="evidence (ln of the always-valid mixture ratio, python/augur_tools/augur_stats.py) an effect needs "
                          "(default ln 1000: a false effect per test with probability <= 0.1%%)")
     ap.add_argument("--min-n", type=int, default=20, help="minimum randomised requests per arm and cell")
     ap.add_argument("--max-off-share", type=float, default=0.5)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Train augur's default impact model on seeded synthetic traffic.
 
-    python models/train.py --augur target/release/augur --config envoy/augur-demo.json \\
+    python -m augur_tools.loop.train --augur target/release/augur --config envoy/augur-demo.json \\
         --out models/default.onnx --seed 7 --rows 20000 --version default-v1
 
 Pipeline:
 
-1. draw users and requests from ``models/synthetic.py`` (seeded, deterministic);
+1. draw users and requests from ``python/augur_tools/sim/synthetic.py`` (seeded, deterministic);
 2. encode every request with ``augur encode`` — the encoding lives only in Rust
    (src/profile/mod.rs), this script never re-implements it;
 3. targets = planted ``true_impacts`` + small gaussian noise, clipped to [0, 1];
@@ -46,9 +46,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from augur_tools import paths
+
 IMPACTS = ("performance_cost", "error_risk", "engagement", "security_risk")
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_AUGUR = os.environ.get("AUGUR", str(REPO / "target" / "release" / "augur"))
+DEFAULT_AUGUR = os.environ.get("AUGUR", str(paths.ROOT / "target" / "release" / "augur"))
 DEFAULT_HIDDEN = (32, 32)
 DEFAULT_OPSET = 17
 DEFAULT_ML_OPSET = 3
@@ -226,7 +227,7 @@ def export(
     model.opset_import.extend(keep)
 
     add_metadata(model, features, version, schema, extra_metadata)
-    model.doc_string = "augur impact model: see models/train.py"
+    model.doc_string = "augur impact model: see python/augur_tools/loop/train.py"
 
     onnx.checker.check_model(model, full_check=True)
     bad_ops = {n.op_type for n in graph.node} - {"MatMul", "Gemm", "Add", "Sub", "Relu", "Sigmoid", "Identity", "Cast"}
@@ -336,7 +337,7 @@ def export_model(model, features: Sequence[str], version: str, schema: str, opse
     onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, model.n_features_in_]))],
                           target_opset={"": opset, "ai.onnx.ml": DEFAULT_ML_OPSET})
     add_metadata(onx, features, version, schema, extra_metadata)
-    onx.doc_string = f"augur impact model ({family}): see models/train.py"
+    onx.doc_string = f"augur impact model ({family}): see python/augur_tools/loop/train.py"
     onnx.checker.check_model(onx, full_check=True)
     return onx.SerializeToString()
 
@@ -418,11 +419,8 @@ def check_onnx_matches(onnx_bytes: bytes, mlp, vectors: np.ndarray, atol: float 
 
 
 def _synthetic():
-    try:
-        from . import synthetic  # type: ignore[import-not-found]
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import synthetic  # type: ignore[import-not-found, no-redef]
+    from augur_tools.sim import synthetic  # only the dataset needs it
+
     return synthetic
 
 
@@ -545,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_te = model_predict(model, x_te)
     table = mae_table(p_te, t_te, features)
 
-    trainer = f"models/train.py seed={args.seed} rows={args.rows} model={family}"
+    trainer = f"python/augur_tools/loop/train.py seed={args.seed} rows={args.rows} model={family}"
     if family == "mlp":
         trainer += f" hidden={args.hidden}"
     elif family == "gbm":

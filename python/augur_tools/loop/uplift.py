@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import report
-from train import IMPACTS
+from augur_tools.loop import report
+from augur_tools.loop.train import IMPACTS
 
 HARMS = ("performance_cost", "error_risk", "security_risk")
 #: What one harm costs, in engagements (an error costs three engagements …).

@@ -29,7 +29,7 @@ world "tangled" (`--world tangled`): what single cells and a `slow_ms` cut miss
     benefit   (hd_images,     device desktop)       engagement, p 0.2
 
 plus background noise on both stacks (0.5% 503, 8% engagement). These differ
-from the truths the default model was trained on (models/synthetic.py
+from the truths the default model was trained on (python/augur_tools/sim/synthetic.py
 true_impacts), so the loop has to learn them. A segment is one request
 attribute, an AND of two (`mobile&write`), or `all`.
 
@@ -43,7 +43,7 @@ line per request (buffered, flushed every 0.5 s and on exit):
      "device": "tablet", "harms": ["search_v2@tablet"], "benefits": [],
      "status": 200, "delay_ms": 1200, "engaged": false, "security": false}
 
-    python integration/planted.py --name new --port 18082 --truth .run/truth.jsonl
+    python -m augur_tools.sim.planted --name new --port 18082 --truth .run/truth.jsonl
 
 Listens on 127.0.0.1 only. The app reports engagement and security events to
 augur with the KPI-contract response headers (x-augur-engagement /
@@ -60,10 +60,8 @@ import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from upstream import AppHandler, send_answer
+from augur_tools.envoy.upstream import AppHandler, send_answer
 
 # --------------------------------------------------------------------------
 # The hidden world

@@ -1,6 +1,6 @@
 """Seeded synthetic users and requests for augur, with planted "true" impacts.
 
-Shared by the default-model trainer (``models/train.py``), the demo traffic
+Shared by the default-model trainer (``python/augur_tools/loop/train.py``), the demo traffic
 sender and the closed-loop simulation, so that all three agree on what the
 world looks like. Importing this module has no side effects and it needs only
 the standard library.
@@ -12,7 +12,7 @@ expressed in terms of users and HTTP request headers.
 Typical use::
 
     import random
-    from synthetic import make_users, request_headers, true_impacts, DEMO_FEATURES
+    from augur_tools.sim.synthetic import make_users, request_headers, true_impacts, DEMO_FEATURES
 
     users = make_users(1000, seed=7)
     rng = random.Random(7)
