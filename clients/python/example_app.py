@@ -13,10 +13,9 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from openfeature import api
 
-from openfeature import api  # noqa: E402
-
-from augur_openfeature import AugurProvider, augur_context  # noqa: E402
+from augur_openfeature import AugurProvider, augur_context
 
 api.set_provider(AugurProvider())
 CLIENT = api.get_client("example-app")

@@ -3,12 +3,11 @@ python/tests/test_openfeature.py for the provider behind the real Envoy)."""
 
 from pathlib import Path
 
+from openfeature import api
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
-from openfeature import api  # noqa: E402
-from openfeature.exception import ErrorCode  # noqa: E402
-from openfeature.flag_evaluation import Reason  # noqa: E402
-
-from augur_openfeature import REASONS, AugurProvider, augur_context, parse_flags  # noqa: E402
+from augur_openfeature import REASONS, AugurProvider, augur_context, parse_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW = {

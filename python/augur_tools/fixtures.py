@@ -27,6 +27,7 @@
 """
 
 import base64
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from augur_tools.paths import ROOT
+
 DEMO_FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
 INPUT_DIM = 20
 
@@ -86,7 +88,7 @@ def mlp_model(n_features, hidden, seed=0, schema=None):
     rng = np.random.default_rng(seed)
     dims = [INPUT_DIM, hidden, hidden, 4 * n_features]
     nodes, inits, prev = [], [], "x"
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         inits += [
             numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"),
             numpy_helper.from_array((rng.standard_normal(b) * 0.1).astype(np.float32), f"b{i}"),
@@ -212,7 +214,7 @@ def to_tree_ensemble_v5(onx):
                 flags.append(int(is_leaf))
         roots = []
         for t in sorted(set(tid)):
-            roots.append(interior[(t, 0)] if (t, 0) in interior else None)
+            roots.append(interior.get((t, 0), None))
         if any(r is None for r in roots):
             raise ValueError("a single-leaf tree cannot be written as TreeEnsemble")
         leaf_items = sorted(leaves.items(), key=lambda kv: kv[1])

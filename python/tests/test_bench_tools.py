@@ -9,11 +9,9 @@ import subprocess
 
 import pytest
 
-from augur_tools.envoy import harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-
 from augur_tools.bench import measure as bench_e2e
-from augur_tools.envoy import envoyconf
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 
@@ -124,7 +122,7 @@ def test_bench_refuses_to_run_without_its_tools_and_says_how_to_install(tmp_path
     env = dict(os.environ, PATH=str(tmp_path), HOME=str(tmp_path), CARGO_HOME=str(tmp_path))
     r = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), "-m", "augur_tools.bench", "--layout", "none"],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True, text=True, timeout=60, env=env, check=False,
     )
     assert r.returncode == 2
     assert "apt-get install -y wrk" in r.stderr and "cargo install --locked oha" in r.stderr

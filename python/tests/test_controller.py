@@ -3,14 +3,14 @@ snapshots, the tests and their levels, the order of actions, the ramp, the
 configuration each action produces (checked by the real `augur` CLI), and its
 settings' errors."""
 
+import io
 import json
 import subprocess
 
 import pytest
 
-from augur_tools.envoy import harness
-
 from augur_tools import augur_stats
+from augur_tools.envoy import harness
 from augur_tools.loop import controller
 
 ROLLOUT = json.loads((harness.ROOT / "deploy" / "fleet" / "rollout.json").read_text())
@@ -127,7 +127,7 @@ def test_apply_restarts_the_regimes_it_changes():
 def check_config(plugin, tmp_path):
     p = tmp_path / "plugin.json"
     p.write_text(json.dumps(plugin))
-    r = subprocess.run([str(harness.AUGUR_CLI), "check-config", str(p)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(harness.AUGUR_CLI), "check-config", str(p)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     return p
 
@@ -187,11 +187,11 @@ def test_settings_errors_name_the_field(tmp_path):
 def test_cli_help_and_a_refused_configuration(tmp_path):
     py = str(harness.ROOT / ".venv" / "bin" / "python")
     script = ["-m", "augur_tools.loop.controller"]
-    r = subprocess.run([py, *script, "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([py, *script, "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and "--config" in r.stdout and "block" in r.stdout
     (tmp_path / "bad.json").write_text('{"proxies": []}')
     r = subprocess.run([py, *script, "--config", str(tmp_path / "bad.json")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert r.returncode == 2 and "configuration refused: rollout: required" in r.stderr, r.stderr
 
 
@@ -202,10 +202,11 @@ def test_a_new_model_in_model_dir_is_validated_then_adopted(tmp_path):
                 "proxies": [{"admin": "127.0.0.1:1", "ecds": "e/augur.json"}], "model_dir": str(models),
                 "state": str(tmp_path / "state.json"), "ramp": None}
     (tmp_path / "c.json").write_text(json.dumps(settings))
-    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=open(tmp_path / "log", "w"))
+    log = io.StringIO()
+    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=log)
     assert ctl.new_model() is None
     (models / "broken.onnx").write_bytes(b"not onnx")
-    assert ctl.new_model() is None and "model_refused" in (tmp_path / "log").read_text()
+    assert ctl.new_model() is None and "model_refused" in log.getvalue()
     (models / "v2.onnx").write_bytes((harness.ROOT / "models" / "default.onnx").read_bytes())
     cand = ctl.new_model()
     assert cand["version"] == "default-v1" and ctl.state["model_candidate"] == cand

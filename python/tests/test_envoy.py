@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from augur_tools.envoy import harness
-from augur_tools.envoy.harness import Client, Envoy, Upstreams, ROOT
-
 from augur_tools import fixtures
+from augur_tools.envoy import harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 
@@ -232,7 +231,7 @@ def test_spoofed_control_headers_change_nothing(env):
             assert echoed["x-augur-features"] == ",".join(enabled)
             assert echoed["x-augur-decision"] != "forged"
     # Counters reach Envoy on the filter's next stats flush (stats.flush_ms).
-    spoofed = lambda: env["envoy"].counters().get("wasmcustom.augur_spoofed_requests_total.rollout.demo", 0)  # noqa: E731
+    spoofed = lambda: env["envoy"].counters().get("wasmcustom.augur_spoofed_requests_total.rollout.demo", 0)
     harness.wait_until(lambda: spoofed() - before >= len(forged), 10, "spoofed-request counter")
     time.sleep(0.3)
     assert spoofed() - before == len(forged)
@@ -264,7 +263,7 @@ def test_stats_count_every_request_and_decision(env):
 
     def snapshot():
         p = envoy.prometheus()
-        get = lambda name, **labels: harness.prom_sum(p, name, rollout="rules", **labels) or 0  # noqa: E731
+        get = lambda name, **labels: harness.prom_sum(p, name, rollout="rules", **labels) or 0
         snap = {
             "requests": get("augur_requests_total"),
             "new": get("augur_requests_total", stack="new"),
@@ -303,7 +302,7 @@ def test_stats_count_every_request_and_decision(env):
 
     harness.wait_until(histograms, 15, "latency histogram")
     prom = envoy.prometheus()
-    lat = lambda b: harness.prom_sum(prom, "augur_latency_seconds_bucket", rollout="rules", stack="new", le=b)  # noqa: E731
+    lat = lambda b: harness.prom_sum(prom, "augur_latency_seconds_bucket", rollout="rules", stack="new", le=b)
     bounds = ["0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]
     latency_buckets = [lat(b) for b in bounds]
     assert None not in latency_buckets, f"every le bound is a label (dots and all): {latency_buckets}"
@@ -322,7 +321,7 @@ def test_stats_count_every_request_and_decision(env):
     prom = envoy.prometheus()
     demo_scores = harness.prom_sum(prom, "augur_feature_score_count", rollout="demo", feature="search_v2")
     # Per-feature histograms are counters in Prometheus' histogram layout.
-    le = lambda b: harness.prom_sum(prom, "augur_feature_score_bucket", rollout="demo", feature="search_v2", le=b)  # noqa: E731
+    le = lambda b: harness.prom_sum(prom, "augur_feature_score_bucket", rollout="demo", feature="search_v2", le=b)
     buckets = [le(str(b)) for b in range(10, 101, 10)] + [le("+Inf")]
     assert buckets == sorted(buckets) and buckets[-1] == demo_scores, buckets
     assert harness.prom_sum(prom, "augur_feature_score_sum", rollout="demo", feature="search_v2") > 0

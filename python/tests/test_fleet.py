@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from augur_tools.envoy import harness
 from augur_tools.demos import fleet as fleetmod
+from augur_tools.envoy import harness
 from augur_tools.loop import retrain
 
 HARM = "new_checkout:0.6"
@@ -66,7 +66,7 @@ def test_a_planted_regression_is_blocked_on_every_proxy(fleet):
         try:
             seen = set()
             for i in range(40):  # 50%: some of these users are on the new stack
-                status, _, body = c.request(dict(tablet, **{"x-user-id": f"tab-{i}"}))
+                _status, _, body = c.request(dict(tablet, **{"x-user-id": f"tab-{i}"}))
                 flags = json.loads(body)["headers"].get("x-augur-flags")
                 if flags:
                     seen.add(fleetmod.parse_flags(flags)[1]["new_checkout"])

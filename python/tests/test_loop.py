@@ -13,8 +13,8 @@ Every wait is bounded; Envoy and the upstreams are stopped when the module ends.
 import http.client
 import json
 import math
-import subprocess
 import random
+import subprocess
 import threading
 import time
 import warnings
@@ -22,14 +22,10 @@ import warnings
 import numpy as np
 import pytest
 
-from augur_tools.envoy import harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-
-from augur_tools.envoy import envoyconf
 from augur_tools import fixtures
-
-from augur_tools.loop import retrain
-from augur_tools.loop import train
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.loop import retrain, train
 
 FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
@@ -236,7 +232,7 @@ def test_model_push_under_steady_load_loses_no_request(env):
     assert all(p.seconds < 5 for p in pushes), [p.seconds for p in pushes]
     # Nothing lost in the stats either: counts batched by a configuration that
     # was replaced mid-flight are handed over when it goes away.
-    counted = lambda: env["envoy"].counters().get(requests_stat, 0) - counted_before  # noqa: E731
+    counted = lambda: env["envoy"].counters().get(requests_stat, 0) - counted_before
     harness.wait_until(lambda: counted() >= n, 10, f"{n} requests counted")
     assert counted() == n
 
@@ -267,12 +263,12 @@ def test_malformed_pushes_are_refused_and_the_previous_model_keeps_serving(env, 
     cmd = [PY, "-m", "augur_tools.loop.retrain", "--log", str(env["logs"]["ecds"]), "--ecds", str(env["watched"]),
            "--admin", env["admin"], "--envoy-log", str(env["envoy"].log_path), "--version", "cli-bad",
            "--model", str(bad)]
-    p = subprocess.run(cmd + ["--no-validate"], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(cmd + ["--no-validate"], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 3, p.stdout + p.stderr
     assert "REFUSED" in p.stdout and "keeps serving" in p.stdout, p.stdout
     # Without --no-validate the job refuses to push it at all (tract / check-config).
     before = retrain.ecds_counters(env["admin"])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 2 and "NOT pushed" in p.stderr, p.stdout + p.stderr
     assert retrain.ecds_counters(env["admin"]) == before, "nothing was pushed"
     assert all(d["model"] == "keeper" for d in probe(env, "t3-end", n=4))

@@ -9,9 +9,10 @@ run through Envoy counts, on the world with AND-segments and an `all` segment.
 import argparse
 import time
 
+import pytest
+
 from augur_tools.demos import loop_demo
 from augur_tools.sim import planted
-import pytest
 
 
 def test_segments_and_worlds():

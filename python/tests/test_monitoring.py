@@ -17,19 +17,18 @@ must return data; the planted regressions must fire their alerts.
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import threading
 
 import pytest
 import yaml
 
 from augur_tools import fixtures
-from augur_tools.envoy import harness
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-from augur_tools.envoy import envoyconf
 
 RULES = ROOT / "deploy" / "prometheus" / "augur-rules.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "augur.json"
@@ -194,7 +193,7 @@ def traffic(stack, rounds=8, per_round=120):
 
 
 def test_rules_pass_promtool():
-    r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -239,7 +238,7 @@ def test_every_expression_returns_data_and_planted_regressions_fire(stack):
     # Every metric the dashboard and the rules read is one Envoy exports.
     read = set().union(*(metric_names(e) for _, e in dashboard_exprs()))
     read |= set().union(*(metric_names(r["expr"]) for g in stack["rules"]["groups"] for r in g["rules"]))
-    exported = set(re.findall(r"^# TYPE (augur_[a-z_]+) ", scraped, re.M))
+    exported = set(re.findall(r"^# TYPE (augur_[a-z_]+) ", scraped, re.MULTILINE))
     assert read <= exported, read - exported
     if absent:
         print(f"not emitted yet (tolerated): {sorted(absent)}")

@@ -12,11 +12,9 @@ from urllib.parse import quote
 
 import pytest
 
-from augur_tools.envoy import harness
+from augur_openfeature import REASONS
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy
-from augur_tools.envoy import envoyconf
-
-from augur_openfeature import REASONS  # noqa: E402
 
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}
 PLUGIN = {
@@ -57,7 +55,7 @@ def env(tmp_path_factory):
                     extra_access_logs=[(work / f"{name}.otel.log", envoyconf.otel_access_log_format(PLUGIN["name"]))],
                 )
             )
-            harness.wait_until(lambda: harness.port_open(app_port), 20, f"{name} app on {app_port}")
+            harness.wait_until(lambda app_port=app_port: harness.port_open(app_port), 20, f"{name} app on {app_port}")
         config = envoyconf.bootstrap(harness.free_port(), listeners, harness.free_port(), harness.free_port())
         config["static_resources"]["clusters"].extend(clusters)
         envoy = Envoy(config, workdir=work)

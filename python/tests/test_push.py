@@ -16,10 +16,8 @@ import time
 
 import pytest
 
-from augur_tools.envoy import harness
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import Client, Envoy, Upstreams
-
-from augur_tools.envoy import envoyconf
 
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}
 GUARDED = {

@@ -20,15 +20,13 @@ import signal
 import subprocess
 import time
 
-from augur_tools.envoy import envoyconf
-from augur_tools.envoy import harness
 import numpy as np
 import pytest
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
-from augur_tools.loop import retrain
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.loop import retrain, train
 from augur_tools.sim import synthetic
-from augur_tools.loop import train
 
 FEATURES = ["f1", "f2", "f3"]
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())

@@ -64,6 +64,7 @@ push applied <= 1 s. Exits 0 when it ran, 2 when a tool is missing, 1 on error.
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import re
@@ -76,11 +77,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from augur_tools.envoy import harness
-from augur_tools.envoy.harness import ENVOY, ROOT, WASM, AUGUR_CLI, free_port
-
-from augur_tools.envoy import envoyconf
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import AUGUR_CLI, ENVOY, ROOT, WASM, free_port
 
 DEMO_PLUGIN = ROOT / "envoy" / "augur-demo.json"
 DEFAULT_MODEL = ROOT / "models" / "default.onnx"
@@ -138,7 +136,7 @@ def check_tools(need_taskset):
 
 def tool_version(cmd):
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
         out = (r.stdout + r.stderr).strip().splitlines()
         return out[0] if out else "?"
     except (OSError, subprocess.TimeoutExpired):
@@ -400,12 +398,12 @@ def wrk_script(path, n=2000, seed=2026, max_body=1024):
         "end",
         "function done(summary, latency, requests)",
         "  local e = summary.errors",
-        '  io.write(string.format(\'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,'
+        ('  io.write(string.format(\'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,'
         '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,'
         '"p50":%d,"p90":%d,"p99":%d,"p999":%d,"mean":%.1f,"max":%d}\\n\','
         " summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,"
         " latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),"
-        " latency.mean, latency.max))",
+        " latency.mean, latency.max))"),
         "end",
     ]
     Path(path).write_text("\n".join(lines) + "\n")
@@ -419,7 +417,7 @@ class Oha:
     def __init__(self, exe, cpus):
         self.exe = exe
         self.cpus = cpus
-        help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10).stdout
+        help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10, check=False).stdout
         self.json_flag = ["--output-format", "json"] if "--output-format" in help_text else ["-j"]
         self.tui_flag = ["--no-tui"] if "--no-tui" in help_text else []
 
@@ -588,7 +586,7 @@ def percentile(values, q):
     if not values:
         return None
     v = sorted(values)
-    return v[min(len(v) - 1, int(round(q / 100.0 * (len(v) - 1))))]
+    return v[min(len(v) - 1, round(q / 100.0 * (len(v) - 1)))]
 
 
 def cold_windows(rows):
@@ -596,7 +594,7 @@ def cold_windows(rows):
     out = []
     edges = [0, 100, 500]
     edges = [e for e in edges if e < len(rows)] + [len(rows)]
-    for a, b in zip(edges, edges[1:]):
+    for a, b in itertools.pairwise(edges):
         lat = [us for us, _ in rows[a:b]]
         out.append({"from": a + 1, "to": b, "p50": percentile(lat, 50), "p99": percentile(lat, 99)})
     return {"windows": out, "failed": sum(1 for _, st in rows if not st.startswith("2"))}

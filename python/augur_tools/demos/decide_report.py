@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Sanity-check a model through augur's real decision path.
 
     python -m augur_tools.demos.decide_report --augur target/release/augur \\
@@ -53,7 +52,7 @@ CHECKS = (
 
 def decide(augur: str, config: str, requests: list[dict]) -> list[dict]:
     stdin = "".join(json.dumps(h) + "\n" for h in requests)
-    p = subprocess.run([augur, "decide", "--config", config], input=stdin, capture_output=True, text=True)
+    p = subprocess.run([augur, "decide", "--config", config], input=stdin, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         sys.exit(f"augur decide failed: {p.stderr.strip()}")
     records = [json.loads(line) for line in p.stdout.splitlines()]
@@ -86,9 +85,8 @@ def main() -> int:
         cfg = json.loads(Path(args.config).read_text())
         cfg.setdefault("model", {})["onnx_base64"] = base64.b64encode(Path(args.model).read_bytes()).decode()
         cfg["model"].pop("version", None)
-        tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-        json.dump(cfg, tmp)
-        tmp.close()
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tmp:
+            json.dump(cfg, tmp)
         config = tmp.name
     try:
         records = decide(args.augur, config, [h for _, h in reqs])

@@ -11,7 +11,6 @@ import time
 
 from augur_tools.envoy import harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-
 from augur_tools.sim import synthetic
 
 USERS = 150
@@ -139,12 +138,8 @@ def report(plugin, decisions, users):
           f"{sum(d['stack'] == 'new' for d in spoofed)} (their own bucket decides)")
 
     print("\nA few decision records:")
-    shown = 0
-    for d in new:
-        if shown == 2:
-            break
+    for d in new[:2]:
         print("  " + json.dumps({k: v for k, v in d.items() if k != "x"}))
-        shown += 1
     old = next((d for d in decisions if d["stack"] == "old"), None)
     if old:
         print("  " + json.dumps({k: v for k, v in old.items() if k != "x"}))

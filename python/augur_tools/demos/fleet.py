@@ -16,9 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from augur_tools.envoy import harness
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-from augur_tools.envoy import envoyconf
 
 ROLLOUT = ROOT / "deploy" / "fleet" / "rollout.json"
 CONTROLLER = "augur_tools.loop.controller"  # run as its own process: python -m
@@ -106,10 +105,9 @@ class Fleet:
 
     # -- the controller process ------------------------------------------
     def start_controller(self):
-        log = open(self.workdir / "controller.log", "a")
-        self.ctl = subprocess.Popen([sys.executable, "-m", CONTROLLER, "--config", str(self.controller_config)],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        log.close()
+        with open(self.workdir / "controller.log", "a") as log:
+            self.ctl = subprocess.Popen([sys.executable, "-m", CONTROLLER, "--config", str(self.controller_config)],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
         harness.wait_until(lambda: self._controller_up(), 30, "controller /metrics")
 
     def _controller_up(self):
@@ -210,7 +208,7 @@ class Traffic(threading.Thread):
                     h["x-demo-harm"] = self.harm
                 h[":path"] = rng.choice(["/api/checkout", "/api/search", "/", "/static/app.js"])
                 try:
-                    status, _, _ = conns[i].request(h)
+                    _status, _, _ = conns[i].request(h)
                     with self.lock:
                         self.sent += 1
                 except OSError:
@@ -255,7 +253,7 @@ def consistency(fleet, users, path="/api/checkout"):
             h, _ = user_headers(u)
             seen = []
             for c in conns:
-                status, headers, body = c.request(dict(h, **{":path": path}))
+                status, _headers, body = c.request(dict(h, **{":path": path}))
                 echo = json.loads(body) if status == 200 else {"served_by": f"status {status}", "headers": {}}
                 model, feats = parse_flags(echo["headers"].get("x-augur-flags"))
                 seen.append((echo["served_by"], model, feats))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make fleet-demo`: one rollout ramped across three Envoys by the controller.
 
 Three Envoys 1.40 (`--concurrency 2`) serve augur through their own watched
@@ -26,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from augur_tools.envoy import harness
 from augur_tools.demos import fleet as fleetmod
+from augur_tools.envoy import harness
 from augur_tools.loop import controller
 
 ONSET_AT = 25

@@ -54,13 +54,10 @@ import threading
 import time
 from pathlib import Path
 
-
-from augur_tools.envoy import envoyconf
-from augur_tools.envoy import harness
-from augur_tools.sim import planted
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.loop import report
-from augur_tools.sim import synthetic
 from augur_tools.paths import ROOT, module_cmd
+from augur_tools.sim import planted, synthetic
 
 FEATURES = list(synthetic.DEMO_FEATURES)
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1, "min_engagement": 0}
@@ -399,7 +396,7 @@ def first_decision_ms(res, retrain_entry):
 
 def record_time(r, since):
     """Seconds from `since` (Unix time) to a record's START_TIME."""
-    start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))  # noqa: FURB162 (Python 3.10)
+    start = datetime.datetime.fromisoformat(r["start"].replace("Z", "+00:00"))
     return start.timestamp() - since
 
 

@@ -22,11 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-
-from augur_tools.envoy import harness
+from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
-
-from augur_tools.envoy import envoyconf
 from augur_tools.loop import retrain
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "30"))
@@ -83,7 +80,7 @@ class Stats:
 
 def percentile(v, q):
     v = sorted(v)
-    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))] if v else float("nan")
+    return v[min(len(v) - 1, round(q / 100 * (len(v) - 1)))] if v else float("nan")
 
 
 def load(port, stats, stop, t0, seed):
@@ -114,7 +111,7 @@ def load(port, stats, stop, t0, seed):
             if status != 200:
                 with stats.lock:
                     stats.failures.append(f"status {status} for {sorted(h)}")
-            if any(k.startswith("x-augur-") or k.startswith("x_augur_") for k in rh):
+            if any(k.startswith(("x-augur-", "x_augur_")) for k in rh):
                 with stats.lock:
                     stats.leaks += 1
             if evil:

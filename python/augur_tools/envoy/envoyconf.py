@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from augur_tools.paths import ROOT
+
 DEMO_PLUGIN_CONFIG = ROOT / "envoy" / "augur-demo.json"
 DEMO_WASM = "target/augur.wasm"
 
@@ -71,11 +72,11 @@ def stats_config():
     tags = [
         {
             "tag_name": label,
-            "regex": r"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.%s\.([^.]+))(?:\.|$)" % label,
+            "regex": rf"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.{label}\.([^.]+))(?:\.|$)",
         }
         for label in STAT_LABELS
     ] + [
-        {"tag_name": label, "regex": r"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.%s\.(.+))$" % label}
+        {"tag_name": label, "regex": rf"^wasmcustom\.augur_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.{label}\.(.+))$"}
         for label in STAT_LABELS_LAST
     ]
     return {"stats_tags": tags}

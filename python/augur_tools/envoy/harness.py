@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# The binaries' paths are read from here by the tests and demos (re-exported).
+from augur_tools import paths
 from augur_tools.paths import AUGUR_CLI, ENVOY, ROOT, module_cmd
-from augur_tools.paths import WASM as WASM
+
+# The module the tests and demos load (AUGUR_WASM: another build).
+WASM = paths.WASM
 
 
 def free_port():
@@ -71,7 +73,7 @@ class Upstreams:
                 )
             )
         for port in self.ports.values():
-            wait_until(lambda: port_open(port), 10, f"upstream on {port}")
+            wait_until(lambda port=port: port_open(port), 10, f"upstream on {port}")
 
     def close(self):
         for p in self.procs:
@@ -105,9 +107,9 @@ class Envoy:
         )
         try:
             wait_until(self._ready, ready_timeout, "envoy /ready")
-        except Exception:
+        except (RuntimeError, TimeoutError, OSError, http.client.HTTPException) as e:
             self.close()
-            raise RuntimeError(f"envoy did not become ready; log:\n{self.log()[-4000:]}")
+            raise RuntimeError(f"envoy did not become ready; log:\n{self.log()[-4000:]}") from e
         self.ready_seconds = time.monotonic() - started
 
     def _ready(self):
@@ -147,7 +149,7 @@ def validate(config_path, cwd=ROOT, timeout=120):
         cwd=str(cwd),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=timeout, check=False,
     )
     return r.returncode, r.stdout + r.stderr
 
@@ -276,13 +278,12 @@ class Prometheus:
         self.start()
 
     def start(self, timeout=30):
-        log = open(self.workdir / "prometheus.log", "a")
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )
-        log.close()
+        with open(self.workdir / "prometheus.log", "a") as log:
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )
         wait_until(lambda: self._ready(), timeout, f"prometheus on {self.port}")
 
     def _ready(self):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The augur controller: one rollout across a fleet of Envoys.
 
 Every `interval_s` it reads augur's counters from Prometheus, summed across the
@@ -56,11 +55,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-
 from augur_tools import augur_stats
 from augur_tools.envoy import envoyconf
-from augur_tools.loop import retrain
-from augur_tools.loop import train
+from augur_tools.loop import retrain, train
 from augur_tools.paths import ROOT
 
 # Settings: name -> (default, meaning). `--print-config` prints them.
@@ -132,7 +129,7 @@ def load_settings(path) -> dict:
             raise ConfigError("ramp.steps: must be increasing percentages in (0, 100], e.g. [1, 5, 10, 25, 50, 100]")
         unknown = set(ramp) - {"steps", "min_dwell_s", "min_samples"}
         if unknown:
-            raise ConfigError(f"ramp.{sorted(unknown)[0]}: unknown; ramp has steps, min_dwell_s, min_samples")
+            raise ConfigError(f"ramp.{min(unknown)}: unknown; ramp has steps, min_dwell_s, min_samples")
         defaults = SETTINGS["ramp"][0]
         cfg["ramp"] = {k: ramp.get(k, defaults[k]) for k in defaults}
     return cfg
@@ -223,7 +220,7 @@ def segment_tests(windows: dict, facts: dict, state: dict) -> list:
             if (f, s) in blocked:
                 continue
 
-            def n(arm, o, f=f, s=s):
+            def n(arm, o, f=f, s=s, w=w):
                 return int(w.get(f"seg|{f}|{s}|{arm}|{o}", 0))
 
             on_n, off_n = n("on", "requests"), n("off", "requests")
@@ -244,7 +241,7 @@ def holdout_tests(windows: dict, facts: dict, state: dict) -> list:
             continue
         w = windows.get(f, {})
 
-        def n(arm, o, f=f):
+        def n(arm, o, f=f, w=w):
             return int(w.get(f"feat|{f}|{arm}|{o}", 0))
 
         on_n, ho_n = n("on", "requests"), n("holdout", "requests")
@@ -406,8 +403,8 @@ class Metrics:
             lines = ["# HELP augur_controller_actions_total Fleet actions delivered, by kind.",
                      "# TYPE augur_controller_actions_total counter"]
             lines += [f'augur_controller_actions_total{{kind="{k}"}} {v}' for k, v in sorted(self.actions.items())]
-            lines += ["# HELP augur_controller_holds_total Evaluations that held (no action) because data or proxies "
-                      "could not be trusted, by reason.", "# TYPE augur_controller_holds_total counter"]
+            lines += [("# HELP augur_controller_holds_total Evaluations that held (no action) because data or proxies "
+                      "could not be trusted, by reason."), "# TYPE augur_controller_holds_total counter"]
             lines += [f'augur_controller_holds_total{{reason="{k}"}} {v}' for k, v in sorted(self.holds.items())]
             lines += ["# TYPE augur_controller_push_retries_total counter",
                       f"augur_controller_push_retries_total {self.retries}",
@@ -498,11 +495,11 @@ class Controller:
             if i not in up or up[i]["value"][1] != "1":
                 return None, ("scrape_failed", f"proxy {i}: up is {up[i]['value'][1] if i in up else 'absent'}")
             if now - ts.get(i, 0.0) > self.s["max_scrape_age_s"]:
-                return None, ("stale_scrape", f"proxy {i}: last scrape {now - ts.get(i, 0.0):.1f} s ago "
-                              f"(max_scrape_age_s {self.s['max_scrape_age_s']})")
+                return None, ("stale_scrape", (f"proxy {i}: last scrape {now - ts.get(i, 0.0):.1f} s ago "
+                              f"(max_scrape_age_s {self.s['max_scrape_age_s']})"))
             if i not in present:
-                return None, ("series_missing", f"proxy {i}: no augur_requests_total for rollout "
-                              f"{self.facts['name']}")
+                return None, ("series_missing", (f"proxy {i}: no augur_requests_total for rollout "
+                              f"{self.facts['name']}"))
         return snap, None
 
     # -- the config plane ---------------------------------------------------

@@ -90,12 +90,9 @@ from pathlib import Path
 
 import numpy as np
 
-
 from augur_tools import augur_stats
 from augur_tools.envoy import envoyconf
-from augur_tools.loop import report
-from augur_tools.loop import train
-from augur_tools.loop import uplift
+from augur_tools.loop import report, train, uplift
 from augur_tools.loop.train import IMPACTS, TrainError
 from augur_tools.paths import DEFAULT_MODEL
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Train augur's default impact model on seeded synthetic traffic.
 
     python -m augur_tools.loop.train --augur target/release/augur --config envoy/augur-demo.json \\
@@ -41,8 +40,8 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -288,9 +287,13 @@ def model_predict(model, vectors: np.ndarray) -> np.ndarray:
 
 def _register_lightgbm():
     import lightgbm as lgb
-    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (
+        convert_lightgbm,
+    )
     from skl2onnx import update_registered_converter
-    from skl2onnx.common.shape_calculator import calculate_linear_regressor_output_shapes
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_regressor_output_shapes,
+    )
 
     update_registered_converter(lgb.LGBMRegressor, "LightGbmLGBMRegressor",
                                 calculate_linear_regressor_output_shapes, convert_lightgbm)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from augur_tools.loop import report
 from augur_tools.loop.train import IMPACTS
 

@@ -27,20 +27,20 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 __all__ = [
+    "BETA_SHARE",
+    "DEMO_FEATURES",
     "DEVICES",
     "DEVICE_SHARES",
+    "HISTORY_HEADERS",
+    "IMPACTS",
+    "NEW_ACCOUNT_DAYS",
     "REGIONS",
     "REGION_SHARES",
-    "BETA_SHARE",
-    "NEW_ACCOUNT_DAYS",
-    "HISTORY_HEADERS",
     "USER_AGENTS",
-    "DEMO_FEATURES",
-    "IMPACTS",
     "User",
     "make_users",
     "request_headers",
@@ -89,39 +89,39 @@ TIER_HEADER = "x-user-tier"
 #: checks this on every run.
 USER_AGENTS: dict[str, tuple[str, ...]] = {
     "mobile": (
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1",
-        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
-        "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/123.0.0.0 Mobile Safari/537.36",
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) CriOS/124.0.6367.88 Mobile/15E148 Safari/604.1"),
+        ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36"),
+        ("Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/123.0.0.0 Mobile Safari/537.36"),
     ),
     "tablet": (
         # iPads say "Mobile/15E148" too; augur checks for "iPad" first.
-        "Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+        ("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"),
         # Android tablets: no "Mobile" token.
-        "Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
-        "Mozilla/5.0 (Linux; Android 13; Lenovo TB-X606F) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36",
+        ("Mozilla/5.0 (Linux; Android 14; SM-X710) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
+        ("Mozilla/5.0 (Linux; Android 13; Lenovo TB-X606F) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/122.0.0.0 Safari/537.36"),
     ),
     "desktop": (
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
-        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
-        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
-        "(KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+        "(KHTML, like Gecko) Version/17.4 Safari/605.1.15"),
         "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
     ),
     "bot": (
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
         # Googlebot smartphone: says "Android" and "Mobile" but is a bot.
-        "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
+        ("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
         "(KHTML, like Gecko) Chrome/124.0.6367.118 Mobile Safari/537.36 "
-        "(compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        "(compatible; Googlebot/2.1; +http://www.google.com/bot.html)"),
         "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
     ),
 }
