@@ -374,10 +374,10 @@ def test_retrain_finds_the_planted_cell_not_the_broad_ones():
     """The job's estimator on synthetic records (no Envoy): a harm of f1 on
     tablets only is attributed to device=tablet, not to the broad cells every
     record shares (location=other, method=read, ...), and f2 gets nothing."""
-    from augur_tools.loop import report
+    from augur_tools import records
 
     rng = random.Random(3)
-    names = report.cell_names(str(harness.AUGUR_CLI))
+    names = records.cell_names(str(harness.AUGUR_CLI))
     assert names[1] == "device=tablet" and len(names) == 25, names
     devices = {"mobile": 0, "tablet": 1, "desktop": 2}
     recs = []
@@ -393,7 +393,7 @@ def test_retrain_finds_the_planted_cell_not_the_broad_ones():
     effects = retrain.estimate_effects(recs, ["f1", "f2"], names, slow_ms=1000)
     assert [(e.feature, e.impact, e.cell) for e in effects] == [("f1", "error_risk", "device=tablet")], effects
     assert effects[0].uplift == pytest.approx(0.6, abs=0.1)
-    y = retrain.targets([report.cells(r, names) for r in recs], ["f1", "f2"], effects)
+    y = retrain.targets([records.cells(r, names) for r in recs], ["f1", "f2"], effects)
     tablet = np.array([r["decision"]["device"] == "tablet" for r in recs])
     assert np.all(y[tablet, 1] == pytest.approx(effects[0].uplift)) and np.all(y[~tablet] == 0)
 
@@ -402,7 +402,7 @@ def test_the_record_marks_what_report_counts(env):
     """The record's `randomised` marks are the arms python/augur_tools/loop/report.py counts, and
     its `cells` are the filter's: holdout users in the off arm, the others in
     the on arm, both marked; a feature without a holdout is never marked."""
-    from augur_tools.loop import report
+    from augur_tools import records
 
     reqs = ab_traffic(300)
     for h in reqs:
@@ -413,13 +413,13 @@ def test_the_record_marks_what_report_counts(env):
                                        if isinstance(r.get("decision"), dict)}, 15, "records")
     recs = [r for r in harness.read_records(env["logs"]["ab"])
             if isinstance(r.get("decision"), dict) and r["decision"].get("request_id") in ids]
-    names = report.cell_names(str(harness.AUGUR_CLI))
+    names = records.cell_names(str(harness.AUGUR_CLI))
     for r in recs:
         d = r["decision"]
-        assert len(d["cells"]) == 8 and report.cells(r, names)[0] == f"device={d['device']}"
+        assert len(d["cells"]) == 8 and records.cells(r, names)[0] == f"device={d['device']}"
         for f in ("banner", "widget"):
             want = None
             if d["stack"] == "new" and d["x"][1] == 1:
                 want = "control" if d["features"][f]["reason"] == "holdout" else "treatment"
-            assert report.arm(r, f) == want, (f, d["features"][f])
-        assert report.arm(r, "plain") is None
+            assert records.arm(r, f) == want, (f, d["features"][f])
+        assert records.arm(r, "plain") is None

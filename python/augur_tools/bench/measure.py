@@ -77,7 +77,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy import admin, envoyconf, harness
 from augur_tools.envoy.harness import AUGUR_CLI, ENVOY, ROOT, WASM, free_port
 
 DEMO_PLUGIN = ROOT / "envoy" / "augur-demo.json"
@@ -266,12 +266,7 @@ class EnvoyProc:
         self.config_path.write_text(json.dumps(config, indent=1))
         self.log_path = self.workdir / f"{name}.envoy.log"
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
-        cmd = [
-            str(envoy_binary()), "-c", str(self.config_path), "--concurrency", "1", "--disable-hot-restart",
-            "--log-path", str(self.log_path), "-l", "info",
-        ]
-        if flush_ms:
-            cmd += ["--file-flush-interval-msec", str(flush_ms)]
+        cmd = harness.envoy_command(self.config_path, self.log_path, 1, flush_ms, binary=envoy_binary())
         started = time.monotonic()
         self.proc = subprocess.Popen(
             pinned(cmd, cpus), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -307,22 +302,10 @@ class EnvoyProc:
         self.first_request_us = (now - t) * 1e6  # the probe that succeeded (fresh connection)
 
     def admin(self, path):
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, r.read().decode()
-        finally:
-            conn.close()
+        return admin.get(self.admin_port, path)
 
     def stat(self, name):
-        _, body = self.admin(f"/stats?filter=^{re.escape(name)}$&format=json")
-        for s in json.loads(body).get("stats", []):
-            if s.get("name") == name:
-                return s.get("value")
-        return None
+        return admin.stat(self.admin_port, name)
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -604,9 +587,9 @@ def start_config(kind, args, ctx):
     """Starts the Envoy under test for `kind` (ready time measured), measures
     its first requests (warm-up effect), then warms it up. Returns (envoy, result)."""
     work = ctx["work"]
-    port, admin = free_port(), free_port()
+    port, admin_port = free_port(), free_port()
     plugin = ctx["plugins"].get(kind, ctx["plugin_text"])
-    cfg = under_test_config(kind, port, admin, ctx["upstream_port"], work / f"{kind}.access.log", plugin, ctx["wasm"])
+    cfg = under_test_config(kind, port, admin_port, ctx["upstream_port"], work / f"{kind}.access.log", plugin, ctx["wasm"])
     envoy = EnvoyProc(kind, cfg, work, ctx["envoy_cpus"], port, ctx["headers"])
     envoy.port = port
     res = {"ready_s": envoy.ready_s, "first_request_us": envoy.first_request_us, "rounds": []}
@@ -739,8 +722,8 @@ def ready_unpinned(ctx):
     """Envoy's ready time with augur when it may use every CPU, as in production:
     V8 compiles the module with background threads, so pinning the benchmark's
     Envoy to one CPU makes its start about twice as slow."""
-    port, admin = free_port(), free_port()
-    cfg = under_test_config("augur", port, admin, ctx["upstream_port"], ctx["work"] / "ready.access.log",
+    port, admin_port = free_port(), free_port()
+    cfg = under_test_config("augur", port, admin_port, ctx["upstream_port"], ctx["work"] / "ready.access.log",
                             ctx["plugin_text"], ctx["wasm"])
     envoy = EnvoyProc("augur_ready", cfg, ctx["work"], None, port, ctx["headers"])
     envoy.close()
@@ -756,10 +739,10 @@ def model_push(args, ctx):
     watched = ecds_dir / "augur.json"
     plugin = json.loads(ctx["plugin_text"])
     wasm = ctx["wasm"]
-    port, admin = free_port(), free_port()
+    port, admin_port = free_port(), free_port()
     access_log = work / "ecds.access.log"
     lst = envoyconf.ecds_listener("augur_ecds", port, watched, plugin, wasm, access_log)
-    cfg = envoyconf.bootstrap(admin, [lst], ctx["upstream_port"], ctx["upstream_port"])
+    cfg = envoyconf.bootstrap(admin_port, [lst], ctx["upstream_port"], ctx["upstream_port"])
     envoy = EnvoyProc("ecds", cfg, work, ctx["envoy_cpus"], port, ctx["headers"], flush_ms=100)
     res = {"ready_s": envoy.ready_s, "pushes": []}
     model_b64 = base64.b64encode(DEFAULT_MODEL.read_bytes()).decode()

@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from augur_tools import paths
+from augur_tools import paths, records
+from augur_tools.envoy import admin
 from augur_tools.paths import AUGUR_CLI, ENVOY, ROOT, module_cmd
 
 # The module the tests and demos load (AUGUR_WASM: another build).
@@ -80,6 +81,16 @@ class Upstreams:
             stop_process(p, grace=5)
 
 
+def envoy_command(config_path, log_path, concurrency=2, flush_ms=250, binary=ENVOY):
+    """The command line every Envoy here runs with. Access logs are flushed every
+    10 s by default; tests read them sooner (`flush_ms`, None: Envoy's default)."""
+    cmd = [
+        str(binary), "-c", str(config_path), "--concurrency", str(concurrency), "--disable-hot-restart",
+        "--log-path", str(log_path), "-l", "info",
+    ]
+    return cmd + ["--file-flush-interval-msec", str(flush_ms)] if flush_ms else cmd
+
+
 class Envoy:
     """One Envoy process, from a bootstrap dict (see envoyconf) or a config file."""
 
@@ -95,12 +106,7 @@ class Envoy:
         self.admin_port = admin_port
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [
-                str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency),
-                "--disable-hot-restart", "--log-path", str(self.log_path), "-l", "info",
-                # Access logs are flushed every 10 s by default; tests read them sooner.
-                "--file-flush-interval-msec", "250",
-            ],
+            envoy_command(self.config_path, self.log_path, concurrency),
             cwd=str(ROOT),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -119,18 +125,11 @@ class Envoy:
         return status == 200 and body.strip() == "LIVE"
 
     def admin(self, path, method="GET"):
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            conn.request(method, path)
-            r = conn.getresponse()
-            return r.status, r.read().decode()
-        finally:
-            conn.close()
+        return admin.get(self.admin_port, path, method)
 
     def counters(self):
         """All counters as {name: value} (full names, e.g. wasmcustom.augur_requests_total...)."""
-        _, body = self.admin("/stats?format=json&type=Counters")
-        return {s["name"]: s["value"] for s in json.loads(body)["stats"] if "value" in s}
+        return admin.stats(self.admin_port, "&type=Counters")
 
     def prometheus(self):
         return self.admin("/stats/prometheus")[1]
@@ -185,17 +184,8 @@ class Client:
         self.conn.close()
 
 
-def read_records(path):
-    """Parsed access-log lines (skips lines that are not JSON, see envoyconf)."""
-    out = []
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+# Parsed access-log lines (see augur_tools.records).
+read_records = records.read_records
 
 
 def wait_for_records(path, count, timeout=15):

@@ -48,109 +48,23 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-KPIS = ("error", "latency_ms", "engagement", "security")
+from augur_tools.records import (
+    KPIS,
+    arm,
+    cell_names,
+    cells,
+    features_of,
+    holdout_features,
+    kpi_values,
+    read_log,
+)
+
 Z95 = 1.959963984540054
-
-# --------------------------------------------------------------------------
-# Reading records
-# --------------------------------------------------------------------------
-
-
-def read_log(path: str | Path) -> tuple[list[dict], int]:
-    """(access-log lines with a decision object, lines skipped)."""
-    out, skipped = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            if not isinstance(r, dict) or not isinstance(r.get("decision"), dict):
-                skipped += 1
-                continue
-            out.append(r)
-    return out, skipped
-
-
-def is_error(r: dict) -> bool:
-    s = r.get("status")
-    return not isinstance(s, int) or s == 0 or s >= 500
-
-
-def signals(r: dict) -> str:
-    s = r.get("signals")
-    return s if isinstance(s, str) else ""
-
-
-def kpi_values(r: dict) -> dict:
-    d = r.get("duration_ms")
-    return {
-        "error": 1.0 if is_error(r) else 0.0,
-        "latency_ms": float(d) if isinstance(d, (int, float)) else float("nan"),
-        "engagement": 1.0 if "engaged" in signals(r) else 0.0,
-        "security": 1.0 if "security" in signals(r) else 0.0,
-    }
-
-
-def cell_names(augur: str | None = None) -> list[str]:
-    """Rollback cell names by index, from `augur schema` (the filter's own list)."""
-    try:
-        from augur_tools.loop import train
-
-        return list(train.augur_schema(augur or train.DEFAULT_AUGUR).get("cells", []))
-    except (ImportError, OSError, RuntimeError, ValueError):  # the report works from the log alone: cells by number
-        return []
-
-
-def cells(r: dict, names: Sequence[str] = ()) -> list[str]:
-    """A record's rollback cells (one per attribute group), by name."""
-    out = []
-    for c in r["decision"].get("cells") or ():
-        out.append(names[c] if isinstance(c, int) and 0 <= c < len(names) else f"cell_{c}")
-    return out
-
-
-# --------------------------------------------------------------------------
-# Arms
-# --------------------------------------------------------------------------
-
-
-def holdout_features(records: Iterable[dict], config: dict | None) -> set[str]:
-    if config is not None:
-        return {f["name"] for f in config.get("features", []) if float(f.get("holdout", 0) or 0) > 0}
-    out = set()
-    for r in records:
-        for name, f in r["decision"].get("features", {}).items():
-            if f.get("reason") == "holdout":
-                out.add(name)
-    return out
-
-
-def arm(r: dict, feature: str) -> str | None:
-    """'treatment', 'control' or None (not randomised) for one record and feature,
-    as the record says."""
-    f = r["decision"].get("features", {}).get(feature)
-    if not isinstance(f, dict) or f.get("randomised") is not True:
-        return None
-    return "treatment" if f.get("on") else "control"
-
-
-def features_of(records: Iterable[dict]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in records:
-        for name in r["decision"].get("features", {}):
-            seen.setdefault(name, None)
-    return list(seen)
-
 
 # --------------------------------------------------------------------------
 # Statistics

@@ -9,7 +9,7 @@
 1. **Read** the real Envoy's outputs: access-log lines ``{"decision": {...}, "status",
    "duration_ms", "signals", ...}`` — the decision record joined with its outcome.
 2. **Estimate** each feature's effect from the *randomised* records only (the
-   record marks them, see python/augur_tools/loop/report.py), per rollback cell (device,
+   record marks them, see augur_tools.records), per rollback cell (device,
    location, path class, method, history low/high — the record's ``cells``,
    named through ``augur schema``), for
    each impact: performance_cost = P(latency >= rollback.slow_ms), error_risk =
@@ -71,11 +71,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -92,9 +90,11 @@ import numpy as np
 
 from augur_tools import augur_stats
 from augur_tools.envoy import envoyconf
+from augur_tools.envoy.admin import ecds_counters, serving_version
 from augur_tools.loop import report, train, uplift
 from augur_tools.loop.train import IMPACTS, TrainError
 from augur_tools.paths import DEFAULT_MODEL
+from augur_tools.records import arm, cell_names, cells, read_log
 
 THRESHOLD_FIELDS = uplift.THRESHOLD_FIELDS
 
@@ -134,13 +134,13 @@ MIN_EVIDENCE = math.log(1000.0)
 
 def estimate_effects(records, features, names, slow_ms, min_evidence=MIN_EVIDENCE, min_n=20, max_cells=4):
     """Per feature and impact, the chosen cells and their uplifts (list of Effect).
-    `names`: cell names by index (`report.cell_names`)."""
+    `names`: cell names by index (`cell_names`)."""
     effects = []
-    prepared = [(r, report.cells(r, names), outcome_bits(r, slow_ms)) for r in records]
+    prepared = [(r, cells(r, names), outcome_bits(r, slow_ms)) for r in records]
     for f in features:
         arms = []
         for r, cs, bits in prepared:
-            a = report.arm(r, f)
+            a = arm(r, f)
             if a is not None:
                 arms.append((cs, bits, a == "treatment"))
         for impact in IMPACTS:
@@ -181,13 +181,13 @@ def estimate_effects(records, features, names, slow_ms, min_evidence=MIN_EVIDENC
 
 def targets(cell_lists, features, effects) -> np.ndarray:
     """[N, 4F] target impacts: the uplift of the chosen cell each row is in
-    (`cell_lists`: each row's cell names, `report.cells`)."""
+    (`cell_lists`: each row's cell names, `cells`)."""
     index = {(e.feature, e.impact): [] for e in effects}
     for e in effects:
         index[(e.feature, e.impact)].append(e)
     y = np.zeros((len(cell_lists), len(features) * len(IMPACTS)), dtype=np.float32)
-    for i, cells in enumerate(cell_lists):
-        cs = set(cells)
+    for i, row_cells in enumerate(cell_lists):
+        cs = set(row_cells)
         for fi, f in enumerate(features):
             for ki, impact in enumerate(IMPACTS):
                 for e in index.get((f, impact), ()):
@@ -280,38 +280,6 @@ class PushResult:
     @property
     def ok(self):
         return self.status == "applied"
-
-
-def _admin_get(admin, path, timeout=5):
-    host, _, port = str(admin).rpartition(":")
-    conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        conn.close()
-
-
-def ecds_counters(admin, name="augur") -> dict:
-    prefix = f"extension_config_discovery.http_filter.{name}."
-    _, body = _admin_get(admin, "/stats?format=json&filter=" + re.escape(prefix).replace("\\", "%5C"))
-    out = {}
-    for s in json.loads(body).get("stats", []):
-        if "value" in s and s["name"].startswith(prefix):
-            out[s["name"][len(prefix):]] = s["value"]
-    return out
-
-
-def serving_version(admin, name="augur") -> str | None:
-    """version_info of the last ECDS configuration Envoy accepted: the text
-    readout ``extension_config_discovery.http_filter.<name>.version_text``
-    (/config_dump's ecds_filters shows the last one *received*, even if refused)."""
-    try:
-        v = ecds_counters(admin, name).get("version_text")
-    except (OSError, ValueError):
-        return None
-    return v if isinstance(v, str) else None
 
 
 def _log_size(path):
@@ -523,11 +491,11 @@ def build(records, plugin, version, thresholds, augur, names, seed=7, min_eviden
                               "(need 200; wait for traffic or check the plugin's `name`)")
     features = [f["name"] for f in plugin["features"]]
     slow_ms = float((plugin.get("rollback") or {}).get("slow_ms", 1000))
-    randomised = {f: sum(1 for r in records if report.arm(r, f) is not None) for f in features}
+    randomised = {f: sum(1 for r in records if arm(r, f) is not None) for f in features}
     log(f"  data: {len(records)} records; randomised per feature: "
         + ", ".join(f"{f} {n}" for f, n in randomised.items()))
     xs = np.asarray([r["decision"]["x"] for r in records], dtype=np.float32)
-    cell_lists = [report.cells(r, names) for r in records]
+    cell_lists = [cells(r, names) for r in records]
     held = np.array([held_out(r) for r in records])
     up = None
     if target_kind == "uplift":
@@ -768,7 +736,7 @@ class Service:
 
     def __init__(self, args, journal: Journal):
         self.a, self.log = args, journal
-        self.names = report.cell_names(args.augur)
+        self.names = cell_names(args.augur)
         self.costs = uplift.parse_costs(args.harm_cost)
         self.thresholds = parse_thresholds(args.thresholds)
         self.watch: dict | None = None
@@ -776,7 +744,7 @@ class Service:
 
     def records(self):
         try:
-            records, _ = report.read_log(self.a.log)
+            records, _ = read_log(self.a.log)
         except OSError as e:
             raise JobError(f"--log {self.a.log}: cannot read the access log ({e.strerror}); waiting for it") from None
         return records[-self.a.window:] if self.a.window else records
@@ -960,8 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            validate=not args.no_validate)
         print(f"  {args.model}: {check}")
     else:
-        records, _ = report.read_log(args.log)
-        names = report.cell_names(args.augur)
+        records, _ = read_log(args.log)
+        names = cell_names(args.augur)
         cand = build(records, plugin, args.version, thresholds, args.augur, names, args.seed, args.min_evidence,
                      args.min_n, args.max_off_share, family=args.model, gbm=args.gbm, target_kind=args.targets,
                      costs=uplift.parse_costs(args.harm_cost))

@@ -8,7 +8,7 @@
 - **Uplift model** (T-learner): for each (feature, impact) the randomised
   records show evidence for (the cell estimator's always-valid test,
   ``retrain.estimate_effects``), two gradient-boosted regressors on the record's
-  ``x``, one per arm (``report.arm``); the uplift of a request is on − off.
+  ``x``, one per arm (``arm``); the uplift of a request is on − off.
   Trees on the profile vector capture interactions (feature × device ×
   location × history …). A (feature, impact) without evidence gets uplift 0; a
   feature with no randomised records keeps the serving model's predictions.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from augur_tools.loop import report
 from augur_tools.loop.train import IMPACTS
+from augur_tools.records import arm, kpi_values
 
 HARMS = ("performance_cost", "error_risk", "security_risk")
 #: What one harm costs, in engagements (an error costs three engagements …).
@@ -48,7 +48,7 @@ GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def outcome_bits(r: dict, slow_ms: float) -> dict:
     """The four impacts' observable events on one record (1.0 / 0.0)."""
-    k = report.kpi_values(r)
+    k = kpi_values(r)
     d = k["latency_ms"]
     return {
         "performance_cost": 1.0 if not math.isnan(d) and d >= slow_ms else 0.0,
@@ -99,9 +99,9 @@ def utility(outcomes: np.ndarray, costs: dict) -> np.ndarray:
 
 
 def arm_matrix(records, features: Sequence[str]) -> np.ndarray:
-    """[N, F]: 1 treatment, 0 control, -1 not randomised (``report.arm``: the record says)."""
+    """[N, F]: 1 treatment, 0 control, -1 not randomised (``arm``: the record says)."""
     code = {"treatment": 1, "control": 0, None: -1}
-    return np.asarray([[code[report.arm(r, f)] for f in features] for r in records], dtype=np.int8).reshape(
+    return np.asarray([[code[arm(r, f)] for f in features] for r in records], dtype=np.int8).reshape(
         len(records), len(features))
 
 
