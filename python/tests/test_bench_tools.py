@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from augur_tools.bench import measure as bench_e2e
+from augur_tools.bench import workload
 from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
 
@@ -60,7 +60,7 @@ def test_benchmark_configurations_are_valid_envoy_config(tmp_path, route):
 
 def test_wrk_script_has_many_users_and_hosts(tmp_path):
     path = tmp_path / "r.lua"
-    n = bench_e2e.wrk_script(path, n=50, seed=1)
+    n = workload.wrk_script(path, n=50, seed=1)
     text = path.read_text()
     assert n == 50 and text.count("wrk.format(") == 50
     assert '["Host"] = "shop.example.com"' in text
@@ -135,7 +135,7 @@ def test_sticky_split_keeps_each_user_on_one_stack_and_splits_users(tmp_path):
     envoy = None
     try:
         port = harness.free_port()
-        lst = envoyconf.http_listener("sticky", port, bench_e2e.sticky_split_route_config(new_weight=30),
+        lst = envoyconf.http_listener("sticky", port, workload.sticky_split_route_config(new_weight=30),
                                       [envoyconf.router_filter()], tmp_path / "a.log")
         envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [lst], ups.ports["old"], ups.ports["new"]),
                       workdir=tmp_path)
@@ -154,10 +154,10 @@ def test_sticky_split_keeps_each_user_on_one_stack_and_splits_users(tmp_path):
 
 
 def test_empty_filter_row_is_a_valid_wasm_listener(tmp_path):
-    if not bench_e2e.EMPTY_WASM.exists():
-        pytest.fail(f"{bench_e2e.EMPTY_WASM} missing: `make {bench_e2e.EMPTY_WASM.relative_to(ROOT)}`")
-    cfg = bench_e2e.under_test_config("empty_filter", harness.free_port(), harness.free_port(), 1,
-                                      tmp_path / "a.log", "{}", bench_e2e.EMPTY_WASM.parent / "augur.wasm")
+    if not workload.EMPTY_WASM.exists():
+        pytest.fail(f"{workload.EMPTY_WASM} missing: `make {workload.EMPTY_WASM.relative_to(ROOT)}`")
+    cfg = workload.under_test_config("empty_filter", harness.free_port(), harness.free_port(), 1,
+                                      tmp_path / "a.log", "{}", workload.EMPTY_WASM.parent / "augur.wasm")
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
     rc, out = harness.validate(path)
