@@ -12,8 +12,8 @@ import time
 import pytest
 
 from augur_tools import fixtures
-from augur_tools.envoy import harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import ROOT, Client
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
 
@@ -76,24 +76,16 @@ LISTENERS = {
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("envoy")
-    ups = Upstreams()
     ports = {name: harness.free_port() for name in LISTENERS}
     logs = {name: work / f"{name}.log" for name in LISTENERS}
     listeners = [
-        harness.envoyconf.listener(name, ports[name], cfg, harness.WASM, logs[name])
+        envoyconf.listener(name, ports[name], cfg, harness.WASM, logs[name])
         for name, cfg in LISTENERS.items()
     ]
-    config = harness.envoyconf.bootstrap(harness.free_port(), listeners, ups.ports["old"], ups.ports["new"])
-    envoy = None
-    try:
-        envoy = Envoy(config, workdir=work)
-        yield {"envoy": envoy, "ports": ports, "logs": logs, "work": work}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    config = envoyconf.bootstrap(harness.free_port(), listeners, upstreams.ports["old"], upstreams.ports["new"])
+    return {"envoy": start_envoy(config, work), "ports": ports, "logs": logs, "work": work}
 
 
 def send(port, requests):
@@ -505,8 +497,8 @@ def test_access_log_lines_are_decision_records_with_outcomes(env):
     ],
 )
 def test_bad_config_is_refused_with_the_error_in_envoys_log(tmp_path, plugin, message):
-    listener = harness.envoyconf.listener("bad", harness.free_port(), plugin, harness.WASM, tmp_path / "a.log")
-    config = harness.envoyconf.bootstrap(harness.free_port(), [listener], harness.free_port(), harness.free_port())
+    listener = envoyconf.listener("bad", harness.free_port(), plugin, harness.WASM, tmp_path / "a.log")
+    config = envoyconf.bootstrap(harness.free_port(), [listener], harness.free_port(), harness.free_port())
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(config))
     rc, out = harness.validate(path)
@@ -515,7 +507,7 @@ def test_bad_config_is_refused_with_the_error_in_envoys_log(tmp_path, plugin, me
 
 
 def test_committed_envoy_config_is_current_and_valid():
-    assert (ROOT / "envoy" / "envoy.yaml").read_text() == harness.envoyconf.to_yaml(harness.envoyconf.demo()), (
+    assert (ROOT / "envoy" / "envoy.yaml").read_text() == envoyconf.to_yaml(envoyconf.demo()), (
         "envoy/envoy.yaml is stale: run `python -m augur_tools.envoy.envoyconf > envoy/envoy.yaml`"
     )
     (ROOT / ".run").mkdir(exist_ok=True)  # the demo access log lives there

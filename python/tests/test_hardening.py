@@ -12,7 +12,7 @@ import time
 import pytest
 
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client
 from augur_tools.loop import retrain
 
 DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
@@ -27,7 +27,7 @@ ANON = plugin("anon", rollout={"percentage": 50, "when_absent": "per_request"})
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("hardening")
     watched = work / "ecds" / "augur.json"
     watched.parent.mkdir()
@@ -44,18 +44,11 @@ def env(tmp_path_factory):
         envoyconf.listener("anon", ports["anon"], ANON, wasm, logs["anon"]),
         envoyconf.ecds_listener("ecds", ports["ecds"], watched, plugin("ecds"), wasm, logs["ecds"]),
     ]
-    ups = Upstreams()
-    envoy = None
-    try:
-        admin = harness.free_port()
-        # A slow start (V8 compiles the module per thread) is not what this tests.
-        envoy = Envoy(envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"]), workdir=work,
-                      ready_timeout=300)
-        yield {"envoy": envoy, "ports": ports, "logs": logs, "watched": watched, "admin": f"127.0.0.1:{admin}"}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    admin = harness.free_port()
+    # A slow start (V8 compiles the module per thread) is not what this tests.
+    envoy = start_envoy(envoyconf.bootstrap(admin, listeners, upstreams.ports["old"], upstreams.ports["new"]), work,
+                        ready_timeout=300)
+    return {"envoy": envoy, "ports": ports, "logs": logs, "watched": watched, "admin": f"127.0.0.1:{admin}"}
 
 
 def send(port, requests):

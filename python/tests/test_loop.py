@@ -24,7 +24,7 @@ import pytest
 
 from augur_tools import fixtures
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client
 from augur_tools.loop import retrain, train
 
 FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
@@ -79,29 +79,22 @@ def plugin_with(model_bytes, version):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("loop")
     ecds = work / "ecds"
     ecds.mkdir()
     watched = ecds / "augur.json"
     wasm = harness.WASM.resolve()
-    ups = Upstreams()
-    envoy = None
     ports = {"ecds": harness.free_port(), "ab": harness.free_port()}
     logs = {"ecds": work / "ecds.log", "ab": work / "ab.log"}
-    try:
-        listeners = [
-            envoyconf.ecds_listener("ecds", ports["ecds"], watched, ECDS_PLUGIN, wasm, logs["ecds"]),
-            envoyconf.listener("ab", ports["ab"], AB_PLUGIN, wasm, logs["ab"]),
-        ]
-        admin = harness.free_port()
-        envoy = Envoy(envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"]), workdir=work)
-        yield {"envoy": envoy, "ports": ports, "logs": logs, "watched": watched, "admin": f"127.0.0.1:{admin}",
-               "work": work}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    listeners = [
+        envoyconf.ecds_listener("ecds", ports["ecds"], watched, ECDS_PLUGIN, wasm, logs["ecds"]),
+        envoyconf.listener("ab", ports["ab"], AB_PLUGIN, wasm, logs["ab"]),
+    ]
+    admin = harness.free_port()
+    envoy = start_envoy(envoyconf.bootstrap(admin, listeners, upstreams.ports["old"], upstreams.ports["new"]), work)
+    return {"envoy": envoy, "ports": ports, "logs": logs, "watched": watched, "admin": f"127.0.0.1:{admin}",
+            "work": work}
 
 
 def records(env, name="ecds"):

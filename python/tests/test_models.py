@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client
 from augur_tools.loop import retrain, train
 
 FEATURES = ["new_checkout", "one_click_pay", "search_v2", "recommendations", "hd_images"]
@@ -42,23 +42,16 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("models")
     (work / "ecds").mkdir()
     watched = work / "ecds" / "augur.json"
-    ups = Upstreams()
-    envoy = None
     port, log = harness.free_port(), work / "access.log"
-    try:
-        listeners = [envoyconf.ecds_listener("models", port, watched, PLUGIN, harness.WASM.resolve(), log)]
-        admin = harness.free_port()
-        envoy = Envoy(envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"]), workdir=work)
-        yield {"envoy": envoy, "port": port, "log": log, "watched": watched, "admin": f"127.0.0.1:{admin}",
-               "work": work}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    listeners = [envoyconf.ecds_listener("models", port, watched, PLUGIN, harness.WASM.resolve(), log)]
+    admin = harness.free_port()
+    envoy = start_envoy(envoyconf.bootstrap(admin, listeners, upstreams.ports["old"], upstreams.ports["new"]), work)
+    return {"envoy": envoy, "port": port, "log": log, "watched": watched, "admin": f"127.0.0.1:{admin}",
+            "work": work}
 
 
 def scores(impacts):

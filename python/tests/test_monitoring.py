@@ -28,7 +28,7 @@ import yaml
 
 from augur_tools import fixtures
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client
 
 RULES = ROOT / "deploy" / "prometheus" / "augur-rules.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "augur.json"
@@ -137,9 +137,8 @@ def metric_names(expr):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("monitoring")
-    ups = Upstreams()
     broken = ThreadingHTTPServer(("127.0.0.1", 0), Always503)
     threading.Thread(target=broken.serve_forever, daemon=True).start()
     ports = {name: harness.free_port() for name in ROLLOUTS}
@@ -149,12 +148,12 @@ def stack(tmp_path_factory):
         filters = [envoyconf.wasm_filter(plugin, harness.WASM), envoyconf.router_filter()]
         listeners.append(envoyconf.http_listener(name, ports[name], routes, filters))
     admin = harness.free_port()
-    config = envoyconf.bootstrap(admin, listeners, ups.ports["old"], ups.ports["new"])
+    config = envoyconf.bootstrap(admin, listeners, upstreams.ports["old"], upstreams.ports["new"])
     config["static_resources"]["clusters"].append(envoyconf.cluster("broken_new", broken.server_address[1]))
     rules_path, rules = rules_for_test(work)
-    envoy = prom = None
+    prom = None
     try:
-        envoy = Envoy(config, workdir=work / "envoy")
+        envoy = start_envoy(config, work / "envoy")
         prom = harness.Prometheus(work / "prometheus", {"envoy": [f"127.0.0.1:{admin}"]}, rule_files=[rules_path])
         prom_port = prom.port
         prom.wait_scraped(1)
@@ -162,10 +161,7 @@ def stack(tmp_path_factory):
     finally:
         if prom:
             prom.close()
-        if envoy:
-            envoy.close()
         broken.shutdown()
-        ups.close()
 
 
 def traffic(stack, rounds=8, per_round=120):

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import Client, Envoy, Upstreams
+from augur_tools.envoy.harness import Client
 
 LENIENT = {"min_score": 0, "max_performance_cost": 1, "max_error_risk": 1, "max_security_risk": 1}
 GUARDED = {
@@ -32,24 +32,17 @@ BLOCKED = "wasmcustom.augur_rollback_events_total.rollout.guarded.kind.blocked"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("push")
     ecds = work / "ecds"
     ecds.mkdir()
     watched = ecds / "augur.json"
-    ups = Upstreams()
-    envoy = None
     port = harness.free_port()
     log = work / "guarded.log"
-    try:
-        listener = envoyconf.ecds_listener("guarded", port, watched, GUARDED, harness.WASM.resolve(), log)
-        envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [listener], ups.ports["old"], ups.ports["new"]),
-                      workdir=work)
-        yield {"envoy": envoy, "port": port, "log": log, "watched": watched}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    listener = envoyconf.ecds_listener("guarded", port, watched, GUARDED, harness.WASM.resolve(), log)
+    envoy = start_envoy(envoyconf.bootstrap(harness.free_port(), [listener], upstreams.ports["old"],
+                                            upstreams.ports["new"]), work)
+    return {"envoy": envoy, "port": port, "log": log, "watched": watched}
 
 
 def push(env, plugin, version):

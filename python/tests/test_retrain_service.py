@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from augur_tools.envoy import envoyconf, harness
-from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+from augur_tools.envoy.harness import ROOT, Client
 from augur_tools.loop import retrain, train
 from augur_tools.sim import synthetic
 
@@ -64,22 +64,16 @@ C3 = linear_model("c3", 0.9, 0.05)  # f1 off on tablets, f3 ON
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, upstreams, start_envoy):
     work = tmp_path_factory.mktemp("svc")
     watched = work / "ecds" / "augur.json"
     watched.parent.mkdir()
-    ups, envoy = Upstreams(), None
-    try:
-        port, admin = harness.free_port(), harness.free_port()
-        plugin = retrain.candidate_plugin(PLUGIN, S0, "s0", {})
-        lst = envoyconf.ecds_listener("svc", port, watched, plugin, harness.WASM.resolve(), work / "access.log")
-        envoy = Envoy(envoyconf.bootstrap(admin, [lst], ups.ports["old"], ups.ports["new"]), workdir=work)
-        yield {"envoy": envoy, "port": port, "admin": f"127.0.0.1:{admin}", "watched": watched,
-               "log": work / "access.log", "work": work, "s0": plugin}
-    finally:
-        if envoy:
-            envoy.close()
-        ups.close()
+    port, admin = harness.free_port(), harness.free_port()
+    plugin = retrain.candidate_plugin(PLUGIN, S0, "s0", {})
+    lst = envoyconf.ecds_listener("svc", port, watched, plugin, harness.WASM.resolve(), work / "access.log")
+    envoy = start_envoy(envoyconf.bootstrap(admin, [lst], upstreams.ports["old"], upstreams.ports["new"]), work)
+    return {"envoy": envoy, "port": port, "admin": f"127.0.0.1:{admin}", "watched": watched,
+            "log": work / "access.log", "work": work, "s0": plugin}
 
 
 def send(env, tag, n, users=600):
