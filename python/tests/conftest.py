@@ -42,3 +42,17 @@ def start_envoy():
     finally:
         for envoy in reversed(started):
             envoy.close()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, request):
+    """The module's working directory (configurations, access logs, Envoy's log)."""
+    return tmp_path_factory.mktemp(request.module.__name__.removeprefix("test_"))
+
+
+@pytest.fixture(scope="module")
+def watched(work):
+    """The ECDS file an `envoyconf.ecds_listener` watches, <work>/ecds/augur.json (its directory made)."""
+    path = work / "ecds" / "augur.json"
+    path.parent.mkdir()
+    return path

@@ -27,10 +27,7 @@ ANON = plugin("anon", rollout={"percentage": 50, "when_absent": "per_request"})
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, upstreams, start_envoy):
-    work = tmp_path_factory.mktemp("hardening")
-    watched = work / "ecds" / "augur.json"
-    watched.parent.mkdir()
+def env(work, watched, upstreams, start_envoy):
     wasm = harness.WASM.resolve()
     names = ("shipped", "allow", "anon", "ecds")
     ports = {n: harness.free_port() for n in names}

@@ -79,11 +79,7 @@ def plugin_with(model_bytes, version):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, upstreams, start_envoy):
-    work = tmp_path_factory.mktemp("loop")
-    ecds = work / "ecds"
-    ecds.mkdir()
-    watched = ecds / "augur.json"
+def env(work, watched, upstreams, start_envoy):
     wasm = harness.WASM.resolve()
     ports = {"ecds": harness.free_port(), "ab": harness.free_port()}
     logs = {"ecds": work / "ecds.log", "ab": work / "ab.log"}

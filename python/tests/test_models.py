@@ -42,10 +42,7 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, upstreams, start_envoy):
-    work = tmp_path_factory.mktemp("models")
-    (work / "ecds").mkdir()
-    watched = work / "ecds" / "augur.json"
+def env(work, watched, upstreams, start_envoy):
     port, log = harness.free_port(), work / "access.log"
     listeners = [envoyconf.ecds_listener("models", port, watched, PLUGIN, harness.WASM.resolve(), log)]
     admin = harness.free_port()

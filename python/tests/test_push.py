@@ -32,11 +32,7 @@ BLOCKED = "wasmcustom.augur_rollback_events_total.rollout.guarded.kind.blocked"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, upstreams, start_envoy):
-    work = tmp_path_factory.mktemp("push")
-    ecds = work / "ecds"
-    ecds.mkdir()
-    watched = ecds / "augur.json"
+def env(work, watched, upstreams, start_envoy):
     port = harness.free_port()
     log = work / "guarded.log"
     listener = envoyconf.ecds_listener("guarded", port, watched, GUARDED, harness.WASM.resolve(), log)

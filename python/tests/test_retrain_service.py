@@ -64,10 +64,7 @@ C3 = linear_model("c3", 0.9, 0.05)  # f1 off on tablets, f3 ON
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, upstreams, start_envoy):
-    work = tmp_path_factory.mktemp("svc")
-    watched = work / "ecds" / "augur.json"
-    watched.parent.mkdir()
+def env(work, watched, upstreams, start_envoy):
     port, admin = harness.free_port(), harness.free_port()
     plugin = retrain.candidate_plugin(PLUGIN, S0, "s0", {})
     lst = envoyconf.ecds_listener("svc", port, watched, plugin, harness.WASM.resolve(), work / "access.log")
