@@ -154,6 +154,13 @@ pub fn evidence(a: Tally, b: Tally, k: usize) -> f64 {
 /// level in [`Levels`] (and half of it) is above it.
 const EXACT_FROM: f64 = 2.0;
 
+/// Bad events on the tested arm `a` beyond its share of all bad events on KPI
+/// `k`: the harm's size in events.
+fn excess(a: Tally, b: Tally, k: usize) -> f64 {
+    let pi = f64::from(a.n) / f64::from((a.n + b.n).max(1));
+    f64::from(a.bad[k]) - pi * f64::from(a.bad[k] + b.bad[k])
+}
+
 /// Lower confidence bound (~2 standard errors) of `a`'s excess bad rate over `b`.
 fn excess_lcb(a: Tally, b: Tally, k: usize) -> f64 {
     let (pa, pb) = (a.rate(k), b.rate(k));
@@ -213,10 +220,15 @@ impl Default for Policy {
     }
 }
 
+/// Index in [`Arms::cells`] of the feature's randomised requests since its
+/// last block, whatever their cells: the kill test's exact "traffic it still
+/// serves" (blocked requests are not randomised).
+pub const OVERALL: usize = ALL_CELLS;
+
 /// One feature's randomised tallies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arms {
-    /// Per cell (singles, then pairs) × arm (0 = on, 1 = off).
+    /// Per cell (singles, then pairs, then [`OVERALL`]) × arm (0 = on, 1 = off).
     pub cells: Vec<[Tally; 2]>,
     /// Exploration draws at decision time: [kept on, drawn off] (the sample-ratio check).
     pub drawn: [u32; 2],
@@ -230,7 +242,7 @@ impl Default for Arms {
 
 impl Arms {
     pub fn new() -> Arms {
-        Arms { cells: vec![[Tally::default(); 2]; ALL_CELLS], drawn: [0; 2] }
+        Arms { cells: vec![[Tally::default(); 2]; ALL_CELLS + 1], drawn: [0; 2] }
     }
 
     /// Removes the requests of `blocked` (now blocked, so no longer
@@ -271,6 +283,7 @@ impl Arms {
             self.cells[c] = exact.map_or(zero, |part| minus(self.cells[c], part));
         }
         self.cells[blocked] = zero;
+        self.cells[OVERALL] = zero;
     }
 }
 
@@ -376,8 +389,8 @@ impl Counts {
                 continue;
             }
             let arm = usize::from(x.enabled & (1 << f) == 0);
-            for &c in &all {
-                if let Some(cell) = arms.cells.get_mut(usize::from(c)) {
+            for c in all.iter().map(|&c| usize::from(c)).chain([OVERALL]) {
+                if let Some(cell) = arms.cells.get_mut(c) {
                     cell[arm].record(bad);
                 }
             }
@@ -638,20 +651,27 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             }
             continue;
         }
-        // Overall (every request is in exactly one device cell), on the
-        // traffic the feature still serves: its blocked cells were forgotten.
-        let (mut on, mut off) = (Tally::default(), Tally::default());
-        for c in siblings(0) {
-            on.add(counts.arms[f].cells[c][0]);
-            off.add(counts.arms[f].cells[c][1]);
-        }
+        // Overall, on the traffic the feature still serves (since its last block).
+        let [on, off] = counts.arms[f].cells[OVERALL];
         for k in 0..KPIS {
             let e = evidence(on, off, k);
             // Worse everywhere, not just in one cell that a block will take:
-            // the harm must remain without its strongest single cell.
+            // the harm remains significant (half the level) outside any cell
+            // that holds less than half the traffic; outside a bigger one (say
+            // history=low, nearly everyone) it holds at least half the excess
+            // an even spread would put there.
+            let all_excess = excess(on, off, k);
+            let all_n = f64::from(on.n + off.n).max(1.0);
+            let total = siblings(0).map(|c| counts.traffic[c]).sum::<u32>().max(1);
             let spread = (0..CELLS).all(|c| {
                 let [c_on, c_off] = counts.arms[f].cells[c];
-                evidence(on.minus(c_on), off.minus(c_off), k) >= levels.kill / 2.0
+                let (r_on, r_off) = (on.minus(c_on), off.minus(c_off));
+                if 2 * counts.traffic[c] < total {
+                    evidence(r_on, r_off, k) >= levels.kill / 2.0
+                } else {
+                    let rest_share = f64::from(r_on.n + r_off.n) / all_n;
+                    excess(r_on, r_off, k) >= 0.5 * rest_share * all_excess
+                }
             });
             if enough(on, off) && e >= levels.kill && spread {
                 blocks.killed |= bit;
@@ -725,10 +745,7 @@ fn choose_block(
     // history=low) that other attribute's own cell?
     let (s, k) = (best.cell, best.kpi);
     let [s_on, s_off] = arms.cells[s];
-    let excess = |on: Tally, off: Tally| {
-        let pi = f64::from(on.n) / f64::from((on.n + off.n).max(1));
-        f64::from(on.bad[k]) - pi * f64::from(on.bad[k] + off.bad[k])
-    };
+    let excess = |on: Tally, off: Tally| excess(on, off, k);
     let s_excess = excess(s_on, s_off);
     let mut narrow: Option<(Candidate, f64)> = None;
     for other in 0..CELLS {
@@ -792,10 +809,7 @@ fn explain_pair(
     best: Candidate,
 ) -> Explained {
     let k = best.kpi;
-    let excess = |[on, off]: [Tally; 2]| {
-        let pi = f64::from(on.n) / f64::from((on.n + off.n).max(1));
-        f64::from(on.bad[k]) - pi * f64::from(on.bad[k] + off.bad[k])
-    };
+    let excess = |[on, off]: [Tally; 2]| excess(on, off, k);
     // Sizes from all new-stack traffic, not the randomised (suspect-only) mix.
     let size = |c: usize| f64::from(traffic.get(c).copied().unwrap_or(0));
     let (e_pair, n_pair) = (excess(arms.cells[best.cell]), size(best.cell));

@@ -28,7 +28,7 @@ pub trait SharedStore {
 }
 
 const MAGIC: &[u8; 4] = b"AUGR";
-const FORMAT: u8 = 3;
+const FORMAT: u8 = 4;
 /// Compare-and-swap attempts per sync before giving up until the next tick.
 const ATTEMPTS: usize = 8;
 

@@ -293,3 +293,60 @@ fn the_cheap_bound_never_hides_a_decision() {
         }
     }
 }
+
+#[test]
+fn a_block_forgets_exactly_the_traffic_it_takes_and_keeps_the_rest() {
+    // Randomised requests of one feature over every device × location × path,
+    // counted the way `Counts::record` does (every cell the request is in).
+    let mut arms = Arms::new();
+    let mut all = Arms::new();
+    let mut outside = Arms::new(); // the same requests, tablets excluded
+    let mut i = 0u32;
+    for device in 0..4 {
+        for location in 0..4 {
+            for path in 0..4 {
+                let cl = cells(&profile(device, Some(location), Some(path)));
+                for arm in 0..2 {
+                    i += 1;
+                    let t = Tally { n: 3 + i % 5, bad: [i % 3, 0, 0] };
+                    for target in
+                        [&mut arms, &mut all].into_iter().chain((device != 1).then_some(&mut outside))
+                    {
+                        for c in expand(&cl).iter().map(|&c| usize::from(c)).chain([OVERALL]) {
+                            target.cells[c][arm].add(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Blocked for tablets (device cell 1).
+    arms.forget(1);
+    for c in 0..CELLS {
+        if c != 1 {
+            assert_eq!(arms.cells[c], outside.cells[c], "{}: exactly the non-tablet requests", cell_name(c));
+        }
+    }
+    assert_eq!(arms.cells[1], [Tally::default(); 2], "the blocked cell starts over");
+    assert_eq!(arms.cells[OVERALL], [Tally::default(); 2], "the kill test restarts on what is still served");
+    // Pairs with another device are disjoint from the block and keep everything;
+    // pairs of two other groups cannot tell which requests were tablets: restart.
+    let mobile_path = pair(0, 12).unwrap();
+    assert_eq!(arms.cells[mobile_path], all.cells[mobile_path]);
+    let location_path = pair(6, 12).unwrap();
+    assert_eq!(arms.cells[location_path], [Tally::default(); 2]);
+
+    // A pair block: its two parents lose exactly the pair; other devices keep all.
+    let mut arms = all.clone();
+    let tablet_path = pair(1, 12).unwrap();
+    arms.forget(tablet_path);
+    for parent in [1, 12] {
+        let expected = [
+            all.cells[parent][0].minus(all.cells[tablet_path][0]),
+            all.cells[parent][1].minus(all.cells[tablet_path][1]),
+        ];
+        assert_eq!(arms.cells[parent], expected, "{}", cell_name(parent));
+    }
+    assert_eq!(arms.cells[0], all.cells[0], "mobile is disjoint from tablets&path_class_2");
+    assert_eq!(arms.cells[6], [Tally::default(); 2], "location_1 overlaps it in a triple: restarts");
+}

@@ -118,7 +118,7 @@ def one_world(world, seed, args, work, draws):
     reqs = loop_demo.build_requests(args.requests, seed, args.users)
     salt = f"{args.salt}-{seed}"
     t0 = time.monotonic()
-    loop = simulate(loop_demo.loop_plugin(args.percentage, salt), reqs, effects, args.rate,
+    loop = simulate(loop_demo.loop_plugin(args.percentage, salt, json.loads(args.rollback)), reqs, effects, args.rate,
                     work / f"{world}-{seed}", draws)
     loop["tally"] = dict(loop_demo.exposure(loop["truth"]), lost=0)
     static = loop_demo.static_baseline(loop_demo.static_plugin(args.percentage, salt), reqs,
@@ -142,6 +142,8 @@ def main(argv=None):
     ap.add_argument("--rate", type=float, default=200, help="simulated requests per second")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per world and seed, each with other exploration draws (the worker's seed)")
+    ap.add_argument("--rollback", default="{}",
+                    help="rollback settings over the shipped defaults, as JSON (experiments; loop-demo uses none)")
     ap.add_argument("--workdir", default=str(ROOT / ".run" / "loop-sim"))
     args = ap.parse_args(argv)
     if not Path(harness.AUGUR_CLI).exists():
