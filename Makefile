@@ -129,7 +129,9 @@ demo: $(WASM) $(CLI) venv
 # requirements.txt); add a file here once it is clean.
 PY_LINT := models/retrain.py models/report.py models/uplift.py models/augur_stats.py \
            integration/upstream.py integration/test_retrain_service.py integration/test_ab_stats.py \
-           integration/test_uplift.py integration/loop_demo.py integration/planted.py integration/test_loop_demo.py
+           integration/test_uplift.py integration/loop_demo.py integration/planted.py integration/test_loop_demo.py \
+           models/controller.py integration/fleet.py integration/fleet_demo.py integration/test_fleet.py \
+           integration/test_controller.py
 
 lint: .rustup-target.stamp venv
 	$(VPY) -m ruff check --no-cache $(PY_LINT)

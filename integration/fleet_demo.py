@@ -26,9 +26,12 @@ import sys
 import time
 from pathlib import Path
 
+# harness first: it puts models/ on sys.path
+# isort: off
 import harness
 import fleet as fleetmod
-import controller  # noqa: E402  (models/, on the path through harness)
+import controller
+# isort: on
 
 ONSET_AT = 25
 HARM = "new_checkout:0.6"

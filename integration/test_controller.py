@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
+# harness first: it puts models/ on sys.path
+# isort: off
 import harness
-
 import augur_stats
 import controller
+# isort: on
 
 ROLLOUT = json.loads((harness.ROOT / "deploy" / "fleet" / "rollout.json").read_text())
 FACTS = controller.rollout_facts(ROLLOUT)
@@ -72,6 +74,51 @@ def test_a_harm_in_a_segment_blocks_that_feature_there():
     assert controller.decide(done, FACTS, w, NO_RAMP, now=2000)[0] is None
 
 
+def test_a_latency_only_harm_blocks_on_the_filters_slow_counts():
+    """`slow` is the filter's third KPI, counted per proxy with its rollback's
+    cut: the same harm test as errors, on the slow counts."""
+    assert controller.KPIS == ("errors", "security", "latency")
+    w = dict(QUIET, search_v2={"seg|search_v2|phones|on|requests": 300, "seg|search_v2|phones|on|slow": 45,
+                               "seg|search_v2|phones|off|requests": 300, "seg|search_v2|phones|off|slow": 3,
+                               "seg|search_v2|phones|on|errors": 1, "seg|search_v2|phones|off|errors": 1})
+    action, report = controller.decide(state(), FACTS, w, NO_RAMP, now=2000)
+    assert (action["kind"], action["feature"], action["segment"]) == ("block", "search_v2", "phones")
+    assert action["evidence"]["kpi"] == "latency" and action["evidence"]["on"] == [300, 45]
+    assert action["evidence"]["ln_m"] == pytest.approx(augur_stats.harm(300, 45, 300, 3))
+    assert "on latency" in action["why"]
+    errors = [t for t in report["segments"] if t["feature"] == "search_v2" and t["segment"] == "phones"
+              and t["kpi"] == "errors"]
+    assert errors[0]["ln_m"] < FACTS["levels"]["screen"], "no error signal: latency alone"
+    # The holdout (kill) and stack (revert) tests read slow too.
+    hold = {"feat|recommendations|on|requests": 4000, "feat|recommendations|on|slow": 500,
+            "feat|recommendations|holdout|requests": 4000, "feat|recommendations|holdout|slow": 300}
+    action, _ = controller.decide(state(), FACTS, dict(QUIET, recommendations=hold), NO_RAMP, now=2000)
+    assert (action["kind"], action["feature"], action["evidence"]["kpi"]) == ("kill", "recommendations", "latency")
+    slow_stack = dict(QUIET, stack={**stack((5000, 10), (5000, 10)), "stack|new|slow": 700, "stack|old|slow": 500})
+    report = controller.decide(state(), FACTS, slow_stack, NO_RAMP, now=2000)[1]
+    assert report["stack_alarm"] and max(report["stack"], key=lambda t: t["ln_m"])["kpi"] == "latency"
+
+
+def test_untrusted_data_is_named_with_its_reason():
+    now, job, rollout = 1000.0, "augur", "fleet"
+    fresh = {"augur_requests_total": 999.5, "augur_slow_responses_total": 999.5}
+    ok = ({"a": "1", "b": "1"}, {"a": 999.0, "b": 999.5}, {"a": fresh, "b": fresh})
+
+    def why(up=ok[0], scraped=ok[1], series=ok[2]):
+        r = controller.distrust(["a", "b"], up, scraped, series, now, 10, job, rollout)
+        return r and r[0]
+
+    assert why() is None
+    assert why(up={"a": "1"}) == "series_missing", "b is not a target (or its series went stale)"
+    assert why(up={"a": "1", "b": "0"}) == "scrape_failed"
+    assert why(scraped={"a": 999.0, "b": 985.0}) == "stale_scrape"
+    assert why(series={"a": fresh, "b": {"augur_requests_total": 999.5}}) == "series_missing"
+    assert why(series={"a": fresh, "b": {}}) == "series_missing"
+    assert why(series={"a": fresh, "b": dict(fresh, augur_slow_responses_total=980.0)}) == "stale_scrape"
+    detail = controller.distrust(["a", "b"], ok[0], {"a": 999.0, "b": 985.0}, ok[2], now, 10, job, rollout)[1]
+    assert detail == "proxy b: last scrape 15.0 s ago (max_scrape_age_s 10)"
+
+
 def test_blocked_in_kill_after_cells_segments_is_a_kill():
     blocks = [["search_v2", s] for s in FACTS["monitored"][: FACTS["kill_after_cells"]]]
     action, _ = controller.decide(state(blocks=blocks), FACTS, QUIET, SETTINGS, now=2000)
@@ -127,7 +174,8 @@ def test_apply_restarts_the_regimes_it_changes():
 def check_config(plugin, tmp_path):
     p = tmp_path / "plugin.json"
     p.write_text(json.dumps(plugin))
-    r = subprocess.run([str(harness.AUGUR_CLI), "check-config", str(p)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([str(harness.AUGUR_CLI), "check-config", str(p)], capture_output=True, text=True, timeout=60,
+                       check=False)
     assert r.returncode == 0, r.stderr
     return p
 
@@ -187,11 +235,12 @@ def test_settings_errors_name_the_field(tmp_path):
 def test_cli_help_and_a_refused_configuration(tmp_path):
     py = str(harness.ROOT / ".venv" / "bin" / "python")
     script = str(harness.ROOT / "models" / "controller.py")
-    r = subprocess.run([py, script, "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([py, script, "--help"], capture_output=True, text=True, timeout=60,
+                       check=False)
     assert r.returncode == 0 and "--config" in r.stdout and "block" in r.stdout
     (tmp_path / "bad.json").write_text('{"proxies": []}')
     r = subprocess.run([py, script, "--config", str(tmp_path / "bad.json")], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     assert r.returncode == 2 and "configuration refused: rollout: required" in r.stderr, r.stderr
 
 
@@ -202,17 +251,18 @@ def test_a_new_model_in_model_dir_is_validated_then_adopted(tmp_path):
                 "proxies": [{"admin": "127.0.0.1:1", "ecds": "e/augur.json"}], "model_dir": str(models),
                 "state": str(tmp_path / "state.json"), "ramp": None}
     (tmp_path / "c.json").write_text(json.dumps(settings))
-    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=open(tmp_path / "log", "w"))
-    assert ctl.new_model() is None
-    (models / "broken.onnx").write_bytes(b"not onnx")
-    assert ctl.new_model() is None and "model_refused" in (tmp_path / "log").read_text()
-    (models / "v2.onnx").write_bytes((harness.ROOT / "models" / "default.onnx").read_bytes())
-    cand = ctl.new_model()
-    assert cand["version"] == "default-v1" and ctl.state["model_candidate"] == cand
-    assert ctl.new_model() is None, "one candidate at a time, each file once"
-    action, _ = controller.decide(ctl.state, ctl.facts, QUIET, ctl.s, now=2000)
-    assert action["kind"] == "model"
-    assert controller.apply(ctl.state, action, 2000) == ["*"] and ctl.state["model_candidate"] is None
-    plugin = controller.plugin_for(ctl.base, ctl.state, ctl.s)
-    assert plugin["model"]["version"] == "default-v1" and plugin["model"]["onnx_base64"]
-    check_config(plugin, tmp_path)
+    with open(tmp_path / "log", "w") as log:
+        ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=log)
+        assert ctl.new_model() is None
+        (models / "broken.onnx").write_bytes(b"not onnx")
+        assert ctl.new_model() is None and "model_refused" in (tmp_path / "log").read_text()
+        (models / "v2.onnx").write_bytes((harness.ROOT / "models" / "default.onnx").read_bytes())
+        cand = ctl.new_model()
+        assert cand["version"] == "default-v1" and ctl.state["model_candidate"] == cand
+        assert ctl.new_model() is None, "one candidate at a time, each file once"
+        action, _ = controller.decide(ctl.state, ctl.facts, QUIET, ctl.s, now=2000)
+        assert action["kind"] == "model"
+        assert controller.apply(ctl.state, action, 2000) == ["*"] and ctl.state["model_candidate"] is None
+        plugin = controller.plugin_for(ctl.base, ctl.state, ctl.s)
+        assert plugin["model"]["version"] == "default-v1" and plugin["model"]["onnx_base64"]
+        check_config(plugin, tmp_path)
