@@ -156,11 +156,12 @@ class Fleet:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
-    def prometheus_reload(self, targets=None, scrape_s=None, timeout=20):
+    def prometheus_reload(self, targets=None, scrape_s=None, restart=False, timeout=20):
         """Rewrites Prometheus's configuration — the job's `targets` (default:
         every proxy), its scrape interval `scrape_s` (default: the global 1 s) —
         and reloads it (SIGHUP), as an operator's change would; returns once
-        Prometheus reports the reload."""
+        Prometheus reports the reload. `restart`: stops Prometheus, rewrites the
+        configuration and starts it again (same TSDB) instead."""
         import urllib.request
 
         config = json.loads(self.prom.config_path.read_text())
@@ -180,6 +181,11 @@ class Fleet:
                                    + (self.prom.workdir / "prometheus.log").read_text()[-1500:])
             return harness.prom_sum(text, "prometheus_config_last_reload_success_timestamp_seconds")
 
+        if restart:
+            self.prom.stop()
+            self.prom.config_path.write_text(json.dumps(config, indent=1))
+            self.prom.start()
+            return
         before = reloaded_at()
         self.prom.config_path.write_text(json.dumps(config, indent=1))
         self.prom.proc.send_signal(signal.SIGHUP)

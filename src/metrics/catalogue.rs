@@ -474,7 +474,11 @@ mod tests {
         m.on_response(&outcome(Stack::New, 503, 0b11, 0b01, 0b11), 100, &mut sink);
         m.on_response(&outcome(Stack::New, 503, 0b10, 0b01, 0b10), 100, &mut sink);
         m.on_response(&slow(outcome(Stack::New, 200, 0b10, 0b01, 0b10)), 100, &mut sink);
-        m.on_response(&Outcome { latency_ms: 100, ..outcome(Stack::New, 200, 0b11, 0b01, 0b10) }, 100, &mut sink);
+        m.on_response(
+            &Outcome { latency_ms: 100, ..outcome(Stack::New, 200, 0b11, 0b01, 0b10) },
+            100,
+            &mut sink,
+        );
         // Not counted: not in the monitored segment, old stack, not randomised.
         m.on_response(&slow(outcome(Stack::New, 503, 0b01, 0b01, 0b01)), 100, &mut sink);
         m.on_response(&slow(outcome(Stack::Old, 503, 0, 0b01, 0b10)), 100, &mut sink);
@@ -490,9 +494,15 @@ mod tests {
         assert_eq!(sink.counter("augur_slow_responses_total.rollout.default.stack.new"), 3);
         assert_eq!(sink.counter("augur_slow_responses_total.rollout.default.stack.old"), 1);
         let feat = |arm: &str, o: &str| {
-            sink.counter(&format!("augur_feature_outcomes_total.rollout.default.feature.a.arm.{arm}.outcome.{o}"))
+            sink.counter(&format!(
+                "augur_feature_outcomes_total.rollout.default.feature.a.arm.{arm}.outcome.{o}"
+            ))
         };
-        assert_eq!((feat("on", "slow"), feat("off", "slow")), (2, 1), "feature arms: every new-stack request");
+        assert_eq!(
+            (feat("on", "slow"), feat("off", "slow")),
+            (2, 1),
+            "feature arms: every new-stack request"
+        );
         for arm in ["on", "off"] {
             assert_eq!(sink.counter(&seg("b", arm, "requests")), 0, "b was never randomised");
         }
