@@ -266,3 +266,43 @@ def test_a_new_model_in_model_dir_is_validated_then_adopted(tmp_path):
         plugin = controller.plugin_for(ctl.base, ctl.state, ctl.s)
         assert plugin["model"]["version"] == "default-v1" and plugin["model"]["onnx_base64"]
         check_config(plugin, tmp_path)
+
+
+def test_a_crash_around_an_action_neither_repeats_nor_loses_it(tmp_path):
+    """The two crash windows of an action, replayed on the files a killed
+    controller leaves: decided (state has it pending) but not audited → the
+    restarted controller delivers and audits it once; audited but the state not
+    yet saved → it is not delivered or audited again. (Prometheus and the
+    proxy's admin are unreachable here: the controller then holds.)"""
+    settings = {"rollout": str(harness.ROOT / "deploy" / "fleet" / "rollout.json"), "wasm": "augur.wasm",
+                "proxies": [{"name": "p", "admin": "127.0.0.1:1", "ecds": "ecds/augur.json"}],
+                "prometheus": "http://127.0.0.1:1", "state": "state.json", "audit": "audit.jsonl", "ramp": None,
+                "verify_timeout_s": 0.1, "push_attempts": 1}
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    cfg = controller.load_settings(tmp_path / "c.json")
+    block = {"kind": "block", "feature": "new_checkout", "segment": "tablets", "why": "test", "evidence": {}}
+    decided = state(seq=1, audited=0, blocks=[["new_checkout", "tablets"]], pending=block)
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(json.dumps({"seq": 0, "kind": "start"}) + "\n")
+    (tmp_path / "ecds").mkdir()  # the proxy's watched directory
+
+    def run(evaluations=3):
+        with open(tmp_path / "log", "a") as log:
+            ctl = controller.Controller(cfg, out=log)
+            for _ in range(evaluations):
+                ctl.evaluate()
+        return ctl
+
+    (tmp_path / "state.json").write_text(json.dumps(decided))
+    ctl = run()
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert [(a["seq"], a["kind"]) for a in lines] == [(0, "start"), (1, "block")], "delivered and audited once"
+    assert ctl.state["pending"] is None and ctl.state["audited"] == 1
+    pushed = json.loads((tmp_path / "ecds" / "augur.json").read_text())
+    assert "fleet.1" in json.dumps(pushed), "the ECDS file carries the action's version"
+    assert ctl.metrics.holds["prometheus_down"] == 3, "then holds: nothing else decided"
+
+    (tmp_path / "state.json").write_text(json.dumps(decided))  # the audit line made it, the state did not
+    ctl = run()
+    assert len(audit.read_text().splitlines()) == 2, "not audited twice"
+    assert ctl.state["pending"] is None and ctl.state["audited"] == 1 and ctl.state["seq"] == 1
