@@ -19,7 +19,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/conf
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: fleet-demo all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo ab-report clean help image deploy-tools rules-check node-deps
+.PHONY: fleet-demo all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo loop-sim ab-report clean help image deploy-tools rules-check node-deps
 
 all: wasm cli
 
@@ -28,6 +28,7 @@ help:
 	@echo "make test         fmt, clippy, native unit tests, integration tests against real Envoy"
 	@echo "make wasm         build the filter: $(WASM)"
 	@echo "make image        the filter as a Wasm OCI image (Istio WasmPlugin / Envoy Gateway): $(IMAGE_DIR)"
+	@echo "make loop-sim     the same worlds and seeds through the filter's runtime on a simulated clock (augur simulate; ~1 min, 3 draws each)"
 	@echo "make loop-demo    the closed loop in two planted worlds x 3 seeds through the real Envoy (< 15 min); last line: the minimum harm reduction / beneficial kept"
 	@echo "make fleet-demo   three Envoys + Prometheus + the controller: a ramp, a planted regression blocked fleet-wide (< 10 min)"
 	@echo "make ab-report    A/B report per feature and KPI (effect, 95% CI, p; profile-adjusted; Holm/BH) from an access log (AB_LOG=...)"
@@ -44,10 +45,14 @@ help:
 	rustup target add $(WASM_TARGET)
 	@touch $@
 
-$(VENV)/.installed: requirements.txt
+# The Python tools are one package, augur_tools (pyproject.toml, python/), and
+# the OpenFeature client another (clients/python): both installed editable, so
+# `.venv/bin/python -m augur_tools.<module>` runs the checkout's code.
+$(VENV)/.installed: requirements.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
 	$(VPY) -m pip install --quiet -r requirements.txt
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e . -e clients/python
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -92,8 +97,8 @@ IMAGE_DIR := target/image
 
 # A reproducible OCI image layout (no container daemon); push it with
 #   skopeo copy oci:$(IMAGE_DIR):$(VERSION) docker://REGISTRY/augur:$(VERSION)
-image: $(WASM)
-	$(PYTHON) deploy/image.py --wasm $(WASM) --out $(IMAGE_DIR) --tag $(VERSION)
+image: $(WASM) venv
+	$(VPY) -m augur_tools.image --wasm $(WASM) --out $(IMAGE_DIR) --tag $(VERSION)
 	@echo "push: skopeo copy oci:$(IMAGE_DIR):$(VERSION) docker://REGISTRY/augur:$(VERSION)"
 
 # What the deployment tests run for real: a registry (docker-registry), skopeo,
@@ -123,18 +128,13 @@ node-deps: clients/node/node_modules/.installed
 # ---- the two commands --------------------------------------------------------
 
 demo: $(WASM) $(CLI) venv
-	$(VPY) integration/demo.py
+	$(VPY) -m augur_tools.demos.demo
 
-# Python files held ruff-clean (ruff's defaults, the version pinned in
-# requirements.txt); add a file here once it is clean.
-PY_LINT := models/retrain.py models/report.py models/uplift.py models/augur_stats.py \
-           integration/upstream.py integration/test_retrain_service.py integration/test_ab_stats.py \
-           integration/test_uplift.py integration/loop_demo.py integration/planted.py integration/test_loop_demo.py \
-           models/controller.py integration/fleet.py integration/fleet_demo.py integration/test_fleet.py \
-           integration/test_controller.py
+# Every Python file in the repository is held ruff-clean (ruff's defaults, the
+# version pinned in requirements.txt; settings in pyproject.toml).
 
 lint: .rustup-target.stamp venv
-	$(VPY) -m ruff check --no-cache $(PY_LINT)
+	$(VPY) -m ruff check --no-cache .
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) --lib -- -D warnings
@@ -148,22 +148,26 @@ unit:
 
 integration: $(WASM) $(EMPTY_WASM) $(CLI) venv .deploy-tools.stamp node-deps rules-check
 	cd clients/node && node --test test/
-	$(VPY) -m pytest -q integration clients/python
+	$(VPY) -m pytest -q python/tests clients/python
 
 test: .rustup-target.stamp lint unit integration
 
 # ---- closed loop and benchmarks ------------------------------------------------
 
 loop-demo: $(WASM) $(CLI) venv
-	$(VPY) integration/loop_demo.py
+	$(VPY) -m augur_tools.demos.loop_demo
 
-# Three Envoys, a real Prometheus (Debian package) and the controller (models/controller.py).
+# The loop demo's worlds through `augur simulate` (no Envoy): for comparing rollback policies over many draws.
+loop-sim: $(CLI) venv
+	$(VPY) -m augur_tools.demos.loop_sim --repeat 3
+
+# Three Envoys, a real Prometheus (Debian package) and the controller (augur_tools.loop.controller).
 fleet-demo: $(WASM) $(CLI) venv .deploy-tools.stamp
-	$(VPY) integration/fleet_demo.py
+	$(VPY) -m augur_tools.demos.fleet_demo
 
 AB_LOG ?= .run/loop/loop/access.log
 ab-report: $(CLI) venv
-	$(VPY) models/report.py $(AB_LOG) --by device
+	$(VPY) -m augur_tools.loop.report $(AB_LOG) --by device
 
 bench:
 	cargo bench --bench decide
@@ -184,22 +188,22 @@ bench-e2e: $(WASM) $(EMPTY_WASM) $(CLI) venv
 		else echo "bench-e2e needs wrk: sudo apt-get install wrk"; exit 2; fi; }
 	@command -v oha >/dev/null 2>&1 || test -x "$${CARGO_HOME:-$$HOME/.cargo}/bin/oha" || \
 		cargo install --locked oha --version $(OHA_VERSION)
-	$(VPY) integration/bench_e2e.py $(BENCH_ARGS)
+	$(VPY) -m augur_tools.bench $(BENCH_ARGS)
 
 # Not in CI: 30 minutes (SOAK_MINUTES), a push every 30 s (SOAK_PUSH_S), SOAK_RATE req/s.
 soak: $(WASM) $(CLI) venv
-	$(VPY) integration/soak.py
+	$(VPY) -m augur_tools.demos.soak
 
 # ---- models and generated files ---------------------------------------------
 
 model: $(CLI) venv
-	$(VPY) models/train.py --augur $(CLI) --config envoy/augur-demo.json --out models/default.onnx --seed 7
+	$(VPY) -m augur_tools.loop.train --augur $(CLI) --config envoy/augur-demo.json --out models/default.onnx --seed 7
 
 fixtures: $(CLI) venv
-	$(VPY) integration/fixtures.py tests/fixtures
+	$(VPY) -m augur_tools.fixtures tests/fixtures
 
 envoy-config: venv
-	$(VPY) integration/envoyconf.py > envoy/envoy.yaml
+	$(VPY) -m augur_tools.envoy.envoyconf > envoy/envoy.yaml
 
 clean:
 	cargo clean

@@ -7,7 +7,8 @@
 //! [`config`] assembles the sections. [`stream`] is the runtime of one
 //! configuration on one worker (streams and ticks) against small host traits;
 //! [`rollback`] is the in-proxy automated rollback; `filter` and `abi` (wasm
-//! only) are the thin proxy-wasm adapter.
+//! only) are the thin proxy-wasm adapter; [`offline`] (native only) runs the
+//! same runtime without a proxy (`augur simulate`, and the tests' host).
 
 pub mod config;
 pub mod control;
@@ -17,6 +18,8 @@ pub mod hash;
 pub mod headers;
 pub mod metrics;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod offline;
 pub mod outcome;
 pub mod profile;
 pub mod record;

@@ -103,6 +103,16 @@ impl Runtime {
     /// Builds the runtime for a compiled configuration and defines its stats.
     pub fn new(config: Config, sink: &mut impl MetricSink) -> Runtime {
         let worker = Worker::new(&config);
+        Runtime::with_worker(config, worker, sink)
+    }
+
+    /// [`Runtime::new`] with reproducible draws (the worker's seed fixed).
+    pub fn with_seed(config: Config, seed: u64, sink: &mut impl MetricSink) -> Runtime {
+        let worker = Worker::with_seed(&config, seed);
+        Runtime::with_worker(config, worker, sink)
+    }
+
+    fn with_worker(config: Config, worker: Worker, sink: &mut impl MetricSink) -> Runtime {
         let metrics = Metrics::define(&config, sink);
         let names: Vec<&str> = config.feature_names().collect();
         let pool = Pool::new(&config.name, &config.rollout.salt, config.rollback.epoch, &names);
@@ -323,65 +333,11 @@ impl Runtime {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::metrics::test_sink::MapSink;
-    use crate::rollback::shared::tests::FakeStore;
+    use crate::offline::{MemorySink as MapSink, MemoryStore as FakeStore};
     use crate::testing::TestConfig;
     use serde_json::json;
 
-    /// A proxy stand-in: a header list plus what the filter did to it.
-    #[derive(Default)]
-    pub struct FakeHost {
-        pub headers: Vec<(String, String)>,
-        pub response: Vec<(String, String)>,
-        pub record: Option<String>,
-        pub signals: Option<String>,
-        pub now: u64,
-    }
-
-    impl Host for FakeHost {
-        fn request_headers(&self, into: &mut HeaderMap) {
-            // Through the proxy's serialisation, so every host test runs the parser.
-            let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-            into.load(HeaderMap::serialize(pairs)).unwrap();
-        }
-        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-            self.headers.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                self.headers.push((name.to_string(), v.to_string()));
-            }
-        }
-        fn set_decision_record(&mut self, record: &str) {
-            self.record = Some(record.to_string());
-        }
-        fn response_headers(&self, into: &mut HeaderMap) {
-            let pairs = self.response.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-            into.load(HeaderMap::serialize(pairs)).unwrap();
-        }
-        fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-            self.response.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                self.response.push((name.to_string(), v.to_string()));
-            }
-        }
-        fn set_outcome_record(&mut self, signals: &str) {
-            self.signals = Some(signals.to_string());
-        }
-        fn now_nanos(&self) -> u64 {
-            self.now
-        }
-    }
-
-    impl FakeHost {
-        pub fn with(pairs: &[(&str, &str)]) -> FakeHost {
-            FakeHost {
-                headers: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                ..FakeHost::default()
-            }
-        }
-        pub fn header(&self, name: &str) -> Option<&str> {
-            self.headers.as_slice().header(name)
-        }
-    }
+    pub use crate::offline::MemoryHost as FakeHost;
 
     fn runtime(pct: f64) -> (Runtime, MapSink) {
         let c = TestConfig::rollout(pct)

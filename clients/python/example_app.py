@@ -10,16 +10,12 @@ test runs it behind the real Envoy. Listens on 127.0.0.1 only.
 
 import argparse
 import json
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openfeature import api
 
-from openfeature import api  # noqa: E402
-
-from augur_openfeature import AugurProvider, augur_context  # noqa: E402
+from augur_openfeature import AugurProvider, augur_context
 
 api.set_provider(AugurProvider())
 CLIENT = api.get_client("example-app")

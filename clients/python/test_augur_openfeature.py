@@ -1,16 +1,13 @@
 """Unit tests of the Python OpenFeature provider (no Envoy: see
-integration/test_openfeature.py for the provider behind the real Envoy)."""
+python/tests/test_openfeature.py for the provider behind the real Envoy)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from openfeature import api
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
-from openfeature import api  # noqa: E402
-from openfeature.exception import ErrorCode  # noqa: E402
-from openfeature.flag_evaluation import Reason  # noqa: E402
-
-from augur_openfeature import REASONS, AugurProvider, augur_context, parse_flags  # noqa: E402
+from augur_openfeature import REASONS, AugurProvider, augur_context, parse_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW = {

@@ -12,6 +12,10 @@
 //! augur inspect-model M.onnx            the model's metadata, and which kernel runs it and why
 //! augur predict M.onnx                  JSONL input vectors on stdin → JSONL raw model outputs
 //! augur stat                            JSONL queries of the rollback statistic on stdin → JSONL
+//! augur simulate --config C.json [--seed N]
+//!                                       JSONL timed requests / responses / pushes on stdin →
+//!                                       one JSONL answer per line (flushed): the filter's
+//!                                       runtime and rollback on a simulated clock
 //! ```
 //!
 //! `augur stat` answers `{"test": "harm", "bad_on": x, "bad": k, "pi": p}`,
@@ -30,7 +34,7 @@ use augur::profile::{encode, Profile, Vector, INPUT_DIM, SCHEMA_ID, SLOTS};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | predict M.onnx | stat"
+        "usage: augur schema | encode --config C.json | decide --config C.json | check-config C.json [--envoy envoy.yaml] | inspect-model M.onnx | predict M.onnx | stat | simulate --config C.json [--seed N]"
     );
     ExitCode::from(2)
 }
@@ -42,17 +46,7 @@ fn read(path: &str) -> Result<Vec<u8>, String> {
 /// One input line: a JSON object of header name → value (names are lowercased).
 fn headers_of(line: &str) -> Result<Vec<(String, String)>, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("bad input line: {e}"))?;
-    let obj = v.as_object().ok_or("each input line must be a JSON object of headers")?;
-    Ok(obj
-        .iter()
-        .map(|(k, v)| {
-            let val = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.to_ascii_lowercase(), val)
-        })
-        .collect())
+    augur::offline::header_pairs(&v, "each input line").map_err(|e| e.0)
 }
 
 /// Runs `f` on every non-empty stdin line, writing to buffered stdout.
@@ -152,6 +146,17 @@ fn run(args: &[String]) -> Result<(), String> {
                     .map_err(|e| e.to_string())
             })
         }
+        (Some("simulate"), Some("--config"), Some(path)) => {
+            let config = compile(&read(path)?).map_err(|e| e.to_string())?;
+            let seed = match (arg(4), arg(5)) {
+                (None, _) => 0,
+                (Some("--seed"), Some(n)) => {
+                    n.parse().map_err(|_| format!("--seed: {n} is not a whole number"))?
+                }
+                _ => return Err(String::new()),
+            };
+            simulate(augur::offline::Simulation::new(config, seed))
+        }
         (Some("stat"), None, _) => each_line(|line, out| {
             let q: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| format!("bad stat query: {e}"))?;
@@ -159,6 +164,25 @@ fn run(args: &[String]) -> Result<(), String> {
         }),
         _ => Err(String::new()),
     }
+}
+
+/// `augur simulate`: one answer per input line, flushed at once, so a driver
+/// can compute each response from the decision it was given (see
+/// [`augur::offline::Simulation::apply`]).
+fn simulate(mut sim: augur::offline::Simulation) -> Result<(), String> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for (n, line) in io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| format!("line {}: not JSON ({e})", n + 1))?;
+        let answer = sim.apply(&v).map_err(|e| format!("line {}: {e}", n + 1))?;
+        writeln!(out, "{answer}").and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// One `augur stat` query.

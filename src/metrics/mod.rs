@@ -61,41 +61,5 @@ pub(crate) fn compile_stats(raw: &RawStats) -> Result<u64, ConfigError> {
 
 #[cfg(test)]
 pub(crate) mod test_sink {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    /// Records stats by name, like Envoy's store would.
-    #[derive(Default, Debug)]
-    pub struct MapSink {
-        pub names: Vec<(MetricKind, String)>,
-        pub counters: BTreeMap<String, i64>,
-        pub histograms: BTreeMap<String, Vec<u64>>,
-        /// Calls to `increment` (host calls, in the filter).
-        pub increments: usize,
-    }
-
-    impl MetricSink for MapSink {
-        fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
-            if let Some(i) = self.names.iter().position(|(_, n)| n == name) {
-                return Some(i as u32);
-            }
-            self.names.push((kind, name.to_string()));
-            Some(self.names.len() as u32 - 1)
-        }
-        fn increment(&mut self, id: u32, by: i64) {
-            self.increments += 1;
-            let name = self.names[id as usize].1.clone();
-            *self.counters.entry(name).or_default() += by;
-        }
-        fn record(&mut self, id: u32, value: u64) {
-            let name = self.names[id as usize].1.clone();
-            self.histograms.entry(name).or_default().push(value);
-        }
-    }
-
-    impl MapSink {
-        pub fn counter(&self, name: &str) -> i64 {
-            self.counters.get(name).copied().unwrap_or(0)
-        }
-    }
+    pub use crate::offline::MemorySink as MapSink;
 }

@@ -232,6 +232,46 @@ impl Arms {
     pub fn new() -> Arms {
         Arms { cells: vec![[Tally::default(); 2]; ALL_CELLS], drawn: [0; 2] }
     }
+
+    /// Removes the requests of `blocked` (now blocked, so no longer
+    /// randomised) from every tally that can tell which they were, and starts
+    /// over the ones that cannot. A cell disjoint from the block (same group as
+    /// one of its attributes, another value) keeps everything; a parent of a
+    /// blocked pair, or a single of another group than a blocked single, loses
+    /// exactly the block's requests (their pair's tally); any other cell's
+    /// overlap with the block is a triple nobody counted, so it restarts.
+    fn forget(&mut self, blocked: usize) {
+        let zero = [Tally::default(); 2];
+        let minus = |a: [Tally; 2], b: [Tally; 2]| [a[0].minus(b[0]), a[1].minus(b[1])];
+        let attrs: Vec<usize> = match parents(blocked) {
+            Some((a, b)) => vec![a, b],
+            None if blocked < CELLS => vec![blocked],
+            None => {
+                *self = Arms { drawn: self.drawn, ..Arms::new() };
+                return;
+            }
+        };
+        // Disjoint: some attribute group of the block has another value here.
+        let disjoint = |c: usize| {
+            let singles = parents(c).map_or(vec![c], |(x, y)| vec![x, y]);
+            singles.iter().any(|&x| attrs.iter().any(|&a| cells::group(x) == cells::group(a) && x != a))
+        };
+        let block = self.cells[blocked];
+        for c in 0..ALL_CELLS {
+            if c == blocked || disjoint(c) {
+                continue;
+            }
+            let exact = match attrs.as_slice() {
+                // A parent of the blocked pair: the pair is exactly its share.
+                [a, b] if c == *a || c == *b => Some(block),
+                // A single of another group than the blocked single: their pair.
+                [a] if c < CELLS => cells::pair(*a, c).map(|p| self.cells[p]),
+                _ => None,
+            };
+            self.cells[c] = exact.map_or(zero, |part| minus(self.cells[c], part));
+        }
+        self.cells[blocked] = zero;
+    }
 }
 
 /// Outcome tallies, mergeable across workers.
@@ -589,18 +629,17 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
                 evidence: c.evidence,
                 needed: levels.block(c.cell),
             });
-            // The feature's comparison restarts under its new regime.
-            counts.arms[f] = Arms::new();
+            // Only the blocked traffic leaves the comparison: the rest of the
+            // feature's evidence (other cells, other harms) is kept.
+            counts.arms[f].forget(c.cell);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
                 events.push(Event::Killed { feature: f, kpi: c.kpi, evidence: c.evidence });
             }
             continue;
         }
-        // Overall (every request is in exactly one device cell).
-        if blocks.any_block(f) {
-            continue;
-        }
+        // Overall (every request is in exactly one device cell), on the
+        // traffic the feature still serves: its blocked cells were forgotten.
         let (mut on, mut off) = (Tally::default(), Tally::default());
         for c in siblings(0) {
             on.add(counts.arms[f].cells[c][0]);
@@ -672,9 +711,14 @@ fn choose_block(
             }
         }
     }
-    let best = best?;
+    let mut best = best?;
     if best.cell >= CELLS {
-        return Some(best);
+        match explain_pair(policy, levels, arms, traffic, blocked, best) {
+            Explained::Pair => return Some(best),
+            Explained::Wait => return None,
+            // A single cell explains it: narrowed below like any other.
+            Explained::Single(c) => best = c,
+        }
     }
     // A single cell: is the harm really in a narrower cell inside it — a pair
     // with another attribute, or (when this cell holds nearly everyone, e.g.
@@ -703,15 +747,19 @@ fn choose_block(
         let [n_on, n_off] = arms.cells[narrower];
         let narrow_rate = n_on.rate(k) - n_off.rate(k);
         let confined = rest_ucb < 0.5 * narrow_rate && evidence(r_on, r_off, k) < levels.single / 2.0;
-        if !confined {
-            continue;
-        }
         let share = excess(p_on, p_off) / s_excess.max(1e-9);
         let (ok, e, lcb) = test(narrower, k);
-        if ok && e >= level {
+        if ok && e >= level && confined {
             return Some(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
         }
-        if share >= 0.5 && e >= level / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
+        // Most of the excess in a narrower cell, concentrated there (at least
+        // twice its share of the traffic, or the rest of the cell clean),
+        // half-way to its level: worth waiting for.
+        // Of all new-stack traffic (randomised requests come from suspect
+        // cells only, so their mix says little about the cells' sizes).
+        let traffic_share = size(p) as f64 / size(s).max(1) as f64;
+        let concentrated = share >= 0.5 && share >= 2.0 * traffic_share;
+        if concentrated && e >= level / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
             narrow = Some((Candidate { cell: narrower, kpi: k, evidence: e, lcb }, share));
         }
     }
@@ -720,6 +768,68 @@ fn choose_block(
         Some(_) if best.evidence < 2.0 * levels.single => None,
         _ => Some(best),
     }
+}
+
+/// What explains a significant pair's harm (see [`explain_pair`]).
+enum Explained {
+    Pair,
+    Single(Candidate),
+    Wait,
+}
+
+/// A significant pair is blocked only if no single cell explains its harm
+/// better: a parent in which the pair's excess is not concentrated (at least
+/// twice its share of the parent's traffic), or a single cell of another group,
+/// smaller than the pair, holding most of its excess. The smallest such cell
+/// decides: blocked instead when significant itself, waited for when half-way
+/// (unless the pair's evidence is overwhelming).
+fn explain_pair(
+    policy: &Policy,
+    levels: &Levels,
+    arms: &Arms,
+    traffic: &[u32],
+    blocked: &[u64; MASK_WORDS],
+    best: Candidate,
+) -> Explained {
+    let k = best.kpi;
+    let excess = |[on, off]: [Tally; 2]| {
+        let pi = f64::from(on.n) / f64::from((on.n + off.n).max(1));
+        f64::from(on.bad[k]) - pi * f64::from(on.bad[k] + off.bad[k])
+    };
+    // Sizes from all new-stack traffic, not the randomised (suspect-only) mix.
+    let size = |c: usize| f64::from(traffic.get(c).copied().unwrap_or(0));
+    let (e_pair, n_pair) = (excess(arms.cells[best.cell]), size(best.cell));
+    let parents = parents(best.cell);
+    let mut explaining: Vec<usize> = (0..CELLS)
+        .filter(|&c| !has(blocked, c))
+        .filter(|&c| {
+            let (e_s, n_s) = (excess(arms.cells[c]), size(c));
+            if parents.is_some_and(|(a, b)| a == c || b == c) {
+                e_pair < 2.0 * (n_pair / n_s.max(1.0)) * e_s
+            } else {
+                e_s >= 0.5 * e_pair && n_s < n_pair
+            }
+        })
+        .collect();
+    explaining.sort_by(|&a, &b| size(a).total_cmp(&size(b)));
+    let overwhelming = best.evidence >= 2.0 * levels.pair;
+    for c in explaining {
+        let [on, off] = arms.cells[c];
+        let e = evidence(on, off, k);
+        let enough = on.n >= policy.min_samples && off.n >= policy.min_samples;
+        if enough && e >= levels.single {
+            return Explained::Single(Candidate {
+                cell: c,
+                kpi: k,
+                evidence: e,
+                lcb: excess_lcb(on, off, k),
+            });
+        }
+        if e >= levels.single / 2.0 && !overwhelming {
+            return Explained::Wait;
+        }
+    }
+    Explained::Pair
 }
 
 /// Learns the slow cut: the control requests' p90 (bucket bound) — or, until

@@ -407,36 +407,7 @@ pub(crate) mod tests {
     use crate::rollback::{cells, Arms, Exposure, Outcome, GROUPS};
     use crate::routing::Stack;
 
-    /// proxy-wasm shared data stand-in: the CAS token counts writes.
-    #[derive(Default)]
-    pub struct FakeStore {
-        pub data: std::collections::HashMap<String, (Vec<u8>, u32)>,
-        /// Writes that lose a race: another worker writes the key between this
-        /// one's read and its write, so the write is a CAS mismatch.
-        pub races: usize,
-    }
-
-    impl SharedStore for FakeStore {
-        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            match self.data.get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            if self.races > 0 {
-                self.races -= 1;
-                let (_, token) = self.data.entry(key.to_string()).or_default();
-                *token += 1;
-            }
-            let current = self.data.get(key).map(|(_, c)| *c);
-            if cas.is_some() && cas != current {
-                return false;
-            }
-            self.data.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
-            true
-        }
-    }
+    pub use crate::offline::MemoryStore as FakeStore;
 
     fn names(n: &[&str]) -> Vec<String> {
         n.iter().map(|s| s.to_string()).collect()

@@ -33,7 +33,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
 
-__all__ = ["AugurProvider", "augur_context", "parse_flags", "REASONS", "HEADERS"]
+__all__ = ["HEADERS", "REASONS", "AugurProvider", "augur_context", "parse_flags"]
 
 PREFIX = "x-augur-"
 HEADERS = tuple(PREFIX + h for h in ("stack", "features", "flags", "decision"))

@@ -1,0 +1,1 @@
+"""The demos behind make demo, loop-demo, fleet-demo and soak."""

@@ -1,0 +1,1 @@
+"""The real Envoy on loopback: config builder, admin client, processes, demo upstream."""

@@ -1,0 +1,1 @@
+"""The closed loop: train, retrain and push, the A/B report, the fleet controller."""

@@ -1,0 +1,1 @@
+"""Simulations: seeded synthetic traffic and planted worlds with known effects."""

@@ -1,0 +1,164 @@
+"""The building blocks of the end-to-end benchmark (python/augur_tools/bench/) and
+of ECDS delivery (envoyconf.ecds_*): shapes, Envoy's own validation, and one
+real model push through a watched file."""
+
+import base64
+import json
+import os
+import subprocess
+
+import pytest
+
+from augur_tools.bench import workload
+from augur_tools.envoy import envoyconf, harness
+from augur_tools.envoy.harness import ROOT, Client, Envoy, Upstreams
+
+DEMO = json.loads((ROOT / "envoy" / "augur-demo.json").read_text())
+
+
+def test_write_atomically_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "augur.json"
+    envoyconf.write_atomically(path, "one")
+    envoyconf.write_atomically(path, "two")
+    assert path.read_text() == "two"
+    assert sorted(os.listdir(tmp_path)) == ["augur.json"]
+
+
+def test_ecds_resource_is_a_discovery_response_with_the_wasm_filter():
+    res = envoyconf.ecds_resource(DEMO, "/x/augur.wasm", "v7")
+    assert res["version_info"] == "v7"
+    (r,) = res["resources"]
+    assert r["@type"] == "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+    assert r["name"] == "augur"
+    assert r["typed_config"] == envoyconf.wasm_filter(DEMO, "/x/augur.wasm")["typed_config"]
+    assert json.loads(r["typed_config"]["config"]["configuration"]["value"]) == DEMO
+
+
+def test_ecds_http_filter_watches_the_files_directory(tmp_path):
+    f = envoyconf.ecds_http_filter("augur", tmp_path / "ecds" / "augur.json")
+    src = f["config_discovery"]["config_source"]["path_config_source"]
+    assert f["name"] == "augur"
+    assert src["path"] == str((tmp_path / "ecds" / "augur.json").resolve())
+    assert src["watched_directory"]["path"] == str((tmp_path / "ecds").resolve())
+    assert f["config_discovery"]["type_urls"] == [envoyconf.WASM_FILTER_TYPE_URL]
+
+
+@pytest.mark.parametrize("route", ["passthrough", "weighted"])
+def test_benchmark_configurations_are_valid_envoy_config(tmp_path, route):
+    rc_ = (envoyconf.single_cluster_route_config() if route == "passthrough"
+           else envoyconf.weighted_clusters_route_config(new_weight=30, pin_values=("beta", "staff")))
+    lst = envoyconf.http_listener(route, harness.free_port(), rc_, [envoyconf.router_filter()], tmp_path / "a.log")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(envoyconf.bootstrap(harness.free_port(), [lst], 1, 2)))
+    rc, out = harness.validate(path)
+    assert rc == 0, out[-2000:]
+    up = tmp_path / "up.json"
+    up.write_text(json.dumps(envoyconf.direct_response_bootstrap(harness.free_port(), harness.free_port())))
+    rc, out = harness.validate(up)
+    assert rc == 0, out[-2000:]
+
+
+def test_wrk_script_has_many_users_and_hosts(tmp_path):
+    path = tmp_path / "r.lua"
+    n = workload.wrk_script(path, n=50, seed=1)
+    text = path.read_text()
+    assert n == 50 and text.count("wrk.format(") == 50
+    assert '["Host"] = "shop.example.com"' in text
+    assert len(set(__import__("re").findall(r'"x-user-id"\] = "([^"]+)"', text))) > 10
+    assert "function done(" in text and "BENCH_JSON" in text
+
+
+def test_model_push_through_ecds_is_applied_without_restart_and_a_bad_one_is_rejected(tmp_path):
+    """What bench_e2e measures, asserted: a new plugin configuration (new model
+    bytes and version) moved into the watched directory is applied by the
+    running Envoy; a refused one leaves the last good one serving."""
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    watched = ecds / "augur.json"
+    wasm = harness.WASM.resolve()
+    ups = Upstreams()
+    envoy = None
+    port = harness.free_port()
+    log = tmp_path / "access.log"
+    try:
+        lst = envoyconf.ecds_listener("ecds", port, watched, DEMO, wasm, log, version="1")
+        envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [lst], ups.ports["old"], ups.ports["new"]),
+                      workdir=tmp_path, concurrency=1)
+        client = Client(port)
+
+        def models():
+            return [r["decision"]["model"] for r in harness.read_records(log) if isinstance(r["decision"], dict)]
+
+        assert client.request({"x-user-id": "push-0"})[0] == 200
+        harness.wait_until(lambda: models() == ["default-v1"], 10, "first record")
+
+        model = base64.b64encode((ROOT / "models" / "default.onnx").read_bytes()).decode()
+        pushed = dict(DEMO, model={"onnx_base64": model, "version": "pushed-v2"})
+        envoyconf.push_ecds(watched, pushed, wasm, "2")
+
+        def applied():
+            assert client.request({"x-user-id": "push-1"})[0] == 200
+            return models()[-1] == "pushed-v2"
+
+        harness.wait_until(applied, 10, "the pushed model in the decision records")
+
+        stat = "extension_config_discovery.http_filter.augur.update_rejected"
+        before = envoy.counters().get(stat, 0)
+        bad = dict(DEMO, rollout={"percentage": 150})
+        envoyconf.push_ecds(watched, bad, wasm, "3")
+        harness.wait_until(lambda: envoy.counters().get(stat, 0) > before, 10, "the bad push rejected")
+        n = len(models())
+        assert client.request({"x-user-id": "push-2"})[0] == 200
+        harness.wait_until(lambda: len(models()) > n, 10, "a record after the bad push")
+        assert models()[-1] == "pushed-v2", "a refused configuration leaves the last good one serving"
+        client.close()
+    finally:
+        if envoy:
+            envoy.close()
+        ups.close()
+
+
+def test_bench_refuses_to_run_without_its_tools_and_says_how_to_install(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path), HOME=str(tmp_path), CARGO_HOME=str(tmp_path))
+    r = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "augur_tools.bench", "--layout", "none"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert r.returncode == 2
+    assert "apt-get install -y wrk" in r.stderr and "cargo install --locked oha" in r.stderr
+
+
+def test_sticky_split_keeps_each_user_on_one_stack_and_splits_users(tmp_path):
+    # The bench's Envoy-only sticky row: weighted_clusters with use_hash_policy
+    # on the user header. Real Envoy, real upstreams: every user keeps its stack.
+    ups = Upstreams()
+    envoy = None
+    try:
+        port = harness.free_port()
+        lst = envoyconf.http_listener("sticky", port, workload.sticky_split_route_config(new_weight=30),
+                                      [envoyconf.router_filter()], tmp_path / "a.log")
+        envoy = Envoy(envoyconf.bootstrap(harness.free_port(), [lst], ups.ports["old"], ups.ports["new"]),
+                      workdir=tmp_path)
+        c = Client(port)
+        try:
+            first = [c.request({"x-user-id": f"sticky-{i}"})[1]["x-served-by"] for i in range(300)]
+            again = [c.request({"x-user-id": f"sticky-{i}"})[1]["x-served-by"] for i in range(300)]
+        finally:
+            c.close()
+        assert first == again, "sticky per user"
+        assert 45 <= first.count("new") <= 135, first.count("new")
+    finally:
+        if envoy:
+            envoy.close()
+        ups.close()
+
+
+def test_empty_filter_row_is_a_valid_wasm_listener(tmp_path):
+    if not workload.EMPTY_WASM.exists():
+        pytest.fail(f"{workload.EMPTY_WASM} missing: `make {workload.EMPTY_WASM.relative_to(ROOT)}`")
+    cfg = workload.under_test_config("empty_filter", harness.free_port(), harness.free_port(), 1,
+                                      tmp_path / "a.log", "{}", workload.EMPTY_WASM.parent / "augur.wasm")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    rc, out = harness.validate(path)
+    assert rc == 0, out[-2000:]

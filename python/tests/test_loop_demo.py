@@ -1,0 +1,50 @@
+"""The loop demo's own measuring stick: planted worlds and the static baseline.
+
+`make loop-demo` judges the loop against a static rollout that the native
+library decides offline (`loop_demo.static_baseline`) instead of a second live
+run; this checks that the offline baseline counts exactly what a live static
+run through Envoy counts, on the world with AND-segments and an `all` segment.
+"""
+
+import argparse
+import time
+
+import pytest
+
+from augur_tools.demos import loop_demo
+from augur_tools.sim import planted
+
+
+def test_segments_and_worlds():
+    req = planted.attributes({"user-agent": "Mozilla/5.0 (iPhone; Mobile)", "x-geo-region": "EU"},
+                             "/api/checkout/pay", "POST")
+    assert planted.in_segment("mobile&write", req)
+    assert planted.in_segment("eu", req) and planted.in_segment("all", req)
+    assert not planted.in_segment("mobile&static", req)
+    assert not planted.in_segment("tablet&write", req)
+    with pytest.raises(ValueError, match="unknown world 'nope': one of demo, tangled"):
+        planted.effects("nope")
+    for world in planted.WORLDS.values():
+        for kind, feature, segment, effect, p in world:
+            assert kind in ("harm", "benefit") and feature in loop_demo.FEATURES and 0 < p <= 1
+            planted.in_segment(segment, req)  # every segment name is known
+
+
+def test_offline_static_baseline_equals_a_live_static_run(tmp_path):
+    reqs = loop_demo.build_requests(500, 3, 300)
+    plugin = loop_demo.static_plugin(50, "baseline-test")
+    args = argparse.Namespace(threads=8, rate=250.0, retrain_at=[], run_timeout=30.0, retrain_timeout=10.0,
+                              budget_end=time.monotonic() + 60)
+    live = loop_demo.run("static", plugin, reqs, args, tmp_path / "live", "tangled")
+    assert not live["failures"]
+    live_tally = loop_demo.tally(live)
+    assert live_tally["lost"] == 0
+    offline = loop_demo.static_baseline(plugin, reqs, range(len(reqs)), planted.effects("tangled"), tmp_path)
+    assert live_tally["new_requests"] == offline["new_requests"] > 100
+    assert live_tally["harmed"] == offline["harmed"] > 0
+    assert live_tally["benefit"] == offline["benefit"] > 0
+    assert live_tally["pairs"] == offline["pairs"]
+    # Record times (time to block, push lag) are seconds since the run started.
+    assert all(0 <= loop_demo.record_time(r, live["t_start"]) < 60 for r in live["records"])
+    mech = loop_demo.mechanics(live, reqs, planted.effects("tangled"))
+    assert mech["blocked_share"] == {} and all(t is None for t in mech["time_to_block"].values())
