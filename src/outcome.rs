@@ -41,6 +41,13 @@ impl Outcome {
         !matches!(self.status, Some(100..=499))
     }
 
+    /// Slower than the slow cut `cut_ms` (strictly, as the rollback judges a
+    /// response: its cut is `Blocks::slow_ms`, the control requests' learned
+    /// p90 within `rollback.slow_floor_ms`..`rollback.slow_ms`).
+    pub fn is_slow(&self, cut_ms: u64) -> bool {
+        self.latency_ms > cut_ms
+    }
+
     /// The response's rollback KPIs (the slow cut is the rollback's own).
     pub fn kpis(&self) -> rollback::Outcome {
         rollback::Outcome { error: self.is_error(), security: self.security, latency_ms: self.latency_ms }

@@ -20,7 +20,7 @@ use crate::profile::{Device, Profile, ProfileSpec};
 pub const MAX_SEGMENTS: usize = 64;
 /// Most user ids one segment may list (looked up in a hash set).
 pub const MAX_USERS_PER_SEGMENT: usize = 10_000;
-/// Segments with `monitor: true`: each adds features × 8 counters per proxy.
+/// Segments with `monitor: true`: each adds features × 10 counters per proxy (2 arms × 5 outcomes).
 pub const MAX_MONITORED_SEGMENTS: usize = 8;
 
 /// A named group of requests: every criterion that is set must match
@@ -156,7 +156,7 @@ pub(crate) fn compile_monitored(raw: &[RawSegment]) -> Result<Vec<usize>, Config
         return Err(ConfigError::new(
             format!("segments[{i}].monitor"),
             format!(
-                "{} monitored segments, at most {MAX_MONITORED_SEGMENTS} (MAX_MONITORED_SEGMENTS): each adds features × 8 series on every proxy; monitor the cells you act on",
+                "{} monitored segments, at most {MAX_MONITORED_SEGMENTS} (MAX_MONITORED_SEGMENTS): each adds features × 10 series on every proxy; monitor the cells you act on",
                 out.len()
             ),
         ));

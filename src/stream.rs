@@ -231,7 +231,8 @@ impl Runtime {
             }
         }
         host.set_outcome_record(outcome.signals());
-        self.metrics.on_response(&outcome, sink);
+        let slow_cut_ms = self.worker.blocks.slow_ms(&self.config.rollback);
+        self.metrics.on_response(&outcome, slow_cut_ms, sink);
         if self.config.rollback.enabled {
             self.pool.record(&state.exposure, &self.worker.blocks, outcome.kpis(), &self.config.rollback);
         }
@@ -590,6 +591,46 @@ pub(crate) mod tests {
         fresh.adopt_shared(&store);
         fresh.on_request_headers(&mut tablet(), &mut sink);
         assert!(fresh.last_decision().flags[0].on, "a new rollback.epoch starts clean");
+    }
+
+    #[test]
+    fn slow_is_counted_with_the_rollbacks_cut_in_force() {
+        let c = TestConfig::rollout(100.0)
+            .set("rollback.slow_ms", 500)
+            .set("rollback.slow_floor_ms", 10)
+            .on("a")
+            .compile()
+            .unwrap();
+        let mut sink = MapSink::default();
+        let mut rt = Runtime::new(c, &mut sink);
+        let answer = |rt: &mut Runtime, sink: &mut MapSink, ms: u64| {
+            let mut host = FakeHost::with(&[("x-user-id", "u1")]);
+            host.now = 1_000_000_000;
+            let st = rt.on_request_headers(&mut host, sink);
+            host.now += ms * 1_000_000;
+            host.response = vec![(":status".into(), "200".into())];
+            rt.on_response_headers(&st, &mut host, sink);
+        };
+        let slow = |sink: &mut MapSink, rt: &mut Runtime| {
+            rt.flush_stats(sink);
+            (
+                sink.counter("augur_slow_responses_total.rollout.default.stack.new"),
+                sink.counter("augur_feature_outcomes_total.rollout.default.feature.a.arm.on.outcome.slow"),
+            )
+        };
+        // Nothing learned yet: the cut is rollback.slow_ms.
+        answer(&mut rt, &mut sink, 500);
+        answer(&mut rt, &mut sink, 501);
+        assert_eq!(slow(&mut sink, &mut rt), (1, 1));
+        // A learned cut (the control p90) within slow_floor_ms..slow_ms, as the rollback judges.
+        rt.worker.blocks.slow_ms = 30;
+        assert_eq!(rt.blocks().slow_ms(&rt.config().rollback), 30);
+        answer(&mut rt, &mut sink, 30);
+        answer(&mut rt, &mut sink, 31);
+        assert_eq!(slow(&mut sink, &mut rt), (2, 2));
+        rt.worker.blocks.slow_ms = 5;
+        answer(&mut rt, &mut sink, 9);
+        assert_eq!(slow(&mut sink, &mut rt), (2, 2), "never below slow_floor_ms");
     }
 
     /// Serves one request for user `u1` whose response has `status`.

@@ -72,6 +72,51 @@ def test_a_harm_in_a_segment_blocks_that_feature_there():
     assert controller.decide(done, FACTS, w, NO_RAMP, now=2000)[0] is None
 
 
+def test_a_latency_only_harm_blocks_on_the_filters_slow_counts():
+    """`slow` is the filter's third KPI, counted per proxy with its rollback's
+    cut: the same harm test as errors, on the slow counts."""
+    assert controller.KPIS == ("errors", "security", "latency")
+    w = dict(QUIET, search_v2={"seg|search_v2|phones|on|requests": 300, "seg|search_v2|phones|on|slow": 45,
+                               "seg|search_v2|phones|off|requests": 300, "seg|search_v2|phones|off|slow": 3,
+                               "seg|search_v2|phones|on|errors": 1, "seg|search_v2|phones|off|errors": 1})
+    action, report = controller.decide(state(), FACTS, w, NO_RAMP, now=2000)
+    assert (action["kind"], action["feature"], action["segment"]) == ("block", "search_v2", "phones")
+    assert action["evidence"]["kpi"] == "latency" and action["evidence"]["on"] == [300, 45]
+    assert action["evidence"]["ln_m"] == pytest.approx(augur_stats.harm(300, 45, 300, 3))
+    assert "on latency" in action["why"]
+    errors = [t for t in report["segments"] if t["feature"] == "search_v2" and t["segment"] == "phones"
+              and t["kpi"] == "errors"]
+    assert errors[0]["ln_m"] < FACTS["levels"]["screen"], "no error signal: latency alone"
+    # The holdout (kill) and stack (revert) tests read slow too.
+    hold = {"feat|recommendations|on|requests": 4000, "feat|recommendations|on|slow": 500,
+            "feat|recommendations|holdout|requests": 4000, "feat|recommendations|holdout|slow": 300}
+    action, _ = controller.decide(state(), FACTS, dict(QUIET, recommendations=hold), NO_RAMP, now=2000)
+    assert (action["kind"], action["feature"], action["evidence"]["kpi"]) == ("kill", "recommendations", "latency")
+    slow_stack = dict(QUIET, stack={**stack((5000, 10), (5000, 10)), "stack|new|slow": 700, "stack|old|slow": 500})
+    report = controller.decide(state(), FACTS, slow_stack, NO_RAMP, now=2000)[1]
+    assert report["stack_alarm"] and max(report["stack"], key=lambda t: t["ln_m"])["kpi"] == "latency"
+
+
+def test_untrusted_data_is_named_with_its_reason():
+    now, job, rollout = 1000.0, "augur", "fleet"
+    fresh = {"augur_requests_total": 999.5, "augur_slow_responses_total": 999.5}
+    ok = ({"a": "1", "b": "1"}, {"a": 999.0, "b": 999.5}, {"a": fresh, "b": fresh})
+
+    def why(up=ok[0], scraped=ok[1], series=ok[2]):
+        r = controller.distrust(["a", "b"], up, scraped, series, now, 10, job, rollout)
+        return r and r[0]
+
+    assert why() is None
+    assert why(up={"a": "1"}) == "series_missing", "b is not a target (or its series went stale)"
+    assert why(up={"a": "1", "b": "0"}) == "scrape_failed"
+    assert why(scraped={"a": 999.0, "b": 985.0}) == "stale_scrape"
+    assert why(series={"a": fresh, "b": {"augur_requests_total": 999.5}}) == "series_missing"
+    assert why(series={"a": fresh, "b": {}}) == "series_missing"
+    assert why(series={"a": fresh, "b": dict(fresh, augur_slow_responses_total=980.0)}) == "stale_scrape"
+    detail = controller.distrust(["a", "b"], ok[0], {"a": 999.0, "b": 985.0}, ok[2], now, 10, job, rollout)[1]
+    assert detail == "proxy b: last scrape 15.0 s ago (max_scrape_age_s 10)"
+
+
 def test_blocked_in_kill_after_cells_segments_is_a_kill():
     blocks = [["search_v2", s] for s in FACTS["monitored"][: FACTS["kill_after_cells"]]]
     action, _ = controller.decide(state(blocks=blocks), FACTS, QUIET, SETTINGS, now=2000)
@@ -217,3 +262,43 @@ def test_a_new_model_in_model_dir_is_validated_then_adopted(tmp_path):
     plugin = controller.plugin_for(ctl.base, ctl.state, ctl.s)
     assert plugin["model"]["version"] == "default-v1" and plugin["model"]["onnx_base64"]
     check_config(plugin, tmp_path)
+
+
+def test_a_crash_around_an_action_neither_repeats_nor_loses_it(tmp_path):
+    """The two crash windows of an action, replayed on the files a killed
+    controller leaves: decided (state has it pending) but not audited → the
+    restarted controller delivers and audits it once; audited but the state not
+    yet saved → it is not delivered or audited again. (Prometheus and the
+    proxy's admin are unreachable here: the controller then holds.)"""
+    settings = {"rollout": str(harness.ROOT / "deploy" / "fleet" / "rollout.json"), "wasm": "augur.wasm",
+                "proxies": [{"name": "p", "admin": "127.0.0.1:1", "ecds": "ecds/augur.json"}],
+                "prometheus": "http://127.0.0.1:1", "state": "state.json", "audit": "audit.jsonl", "ramp": None,
+                "verify_timeout_s": 0.1, "push_attempts": 1}
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    cfg = controller.load_settings(tmp_path / "c.json")
+    block = {"kind": "block", "feature": "new_checkout", "segment": "tablets", "why": "test", "evidence": {}}
+    decided = state(seq=1, audited=0, blocks=[["new_checkout", "tablets"]], pending=block)
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(json.dumps({"seq": 0, "kind": "start"}) + "\n")
+    (tmp_path / "ecds").mkdir()  # the proxy's watched directory
+
+    def run(evaluations=3):
+        with open(tmp_path / "log", "a") as log:
+            ctl = controller.Controller(cfg, out=log)
+            for _ in range(evaluations):
+                ctl.evaluate()
+        return ctl
+
+    (tmp_path / "state.json").write_text(json.dumps(decided))
+    ctl = run()
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert [(a["seq"], a["kind"]) for a in lines] == [(0, "start"), (1, "block")], "delivered and audited once"
+    assert ctl.state["pending"] is None and ctl.state["audited"] == 1
+    pushed = json.loads((tmp_path / "ecds" / "augur.json").read_text())
+    assert "fleet.1" in json.dumps(pushed), "the ECDS file carries the action's version"
+    assert ctl.metrics.holds["prometheus_down"] == 3, "then holds: nothing else decided"
+
+    (tmp_path / "state.json").write_text(json.dumps(decided))  # the audit line made it, the state did not
+    ctl = run()
+    assert len(audit.read_text().splitlines()) == 2, "not audited twice"
+    assert ctl.state["pending"] is None and ctl.state["audited"] == 1 and ctl.state["seq"] == 1

@@ -82,9 +82,11 @@ pub struct Metrics {
     /// Per stack: app-reported engagements and security events.
     engagements: [Option<Counter>; 2],
     security: [Option<Counter>; 2],
+    /// Per stack: responses slower than the rollback's slow cut in force.
+    slow: [Option<Counter>; 2],
     /// Per feature × arm (on, off, holdout) × outcome (requests, errors,
-    /// engagements, security), new stack only.
-    feature_outcomes: Vec<[[Option<Counter>; 4]; 3]>,
+    /// engagements, security, slow), new stack only.
+    feature_outcomes: Vec<[[Option<Counter>; OUTCOMES.len()]; 3]>,
     /// Per monitored segment (its bit in `Profile::segments`) × feature × arm
     /// (on, off) × outcome, randomised new-stack requests only.
     segment_outcomes: Vec<(u64, Vec<ArmOutcomes>)>,
@@ -99,8 +101,10 @@ const ROLLBACK_EVENTS: [&str; 7] =
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
 /// One feature's on/off arms × outcomes in one monitored segment.
-type ArmOutcomes = [[Option<Counter>; 4]; 2];
-const OUTCOMES: [&str; 4] = ["requests", "errors", "engagements", "security"];
+type ArmOutcomes = [[Option<Counter>; OUTCOMES.len()]; 2];
+/// `slow`: latency above the rollback's slow cut in force on this proxy
+/// ([`Outcome::is_slow`]): the third KPI, counted as the filter judges it.
+const OUTCOMES: [&str; 5] = ["requests", "errors", "engagements", "security", "slow"];
 
 impl Metrics {
     /// Defines every stat for `config`.
@@ -124,6 +128,7 @@ impl Metrics {
             STACKS.map(|s| c(format!("augur_engagements_total.rollout.{r}.stack.{}", s.as_str())));
         let security =
             STACKS.map(|s| c(format!("augur_security_events_total.rollout.{r}.stack.{}", s.as_str())));
+        let slow = STACKS.map(|s| c(format!("augur_slow_responses_total.rollout.{r}.stack.{}", s.as_str())));
         let feature_outcomes = config
             .feature_names()
             .map(|f| {
@@ -219,6 +224,7 @@ impl Metrics {
             latency,
             engagements,
             security,
+            slow,
             feature_outcomes,
             segment_outcomes,
             feature_latency,
@@ -279,16 +285,22 @@ impl Metrics {
     }
 
     /// Counts a response: status class, latency and app signals per stack, and
-    /// per feature by arm (on / off / holdout) on the new stack.
-    pub fn on_response(&mut self, o: &Outcome, sink: &mut impl MetricSink) {
+    /// per feature by arm (on / off / holdout) on the new stack. `slow_cut_ms`:
+    /// the rollback's slow cut in force (`Blocks::slow_ms`), so `slow` counts
+    /// what the in-proxy tests count as slow.
+    pub fn on_response(&mut self, o: &Outcome, slow_cut_ms: u64, sink: &mut impl MetricSink) {
         let b = &mut self.batch;
         let s = stack_ix(o.stack);
+        let slow = o.is_slow(slow_cut_ms);
         b.add(self.responses[s][o.class()], sink);
         if o.engaged {
             b.add(self.engagements[s], sink);
         }
         if o.security {
             b.add(self.security[s], sink);
+        }
+        if slow {
+            b.add(self.slow[s], sink);
         }
         if o.stack == Stack::New {
             let error = o.is_error();
@@ -311,6 +323,9 @@ impl Metrics {
                 if o.security {
                     b.add(c[3], sink);
                 }
+                if slow {
+                    b.add(c[4], sink);
+                }
                 if let Some(arms) = self.feature_latency.get(i) {
                     arms[arm].observe(b, o.latency_ms, sink);
                 }
@@ -321,7 +336,7 @@ impl Metrics {
                 }
                 for (i, arms) in features.iter().enumerate().filter(|(i, _)| o.randomised & (1 << i) != 0) {
                     let c = &arms[usize::from(o.enabled & (1 << i) == 0)];
-                    let counted = [true, error, o.engaged, o.security];
+                    let counted = [true, error, o.engaged, o.security, slow];
                     for (counter, yes) in c.iter().zip(counted) {
                         if yes {
                             b.add(*counter, sink);
@@ -365,7 +380,7 @@ mod tests {
                 randomised: d.randomised,
                 segments: d.profile.segments,
             };
-            m.on_response(&o, &mut sink);
+            m.on_response(&o, 1000, &mut sink);
         }
         assert_eq!(
             sink.counter("augur_requests_total.rollout.default.stack.old"),
@@ -451,19 +466,43 @@ mod tests {
             randomised,
             segments,
         };
-        // a randomised on (twice, one error) and off (once, an error); b not randomised.
-        m.on_response(&outcome(Stack::New, 200, 0b11, 0b01, 0b10), &mut sink);
-        m.on_response(&outcome(Stack::New, 503, 0b11, 0b01, 0b11), &mut sink);
-        m.on_response(&outcome(Stack::New, 503, 0b10, 0b01, 0b10), &mut sink);
+        let slow = |o: Outcome| Outcome { latency_ms: 101, ..o };
+        // a randomised on (three times, one error, one at exactly the cut) and off
+        // (twice, an error, a slow 200); b not randomised. The slow cut in force:
+        // 100 ms (101 is slow, 100 is not).
+        m.on_response(&outcome(Stack::New, 200, 0b11, 0b01, 0b10), 100, &mut sink);
+        m.on_response(&outcome(Stack::New, 503, 0b11, 0b01, 0b11), 100, &mut sink);
+        m.on_response(&outcome(Stack::New, 503, 0b10, 0b01, 0b10), 100, &mut sink);
+        m.on_response(&slow(outcome(Stack::New, 200, 0b10, 0b01, 0b10)), 100, &mut sink);
+        m.on_response(
+            &Outcome { latency_ms: 100, ..outcome(Stack::New, 200, 0b11, 0b01, 0b10) },
+            100,
+            &mut sink,
+        );
         // Not counted: not in the monitored segment, old stack, not randomised.
-        m.on_response(&outcome(Stack::New, 503, 0b01, 0b01, 0b01), &mut sink);
-        m.on_response(&outcome(Stack::Old, 503, 0, 0b01, 0b10), &mut sink);
-        m.on_response(&outcome(Stack::New, 503, 0b01, 0, 0b10), &mut sink);
+        m.on_response(&slow(outcome(Stack::New, 503, 0b01, 0b01, 0b01)), 100, &mut sink);
+        m.on_response(&slow(outcome(Stack::Old, 503, 0, 0b01, 0b10)), 100, &mut sink);
+        m.on_response(&slow(outcome(Stack::New, 503, 0b01, 0, 0b10)), 100, &mut sink);
         m.flush(&mut sink);
-        assert_eq!(sink.counter(&seg("a", "on", "requests")), 2);
+        assert_eq!(sink.counter(&seg("a", "on", "requests")), 3);
         assert_eq!(sink.counter(&seg("a", "on", "errors")), 1);
-        assert_eq!(sink.counter(&seg("a", "off", "requests")), 1);
+        assert_eq!(sink.counter(&seg("a", "on", "slow")), 0, "100 ms is not above the 100 ms cut");
+        assert_eq!(sink.counter(&seg("a", "off", "requests")), 2);
         assert_eq!(sink.counter(&seg("a", "off", "errors")), 1);
+        assert_eq!(sink.counter(&seg("a", "off", "slow")), 1);
+        // Per stack, every slow response counts (three new, one old).
+        assert_eq!(sink.counter("augur_slow_responses_total.rollout.default.stack.new"), 3);
+        assert_eq!(sink.counter("augur_slow_responses_total.rollout.default.stack.old"), 1);
+        let feat = |arm: &str, o: &str| {
+            sink.counter(&format!(
+                "augur_feature_outcomes_total.rollout.default.feature.a.arm.{arm}.outcome.{o}"
+            ))
+        };
+        assert_eq!(
+            (feat("on", "slow"), feat("off", "slow")),
+            (2, 1),
+            "feature arms: every new-stack request"
+        );
         for arm in ["on", "off"] {
             assert_eq!(sink.counter(&seg("b", arm, "requests")), 0, "b was never randomised");
         }
@@ -486,7 +525,7 @@ mod tests {
                 randomised: 0,
                 segments: 0,
             };
-            m.on_response(&o, &mut sink);
+            m.on_response(&o, 1000, &mut sink);
         }
         m.flush(&mut sink);
         let base = "augur_feature_latency_seconds_bucket.rollout.default.feature.a.arm.on.le";
@@ -524,7 +563,7 @@ mod tests {
                 segments: 0,
             };
             assert!(o.is_error());
-            m.on_response(&o, &mut sink);
+            m.on_response(&o, 1000, &mut sink);
         }
         m.flush(&mut sink);
         assert_eq!(sink.counter("augur_responses_total.rollout.default.stack.old.class.other"), 3);

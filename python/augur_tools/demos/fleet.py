@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -54,7 +55,13 @@ class Proxy:
         return f"127.0.0.1:{self.admin_port}"
 
     def restart(self):
+        self.stop()
+        self.start()
+
+    def stop(self):
         self.envoy.close()
+
+    def start(self):
         self.envoy = Envoy(config_path=self.envoy.config_path, admin_port=self.admin_port, workdir=self.workdir,
                            concurrency=self.concurrency)
 
@@ -149,6 +156,41 @@ class Fleet:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def prometheus_reload(self, targets=None, scrape_s=None, restart=False, timeout=20):
+        """Rewrites Prometheus's configuration — the job's `targets` (default:
+        every proxy), its scrape interval `scrape_s` (default: the global 1 s) —
+        and reloads it (SIGHUP), as an operator's change would; returns once
+        Prometheus reports the reload. `restart`: stops Prometheus, rewrites the
+        configuration and starts it again (same TSDB) instead."""
+        import urllib.request
+
+        config = json.loads(self.prom.config_path.read_text())
+        job = next(j for j in config["scrape_configs"] if j["job_name"] == JOB)
+        job["static_configs"] = [{"targets": list(targets if targets is not None else
+                                                  [p.admin for p in self.proxies])}]
+        for k in ("scrape_interval", "scrape_timeout"):
+            job.pop(k, None)
+        if scrape_s is not None:
+            job["scrape_interval"], job["scrape_timeout"] = f"{scrape_s}s", "1s"
+
+        def reloaded_at():
+            with urllib.request.urlopen(f"{self.prom.url}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            if harness.prom_sum(text, "prometheus_config_last_reload_successful") != 1:
+                raise RuntimeError("prometheus refused its configuration: "
+                                   + (self.prom.workdir / "prometheus.log").read_text()[-1500:])
+            return harness.prom_sum(text, "prometheus_config_last_reload_success_timestamp_seconds")
+
+        if restart:
+            self.prom.stop()
+            self.prom.config_path.write_text(json.dumps(config, indent=1))
+            self.prom.start()
+            return
+        before = reloaded_at()
+        self.prom.config_path.write_text(json.dumps(config, indent=1))
+        self.prom.proc.send_signal(signal.SIGHUP)
+        harness.wait_until(lambda: reloaded_at() != before, timeout, "prometheus reloaded its configuration")
+
     def serving(self):
         from augur_tools.loop import retrain
 
@@ -174,7 +216,9 @@ class Traffic(threading.Thread):
     """Background traffic at about `rate` req/s from `users` users, each user's
     requests spread over every proxy in turn. While `harm` is set, tablet
     requests carry the upstream's planted regression (`x-demo-harm`): the new
-    stack fails `harm` when it is among the enabled features."""
+    stack fails `harm` when it is among the enabled features. `plant` adds
+    more, per device: {device: {header: value}} with the upstream's knobs
+    (`x-demo-harm: <feature>:<rate>`, `x-demo-slow: <feature>:<ms>`)."""
 
     def __init__(self, fleet, users=600, rate=150, seed=7, clients=3):
         super().__init__(daemon=True)
@@ -182,6 +226,7 @@ class Traffic(threading.Thread):
         self.users = [f"u{seed}-{i}" for i in range(users)]
         self.rng = random.Random(seed)
         self.harm = None
+        self.plant = {}
         self.sent = self.failed = 0
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -206,6 +251,7 @@ class Traffic(threading.Thread):
                 i = turn[user] = (turn.get(user, rng.randrange(len(conns))) + 1) % len(conns)
                 if self.harm and device == "tablet":
                     h["x-demo-harm"] = self.harm
+                h.update(self.plant.get(device, {}))
                 h[":path"] = rng.choice(["/api/checkout", "/api/search", "/", "/static/app.js"])
                 try:
                     _status, _, _ = conns[i].request(h)

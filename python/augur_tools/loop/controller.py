@@ -2,8 +2,11 @@
 
 Every `interval_s` it reads augur's counters from Prometheus, summed across the
 proxies, runs the same always-valid tests as the filter (`augur_stats.py`, the
-twin of src/rollback/stats.rs, cross-tested through `augur stat`) and decides
-at most one fleet-wide action:
+twin of src/rollback/stats.rs, cross-tested through `augur stat`) on the
+filter's three KPIs — errors, security events and latency (responses each proxy
+counted `slow`: above the slow cut its rollback has in force, the control
+requests' learned p90 within rollback.slow_floor_ms..slow_ms) — and decides at
+most one fleet-wide action:
 
     block   a feature in a monitored segment (`segments[].monitor`): the segment
             is added to the feature's `deny_segments`
@@ -26,8 +29,9 @@ serves the new version, rewrites the file of a proxy that missed it, and writes
 one audit line (JSON: when, what, why, the evidence, which proxies applied).
 
 It never acts on data it cannot trust: Prometheus unreachable, a proxy's scrape
-failing or older than `max_scrape_age_s`, a proxy's series missing, a proxy not
-serving the current version. It then *holds* (logged, counted by reason).
+failing or its samples older than `max_scrape_age_s` (e.g. the samples from
+before a Prometheus restart), a proxy's series missing, a proxy not serving the
+current version. It then *holds* (logged, counted by reason).
 Its state (`state`) is written atomically before every push, so a controller
 killed at any point resumes where it stopped: a decided action is delivered
 and audited exactly once.
@@ -80,7 +84,16 @@ SETTINGS = {
     "push_attempts": (3, "pushes per proxy per action before holding (retried every interval after that)"),
     "augur": (str(ROOT / "target" / "release" / "augur"), "the augur CLI (check-config, inspect-model)"),
 }
-KPIS = ("errors", "security")  # the bad events counted per arm (slow needs the filter's learned cut)
+# The filter's three KPIs (src/rollback: errors, security, latency) and the
+# outcome each one is counted as. `slow` is counted by each proxy with the slow
+# cut its own rollback has in force (the control requests' learned p90 within
+# rollback.slow_floor_ms..slow_ms), the same cut for both arms of a split, so
+# the pooled counts feed the same harm test as errors do.
+KPIS = ("errors", "security", "latency")
+OUTCOME = {"errors": "errors", "security": "security", "latency": "slow"}
+# Per proxy and rollout, the series whose absence means the proxy cannot be
+# judged (a filter without `slow` counters would silently skip latency).
+REQUIRED = ("augur_requests_total", "augur_slow_responses_total")
 HOLD_REASONS = ("prometheus_down", "scrape_failed", "stale_scrape", "series_missing", "proxy_behind")
 
 
@@ -159,12 +172,13 @@ def selectors(rollout: str) -> dict:
     r = f'rollout="{rollout}"'
     return {
         "seg": ("feature, segment, arm, outcome",
-                f'augur_segment_outcomes_total{{{r},outcome=~"requests|errors|security"}}'),
+                f'augur_segment_outcomes_total{{{r},outcome=~"requests|errors|security|slow"}}'),
         "feat": ("feature, arm, outcome",
-                 f'augur_feature_outcomes_total{{{r},arm=~"on|holdout",outcome=~"requests|errors|security"}}'),
+                 f'augur_feature_outcomes_total{{{r},arm=~"on|holdout",outcome=~"requests|errors|security|slow"}}'),
         "req": ("stack", f"augur_requests_total{{{r}}}"),
         "err": ("stack", f'augur_responses_total{{{r},class=~"5xx|other"}}'),
         "sec": ("stack", f"augur_security_events_total{{{r}}}"),
+        "slow": ("stack", f"augur_slow_responses_total{{{r}}}"),
     }
 
 
@@ -179,7 +193,7 @@ def series_key(family: str, m: dict) -> str:
         return f"seg|{m.get('feature')}|{m.get('segment')}|{m.get('arm')}|{m.get('outcome')}"
     if family == "feat":
         return f"feat|{m.get('feature')}|{m.get('arm')}|{m.get('outcome')}"
-    kind = {"req": "requests", "err": "errors", "sec": "security"}[family]
+    kind = {"req": "requests", "err": "errors", "sec": "security", "slow": "slow"}[family]
     return f"stack|{m.get('stack')}|{kind}"
 
 
@@ -197,6 +211,35 @@ def window(now: dict, base: dict, prefix: str = "") -> dict:
 
 def subset(snapshot: dict, prefixes) -> dict:
     return {k: dict(v) for k, v in snapshot.items() if k.startswith(tuple(prefixes))}
+
+
+def distrust(instances, up, scraped, series, now, max_age, job, rollout):
+    """Why the fleet's data cannot be trusted now — (hold reason, detail) — or
+    None. Per proxy (its admin is its Prometheus `instance`): `up` its `up`
+    value, `scraped` the time of its last scrape, `series` the newest sample
+    time of each of the REQUIRED series for the rollout. A proxy Prometheus does
+    not scrape, or that exports no such series, is missing (its counts would be
+    absent from the sums); a failed scrape fails; a sample older than `max_age`
+    seconds is stale (Prometheus stopped scraping it, or just restarted and
+    still shows the samples from before)."""
+    for i in instances:
+        if i not in up:
+            return "series_missing", f"proxy {i}: no up series for job {job} (not a target of the job?)"
+        if up[i] != "1":
+            return "scrape_failed", f"proxy {i}: up is {up[i]} (its last scrape failed)"
+        age = now - scraped.get(i, 0.0)
+        if age > max_age:
+            return "stale_scrape", f"proxy {i}: last scrape {age:.1f} s ago (max_scrape_age_s {max_age})"
+        have = series.get(i, {})
+        for name in REQUIRED:
+            if name not in have:
+                return "series_missing", (f"proxy {i}: no {name} for rollout {rollout} (its filter "
+                                          "serves another rollout, or predates the series)")
+            age = now - have[name]
+            if age > max_age:
+                return "stale_scrape", (f"proxy {i}: {name} last sampled {age:.1f} s ago "
+                                        f"(max_scrape_age_s {max_age})")
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -225,10 +268,11 @@ def segment_tests(windows: dict, facts: dict, state: dict) -> list:
 
             on_n, off_n = n("on", "requests"), n("off", "requests")
             for kpi in KPIS:
-                ev = augur_stats.harm(on_n, n("on", kpi), off_n, n("off", kpi)) \
+                o = OUTCOME[kpi]
+                ev = augur_stats.harm(on_n, n("on", o), off_n, n("off", o)) \
                     if min(on_n, off_n) >= facts["min_samples"] else 0.0
-                out.append({"feature": f, "segment": s, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", kpi)],
-                            "off": [off_n, n("off", kpi)]})
+                out.append({"feature": f, "segment": s, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", o)],
+                            "off": [off_n, n("off", o)]})
     return out
 
 
@@ -246,10 +290,11 @@ def holdout_tests(windows: dict, facts: dict, state: dict) -> list:
 
         on_n, ho_n = n("on", "requests"), n("holdout", "requests")
         for kpi in KPIS:
-            ev = augur_stats.harm(on_n, n("on", kpi), ho_n, n("holdout", kpi)) \
+            o = OUTCOME[kpi]
+            ev = augur_stats.harm(on_n, n("on", o), ho_n, n("holdout", o)) \
                 if min(on_n, ho_n) >= facts["min_samples"] else 0.0
-            out.append({"feature": f, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", kpi)],
-                        "holdout": [ho_n, n("holdout", kpi)]})
+            out.append({"feature": f, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", o)],
+                        "holdout": [ho_n, n("holdout", o)]})
     return out
 
 
@@ -260,9 +305,10 @@ def stack_tests(w: dict, facts: dict) -> list:
     new_n, old_n = n("new", "requests"), n("old", "requests")
     out = []
     for kpi in KPIS:
-        ev = augur_stats.harm(new_n, n("new", kpi), old_n, n("old", kpi)) \
+        o = OUTCOME[kpi]
+        ev = augur_stats.harm(new_n, n("new", o), old_n, n("old", o)) \
             if min(new_n, old_n) >= facts["min_samples"] else 0.0
-        out.append({"kpi": kpi, "ln_m": ev, "new": [new_n, n("new", kpi)], "old": [old_n, n("old", kpi)]})
+        out.append({"kpi": kpi, "ln_m": ev, "new": [new_n, n("new", o)], "old": [old_n, n("old", o)]})
     return out
 
 
@@ -403,8 +449,8 @@ class Metrics:
             lines = ["# HELP augur_controller_actions_total Fleet actions delivered, by kind.",
                      "# TYPE augur_controller_actions_total counter"]
             lines += [f'augur_controller_actions_total{{kind="{k}"}} {v}' for k, v in sorted(self.actions.items())]
-            lines += [("# HELP augur_controller_holds_total Evaluations that held (no action) because data or proxies "
-                      "could not be trusted, by reason."), "# TYPE augur_controller_holds_total counter"]
+            lines += [("# HELP augur_controller_holds_total Evaluations that held (no action) because data or "
+                       "proxies could not be trusted, by reason."), "# TYPE augur_controller_holds_total counter"]
             lines += [f'augur_controller_holds_total{{reason="{k}"}} {v}' for k, v in sorted(self.holds.items())]
             lines += ["# TYPE augur_controller_push_retries_total counter",
                       f"augur_controller_push_retries_total {self.retries}",
@@ -476,31 +522,25 @@ class Controller:
 
     def snapshot(self):
         """(snapshot, hold reason or None)."""
-        instances = [p["admin"] for p in self.s["proxies"]]
+        job, rollout = self.s["job"], self.facts["name"]
         try:
-            up = {r["metric"].get("instance"): r for r in self.query(f'up{{job="{self.s["job"]}"}}')}
-            ts = {r["metric"].get("instance"): float(r["value"][1])
-                  for r in self.query(f'timestamp(up{{job="{self.s["job"]}"}})')}
-            present = {r["metric"].get("instance") for r in
-                       self.query(f'count by (instance) (augur_requests_total{{rollout="{self.facts["name"]}"}})')}
+            up = {r["metric"].get("instance"): r["value"][1] for r in self.query(f'up{{job="{job}"}}')}
+            scraped = {r["metric"].get("instance"): float(r["value"][1])
+                       for r in self.query(f'timestamp(up{{job="{job}"}})')}
+            series = {}
+            for name in REQUIRED:
+                for r in self.query(f'max by (instance) (timestamp({name}{{rollout="{rollout}"}}))'):
+                    series.setdefault(r["metric"].get("instance"), {})[name] = float(r["value"][1])
             snap = {}
-            for family, expr in queries(self.facts["name"]).items():
+            for family, expr in queries(rollout).items():
                 for r in self.query(expr):
                     snap.setdefault(series_key(family, r["metric"]), {})[r["metric"].get("instance")] = \
                         float(r["value"][1])
         except (OSError, ValueError, urllib.error.URLError) as e:
             return None, ("prometheus_down", str(e)[:200])
-        now = time.time()
-        for i in instances:
-            if i not in up or up[i]["value"][1] != "1":
-                return None, ("scrape_failed", f"proxy {i}: up is {up[i]['value'][1] if i in up else 'absent'}")
-            if now - ts.get(i, 0.0) > self.s["max_scrape_age_s"]:
-                return None, ("stale_scrape", (f"proxy {i}: last scrape {now - ts.get(i, 0.0):.1f} s ago "
-                              f"(max_scrape_age_s {self.s['max_scrape_age_s']})"))
-            if i not in present:
-                return None, ("series_missing", (f"proxy {i}: no augur_requests_total for rollout "
-                              f"{self.facts['name']}"))
-        return snap, None
+        why = distrust([p["admin"] for p in self.s["proxies"]], up, scraped, series, time.time(),
+                       self.s["max_scrape_age_s"], job, rollout)
+        return (None, why) if why else (snap, None)
 
     # -- the config plane ---------------------------------------------------
     def serving(self):
