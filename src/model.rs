@@ -4,7 +4,7 @@
 //! configuration ([`Model::from_onnx`]); each worker keeps one [`Session`] and
 //! reuses it for every request, so no plan is ever rebuilt on the request path.
 //!
-//! Engine: a plain MLP (the shape `models/train.py` exports) is lowered to the
+//! Engine: a plain MLP (the shape `augur_tools.loop.train` exports) is lowered to the
 //! [`dense`] kernel, used only after it agreed with tract's plan on
 //! [`PROBES`] probe inputs; every other graph, or `model.engine: "tract"`, runs
 //! on tract's optimised plan.
@@ -38,7 +38,7 @@ use graph::Program;
 
 /// Impact categories per feature, in output order.
 pub const IMPACTS: usize = 4;
-/// The default model, trained by `models/train.py` on seeded synthetic data.
+/// The default model, trained by `augur_tools.loop.train` on seeded synthetic data.
 pub const DEFAULT_MODEL: &[u8] = include_bytes!("../models/default.onnx");
 
 /// Predicted impact of one feature on one request. All in `[0, 1]`.
@@ -351,7 +351,9 @@ impl Model {
         let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
 
         let schema = metadata(&proto, "augur.schema").ok_or_else(|| {
-            ModelError::Metadata("missing augur.schema; train the model with models/train.py".into())
+            ModelError::Metadata(
+                "missing augur.schema; train the model with python -m augur_tools.loop.train".into(),
+            )
         })?;
         if schema != SCHEMA_ID {
             return Err(ModelError::Metadata(format!(
@@ -713,7 +715,7 @@ mod tests {
     }
 
     /// Real models of every supported family, exported by the standard
-    /// converters (integration/fixtures.py), and the kernel that must run each.
+    /// converters (augur_tools.fixtures), and the kernel that must run each.
     const ML_FIXTURES: [(&str, &str); 9] = [
         (
             "ml_lgbm",

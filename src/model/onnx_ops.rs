@@ -52,7 +52,7 @@ pub fn check_supported(onnx: &Onnx, proto: &ModelProto) -> Result<(), String> {
 
 fn register() -> OnnxOpRegister {
     let mut reg = OnnxOpRegister::default();
-    // What models/train.py and benches/models emit.
+    // What augur_tools.loop.train and benches/models emit.
     reg.insert("MatMul", |_, _| Ok((expand(ops::matmul::MatMulInference::default()), vec![])));
     reg.insert("Add", |_, _| Ok((ops::math::Add.into_hir(), vec![])));
     reg.insert("Relu", |_, _| Ok((expand(ops::activations::Clip::new(Some(0.0), None)), vec![])));

@@ -2,7 +2,7 @@
 //! path class, method, history), and those into the model's input vector.
 //!
 //! This module is the *one* definition of the feature-vector encoding. The filter
-//! calls [`encode`] per request; the trainer in `models/` gets its vectors from
+//! calls [`encode`] per request; the trainer (`augur_tools.loop.train`) gets its vectors from
 //! `augur encode`, which calls the same function, so the two can never drift.
 //! Every slot is documented in [`SLOTS`] (printed by `augur schema`).
 

@@ -24,7 +24,7 @@
 //! uniform prior on the share, `M = B(x+1, n-x+1) / (p0^x (1-p0)^(n-x))`,
 //! alarms at `1/α` with the same guarantee.
 //!
-//! `models/augur_stats.py` computes the same numbers (with SciPy); a test
+//! `augur_tools.augur_stats` (python/) computes the same numbers (with SciPy); a test
 //! compares the two through `augur stat`.
 
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9; ~15 significant digits).
