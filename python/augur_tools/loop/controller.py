@@ -266,14 +266,20 @@ def segment_tests(windows: dict, facts: dict, state: dict) -> list:
             def n(arm, o, f=f, s=s, w=w):
                 return int(w.get(f"seg|{f}|{s}|{arm}|{o}", 0))
 
-            on_n, off_n = n("on", "requests"), n("off", "requests")
-            for kpi in KPIS:
-                o = OUTCOME[kpi]
-                ev = augur_stats.harm(on_n, n("on", o), off_n, n("off", o)) \
-                    if min(on_n, off_n) >= facts["min_samples"] else 0.0
-                out.append({"feature": f, "segment": s, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", o)],
-                            "off": [off_n, n("off", o)]})
+            for kpi, ev, on, off in arm_tests(n, "off", facts["min_samples"]):
+                out.append({"feature": f, "segment": s, "kpi": kpi, "ln_m": ev, "on": on, "off": off})
     return out
+
+
+def arm_tests(n, control: str, min_samples: int):
+    """Per KPI: (kpi, evidence that arm "on" is worse than `control`, on's
+    [requests, bad], control's [requests, bad]) from the counts `n(arm, outcome)`;
+    no evidence below `min_samples` requests in either arm."""
+    on_n, ctl_n = n("on", "requests"), n(control, "requests")
+    for kpi in KPIS:
+        o = OUTCOME[kpi]
+        ev = augur_stats.harm(on_n, n("on", o), ctl_n, n(control, o)) if min(on_n, ctl_n) >= min_samples else 0.0
+        yield kpi, ev, [on_n, n("on", o)], [ctl_n, n(control, o)]
 
 
 def holdout_tests(windows: dict, facts: dict, state: dict) -> list:
@@ -288,13 +294,8 @@ def holdout_tests(windows: dict, facts: dict, state: dict) -> list:
         def n(arm, o, f=f, w=w):
             return int(w.get(f"feat|{f}|{arm}|{o}", 0))
 
-        on_n, ho_n = n("on", "requests"), n("holdout", "requests")
-        for kpi in KPIS:
-            o = OUTCOME[kpi]
-            ev = augur_stats.harm(on_n, n("on", o), ho_n, n("holdout", o)) \
-                if min(on_n, ho_n) >= facts["min_samples"] else 0.0
-            out.append({"feature": f, "kpi": kpi, "ln_m": ev, "on": [on_n, n("on", o)],
-                        "holdout": [ho_n, n("holdout", o)]})
+        for kpi, ev, on, ho in arm_tests(n, "holdout", facts["min_samples"]):
+            out.append({"feature": f, "kpi": kpi, "ln_m": ev, "on": on, "holdout": ho})
     return out
 
 
