@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from augur_tools import cli
 from augur_tools.bench.measure import (
     HARD_LIMIT_S,
     BenchError,
@@ -149,8 +150,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench-e2e: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.run(main, [(BenchError, "bench-e2e: ", 1)])

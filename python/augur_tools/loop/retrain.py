@@ -88,7 +88,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augur_tools import augur_stats
+from augur_tools import augur_stats, cli
 from augur_tools.envoy import envoyconf
 from augur_tools.envoy.admin import ecds_counters, serving_version
 from augur_tools.loop import report, train, uplift
@@ -958,11 +958,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ValidationError as e:
-        print(f"retrain: candidate NOT pushed, validation failed: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (JobError, TrainError, ValueError) as e:
-        print(f"retrain: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.run(main, [(ValidationError, "retrain: candidate NOT pushed, validation failed: ", 2),
+                   ((JobError, TrainError, ValueError), "retrain: error: ", 1)])

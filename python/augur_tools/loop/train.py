@@ -38,14 +38,13 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from augur_tools import paths
+from augur_tools import cli, paths
 
 IMPACTS = ("performance_cost", "error_risk", "engagement", "security_risk")
 DEFAULT_AUGUR = os.environ.get("AUGUR", str(paths.ROOT / "target" / "release" / "augur"))
@@ -591,8 +590,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except TrainError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    cli.run(main, [(TrainError, "train.py: error: ", 1)])
