@@ -653,6 +653,8 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         }
         // Overall, on the traffic the feature still serves (since its last block).
         let [on, off] = counts.arms[f].cells[OVERALL];
+        let total = siblings(0).map(|c| counts.traffic[c]).sum::<u32>().max(1);
+        let all_n = f64::from(on.n + off.n).max(1.0);
         for k in 0..KPIS {
             let e = evidence(on, off, k);
             // Worse everywhere, not just in one cell that a block will take:
@@ -661,19 +663,19 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             // history=low, nearly everyone) it holds at least half the excess
             // an even spread would put there.
             let all_excess = excess(on, off, k);
-            let all_n = f64::from(on.n + off.n).max(1.0);
-            let total = siblings(0).map(|c| counts.traffic[c]).sum::<u32>().max(1);
-            let spread = (0..CELLS).all(|c| {
-                let [c_on, c_off] = counts.arms[f].cells[c];
-                let (r_on, r_off) = (on.minus(c_on), off.minus(c_off));
-                if 2 * counts.traffic[c] < total {
-                    evidence(r_on, r_off, k) >= levels.kill / 2.0
-                } else {
-                    let rest_share = f64::from(r_on.n + r_off.n) / all_n;
-                    excess(r_on, r_off, k) >= 0.5 * rest_share * all_excess
-                }
-            });
-            if enough(on, off) && e >= levels.kill && spread {
+            let spread = || {
+                (0..CELLS).all(|c| {
+                    let [c_on, c_off] = counts.arms[f].cells[c];
+                    let (r_on, r_off) = (on.minus(c_on), off.minus(c_off));
+                    if 2 * counts.traffic[c] < total {
+                        evidence(r_on, r_off, k) >= levels.kill / 2.0
+                    } else {
+                        let rest_share = f64::from(r_on.n + r_off.n) / all_n;
+                        excess(r_on, r_off, k) >= 0.5 * rest_share * all_excess
+                    }
+                })
+            };
+            if enough(on, off) && e >= levels.kill && spread() {
                 blocks.killed |= bit;
                 blocks.since[f] = now_s;
                 events.push(Event::Killed { feature: f, kpi: k, evidence: e });
@@ -708,11 +710,7 @@ fn choose_block(
     traffic: &[u32],
     blocked: &[u64; MASK_WORDS],
 ) -> Option<Candidate> {
-    let enough = |a: Tally, b: Tally| a.n >= policy.min_samples && b.n >= policy.min_samples;
-    let test = |cell: usize, k: usize| {
-        let [on, off] = arms.cells[cell];
-        (enough(on, off), evidence(on, off, k), excess_lcb(on, off, k))
-    };
+    let test = |cell: usize, k: usize| test_cell(policy, arms, cell, k);
     let size = |c: usize| u64::from(traffic.get(c).copied().unwrap_or(0));
     // A pair that holds (nearly) all of a parent's traffic is that parent.
     let same_as_parent = |p: usize| parents(p).is_some_and(|(a, b)| 10 * size(p) >= 9 * size(a).min(size(b)));
@@ -770,10 +768,10 @@ fn choose_block(
             return Some(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
         }
         // Most of the excess in a narrower cell, concentrated there (at least
-        // twice its share of the traffic, or the rest of the cell clean),
-        // half-way to its level: worth waiting for.
-        // Of all new-stack traffic (randomised requests come from suspect
-        // cells only, so their mix says little about the cells' sizes).
+        // twice its share of the traffic), half-way to its level: worth
+        // waiting for. The share is of all new-stack traffic: randomised
+        // requests come from suspect cells only, so their mix says little
+        // about the cells' sizes.
         let traffic_share = size(p) as f64 / size(s).max(1) as f64;
         let concentrated = share >= 0.5 && share >= 2.0 * traffic_share;
         if concentrated && e >= level / 2.0 && narrow.is_none_or(|(_, s)| share > s) {
@@ -785,6 +783,14 @@ fn choose_block(
         Some(_) if best.evidence < 2.0 * levels.single => None,
         _ => Some(best),
     }
+}
+
+/// One cell's harm test for a feature on KPI `k`: (both arms have
+/// `min_samples`, evidence, lower bound of the excess rate).
+fn test_cell(policy: &Policy, arms: &Arms, cell: usize, k: usize) -> (bool, f64, f64) {
+    let [on, off] = arms.cells[cell];
+    let enough = on.n >= policy.min_samples && off.n >= policy.min_samples;
+    (enough, evidence(on, off, k), excess_lcb(on, off, k))
 }
 
 /// What explains a significant pair's harm (see [`explain_pair`]).
@@ -828,16 +834,9 @@ fn explain_pair(
     explaining.sort_by(|&a, &b| size(a).total_cmp(&size(b)));
     let overwhelming = best.evidence >= 2.0 * levels.pair;
     for c in explaining {
-        let [on, off] = arms.cells[c];
-        let e = evidence(on, off, k);
-        let enough = on.n >= policy.min_samples && off.n >= policy.min_samples;
+        let (enough, e, lcb) = test_cell(policy, arms, c, k);
         if enough && e >= levels.single {
-            return Explained::Single(Candidate {
-                cell: c,
-                kpi: k,
-                evidence: e,
-                lcb: excess_lcb(on, off, k),
-            });
+            return Explained::Single(Candidate { cell: c, kpi: k, evidence: e, lcb });
         }
         if e >= levels.single / 2.0 && !overwhelming {
             return Explained::Wait;
