@@ -57,6 +57,47 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The JSON path of a field as validation descends into the document
+/// (`features[2].requires[0]`): one spelling of paths in every error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Field(String);
+
+impl Field {
+    /// Item `i` of the top-level list `list`: `list[i]`.
+    pub(crate) fn item(list: &str, i: usize) -> Field {
+        Field(format!("{list}[{i}]"))
+    }
+
+    /// The member `name` of this object: `self.name`.
+    pub(crate) fn child(&self, name: &str) -> Field {
+        Field(format!("{}.{name}", self.0))
+    }
+
+    /// Item `i` of this list: `self[i]`.
+    pub(crate) fn at(&self, i: usize) -> Field {
+        Field(format!("{}[{i}]", self.0))
+    }
+}
+
+impl std::ops::Deref for Field {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Field> for String {
+    fn from(f: Field) -> String {
+        f.0
+    }
+}
+
+impl From<&Field> for String {
+    fn from(f: &Field) -> String {
+        f.0.clone()
+    }
+}
+
 /// Header names and values the filter emits must be plain lowercase tokens.
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()

@@ -7,7 +7,7 @@
 //! control header, and the check that a push does not move the prefix without
 //! a migration.
 
-use crate::config::{is_token, ConfigError};
+use crate::config::{is_token, ConfigError, Field};
 
 /// Most earlier control-header prefixes a migration may keep stripping.
 pub const MAX_PREVIOUS_PREFIXES: usize = 4;
@@ -79,7 +79,7 @@ impl ControlHeaders {
         }
         let mut out = Vec::with_capacity(previous.len());
         for (i, p) in previous.iter().enumerate() {
-            let field = format!("previous_control_header_prefixes[{i}]");
+            let field = Field::item("previous_control_header_prefixes", i);
             let p = norm(p);
             if !valid(&p) {
                 return Err(ConfigError::new(field, must(&p)));

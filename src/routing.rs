@@ -6,7 +6,7 @@
 //! raising the percentage only ever moves users from old to new, never back.
 //! Changing the salt reshuffles everyone — use a new salt per rollout.
 
-use crate::config::{is_token, ConfigError};
+use crate::config::{is_token, ConfigError, Field};
 use crate::hash::stable_hash;
 use crate::segments::{self, Segment};
 
@@ -162,9 +162,9 @@ pub(crate) fn compile_by_segment(
 ) -> Result<Vec<(usize, u32)>, ConfigError> {
     let mut by_segment = Vec::with_capacity(raw.by_segment.len());
     for (i, r) in raw.by_segment.iter().enumerate() {
-        let field = format!("rollout.by_segment[{i}]");
-        let ix = segments::resolve(format!("{field}.segment"), &r.segment, segments)?;
-        by_segment.push((ix, threshold(percentage(format!("{field}.percentage"), r.percentage)?)));
+        let field = Field::item("rollout.by_segment", i);
+        let ix = segments::resolve(field.child("segment"), &r.segment, segments)?;
+        by_segment.push((ix, threshold(percentage(field.child("percentage").into(), r.percentage)?)));
     }
     Ok(by_segment)
 }

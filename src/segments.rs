@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use crate::config::{is_token, ConfigError};
+use crate::config::{is_token, ConfigError, Field};
 use crate::control::ControlHeaders;
 use crate::headers::Headers;
 use crate::model::{Impact, Model, ScoreWeights};
@@ -154,7 +154,7 @@ pub(crate) fn compile_monitored(raw: &[RawSegment]) -> Result<Vec<usize>, Config
     let out: Vec<usize> = raw.iter().enumerate().filter(|(_, s)| s.monitor).map(|(i, _)| i).collect();
     if let Some(&i) = out.get(MAX_MONITORED_SEGMENTS) {
         return Err(ConfigError::new(
-            format!("segments[{i}].monitor"),
+            Field::item("segments", i).child("monitor"),
             format!(
                 "{} monitored segments, at most {MAX_MONITORED_SEGMENTS} (MAX_MONITORED_SEGMENTS): each adds features × 10 series on every proxy; monitor the cells you act on",
                 out.len()
@@ -184,40 +184,35 @@ pub(crate) fn compile(raw: &[RawSegment], control: &ControlHeaders) -> Result<Ve
     }
     let mut out: Vec<Segment> = Vec::with_capacity(raw.len());
     for (i, s) in raw.iter().enumerate() {
-        let field = format!("segments[{i}]");
+        let field = Field::item("segments", i);
         if !is_token(&s.name) {
             return Err(ConfigError::new(
-                format!("{field}.name"),
+                field.child("name"),
                 format!("\"{}\" must be a lowercase token", s.name),
             ));
         }
         if out.iter().any(|o| o.name == s.name) {
-            return Err(ConfigError::new(
-                format!("{field}.name"),
-                format!("duplicate segment \"{}\"", s.name),
-            ));
+            return Err(ConfigError::new(field.child("name"), format!("duplicate segment \"{}\"", s.name)));
         }
         let header = match (&s.header, s.values.is_empty()) {
             (None, true) => None,
-            (Some(h), false) => {
-                Some((control.input_header(&format!("{field}.header"), h)?, s.values.clone()))
-            }
+            (Some(h), false) => Some((control.input_header(&field.child("header"), h)?, s.values.clone())),
             (Some(_), true) => {
                 return Err(ConfigError::new(
-                    format!("{field}.values"),
+                    field.child("values"),
                     "a header criterion needs at least one value",
                 ))
             }
             (None, false) => {
                 return Err(ConfigError::new(
-                    format!("{field}.header"),
+                    field.child("header"),
                     "values are given but no header to match them against",
                 ))
             }
         };
         if s.users.len() > MAX_USERS_PER_SEGMENT {
             return Err(ConfigError::new(
-                format!("{field}.users"),
+                field.child("users"),
                 format!(
                     "{} user ids, at most {MAX_USERS_PER_SEGMENT} per segment (MAX_USERS_PER_SEGMENT); for larger groups match a header your auth layer sets (`header` + `values`)",
                     s.users.len()
@@ -251,10 +246,10 @@ pub(crate) fn compile_predicted(
 ) -> Result<(), ConfigError> {
     for (i, (s, out)) in raw.iter().zip(segments.iter_mut()).enumerate() {
         let Some(p) = &s.predicted else { continue };
-        let field = format!("segments[{i}].predicted");
+        let field = Field::item("segments", i).child("predicted");
         let Some(slot) = model.features().iter().position(|f| f == &p.feature) else {
             return Err(ConfigError::new(
-                format!("{field}.feature"),
+                field.child("feature"),
                 format!(
                     "the model does not score \"{}\" (it scores: {})",
                     p.feature,
@@ -276,17 +271,17 @@ pub(crate) fn compile_predicted(
 }
 
 /// The index of segment `name`, or the error for `field` that names the fix.
-pub(crate) fn resolve(field: String, name: &str, segments: &[Segment]) -> Result<usize, ConfigError> {
+pub(crate) fn resolve(field: Field, name: &str, segments: &[Segment]) -> Result<usize, ConfigError> {
     segments.iter().position(|s| s.name == name).ok_or_else(|| {
         ConfigError::new(field, format!("unknown segment \"{name}\"; define it under \"segments\""))
     })
 }
 
 /// The membership mask of the segments `names` (a rule's `allow_segments`, …).
-pub(crate) fn mask(field: &str, names: &[String], segments: &[Segment]) -> Result<u64, ConfigError> {
+pub(crate) fn mask(field: &Field, names: &[String], segments: &[Segment]) -> Result<u64, ConfigError> {
     let mut mask = 0u64;
     for (j, n) in names.iter().enumerate() {
-        mask |= 1 << resolve(format!("{field}[{j}]"), n, segments)?;
+        mask |= 1 << resolve(field.at(j), n, segments)?;
     }
     Ok(mask)
 }

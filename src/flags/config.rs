@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::{FeatureRule, FlagRules, Override, Thresholds};
-use crate::config::{is_token, ConfigError};
+use crate::config::{is_token, ConfigError, Field};
 use crate::model::{Model, ScoreWeights};
 use crate::routing::BUCKETS;
 use crate::segments::{self, Segment};
@@ -66,17 +66,17 @@ fn default_max_security_risk() -> f32 {
 }
 
 /// Holdout share (percent, 0-50) as a bucket threshold.
-fn holdout_buckets(field: &str, pct: f64) -> Result<u32, ConfigError> {
+fn holdout_buckets(field: &Field, pct: f64) -> Result<u32, ConfigError> {
     if !(0.0..=50.0).contains(&pct) {
         return Err(ConfigError::new(
-            format!("{field}.holdout"),
+            field.child("holdout"),
             format!("{pct} is outside 0-50 (percent of eligible users held out)"),
         ));
     }
     Ok((pct * f64::from(BUCKETS) / 100.0).round() as u32)
 }
 
-fn unit(field: String, v: f32) -> Result<f32, ConfigError> {
+fn unit(field: Field, v: f32) -> Result<f32, ConfigError> {
     if (0.0..=1.0).contains(&v) {
         Ok(v)
     } else {
@@ -101,33 +101,33 @@ pub(crate) fn compile(
     for (i, f) in raw.iter().enumerate() {
         if !is_token(&f.name) || f.name.contains('.') {
             return Err(ConfigError::new(
-                format!("features[{i}].name"),
+                Field::item("features", i).child("name"),
                 format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it is sent in a header and used in stat names)", f.name),
             ));
         }
         if index.insert(f.name.as_str(), i).is_some() {
             return Err(ConfigError::new(
-                format!("features[{i}].name"),
+                Field::item("features", i).child("name"),
                 format!("duplicate feature \"{}\"", f.name),
             ));
         }
     }
     let mut features = Vec::with_capacity(raw.len());
     for (i, f) in raw.iter().enumerate() {
-        let field = format!("features[{i}]");
+        let field = Field::item("features", i);
         let mut requires = Vec::with_capacity(f.requires.len());
         for (j, r) in f.requires.iter().enumerate() {
             match index.get(r.as_str()) {
                 Some(&ix) if ix == i => {
                     return Err(ConfigError::new(
-                        format!("{field}.requires[{j}]"),
+                        field.child("requires").at(j),
                         format!("\"{r}\" cannot require itself"),
                     ))
                 }
                 Some(&ix) => requires.push(ix),
                 None => {
                     return Err(ConfigError::new(
-                        format!("{field}.requires"),
+                        field.child("requires"),
                         format!("unknown feature \"{r}\"; declare it under \"features\""),
                     ))
                 }
@@ -135,20 +135,20 @@ pub(crate) fn compile(
         }
         if f.min_score > 100 {
             return Err(ConfigError::new(
-                format!("{field}.min_score"),
+                field.child("min_score"),
                 format!("{} is outside 0-100", f.min_score),
             ));
         }
         let thresholds = Thresholds {
-            max_performance_cost: unit(format!("{field}.max_performance_cost"), f.max_performance_cost)?,
-            max_error_risk: unit(format!("{field}.max_error_risk"), f.max_error_risk)?,
-            min_engagement: unit(format!("{field}.min_engagement"), f.min_engagement)?,
-            max_security_risk: unit(format!("{field}.max_security_risk"), f.max_security_risk)?,
+            max_performance_cost: unit(field.child("max_performance_cost"), f.max_performance_cost)?,
+            max_error_risk: unit(field.child("max_error_risk"), f.max_error_risk)?,
+            min_engagement: unit(field.child("min_engagement"), f.min_engagement)?,
+            max_security_risk: unit(field.child("max_security_risk"), f.max_security_risk)?,
         };
         let model_slot = model.features().iter().position(|m| m == &f.name);
         if model_slot.is_none() && f.override_ == Override::Auto {
             return Err(ConfigError::new(
-                format!("{field}.override"),
+                field.child("override"),
                 format!(
                     "\"{}\" is \"auto\" but the model (version {}) does not score it (it scores: {}); set override to \"on\" or \"off\", or push a model trained for it",
                     f.name,
@@ -163,8 +163,8 @@ pub(crate) fn compile(
             override_: f.override_,
             thresholds,
             min_score: f.min_score,
-            allow_segments: segments::mask(&format!("{field}.allow_segments"), &f.allow_segments, segments)?,
-            deny_segments: segments::mask(&format!("{field}.deny_segments"), &f.deny_segments, segments)?,
+            allow_segments: segments::mask(&field.child("allow_segments"), &f.allow_segments, segments)?,
+            deny_segments: segments::mask(&field.child("deny_segments"), &f.deny_segments, segments)?,
             fallback: f.fallback == Fallback::On,
             model_slot,
             holdout: holdout_buckets(&field, f.holdout)?,
@@ -207,7 +207,7 @@ fn dependency_order(features: &[FeatureRule]) -> Result<Vec<usize>, ConfigError>
                             stack[from..].iter().map(|(n, _)| features[*n].name.as_str()).collect();
                         names.push(features[dep].name.as_str());
                         return Err(ConfigError::new(
-                            format!("features[{dep}].requires"),
+                            Field::item("features", dep).child("requires"),
                             format!(
                                 "dependency cycle {}; remove one of these requirements",
                                 names.join(" → ")
