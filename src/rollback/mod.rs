@@ -203,6 +203,13 @@ pub struct Policy {
     pub epoch: u64,
 }
 
+impl Policy {
+    /// Both arms of a test have `min_samples` requests: below that, no test.
+    fn enough(&self, a: Tally, b: Tally) -> bool {
+        a.n >= self.min_samples && b.n >= self.min_samples
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -596,7 +603,6 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     }
     let features = counts.arms.len().min(blocks.cells.len()).min(64);
     let levels = Levels::new(policy, features);
-    let enough = |a: Tally, b: Tally| a.n >= policy.min_samples && b.n >= policy.min_samples;
 
     if let Recovery::Probation { seconds } = policy.recovery {
         for f in 0..features {
@@ -675,7 +681,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
                     }
                 })
             };
-            if enough(on, off) && e >= levels.kill && spread() {
+            if policy.enough(on, off) && e >= levels.kill && spread() {
                 blocks.killed |= bit;
                 blocks.since[f] = now_s;
                 events.push(Event::Killed { feature: f, kpi: k, evidence: e });
@@ -690,7 +696,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     let (old, new) = (counts.baseline[0], counts.baseline[1]);
     for k in 0..KPIS {
         let e = evidence(new, old, k);
-        if !blocks.reverted && enough(new, old) && e >= levels.revert {
+        if !blocks.reverted && policy.enough(new, old) && e >= levels.revert {
             blocks.reverted = true;
             events.push(Event::Reverted { kpi: k, evidence: e });
         }
@@ -789,8 +795,7 @@ fn choose_block(
 /// `min_samples`, evidence, lower bound of the excess rate).
 fn test_cell(policy: &Policy, arms: &Arms, cell: usize, k: usize) -> (bool, f64, f64) {
     let [on, off] = arms.cells[cell];
-    let enough = on.n >= policy.min_samples && off.n >= policy.min_samples;
-    (enough, evidence(on, off, k), excess_lcb(on, off, k))
+    (policy.enough(on, off), evidence(on, off, k), excess_lcb(on, off, k))
 }
 
 /// What explains a significant pair's harm (see [`explain_pair`]).
