@@ -147,6 +147,7 @@ unit:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test
 
 integration: $(WASM) $(EMPTY_WASM) $(CLI) venv .deploy-tools.stamp node-deps rules-check
+	node --test tests/wasm_host/
 	cd clients/node && node --test test/
 	$(VPY) -m pytest -q python/tests clients/python
 

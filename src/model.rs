@@ -237,6 +237,10 @@ fn metadata(proto: &tract_onnx::pb::ModelProto, key: &str) -> Option<String> {
 
 /// The graph output the model contract reads: the only one, or a classifier's
 /// `probabilities` (its `label` output is not used).
+fn parse(e: TractError) -> ModelError {
+    ModelError::Parse(format!("{e:#}"))
+}
+
 fn chosen_output(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelError> {
     match graph.output.as_slice() {
         [one] => Ok(one.name.clone()),
@@ -248,6 +252,25 @@ fn chosen_output(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelErro
             ))
         }),
     }
+}
+
+/// Refuses a graph whose chosen output no node, input or initializer makes
+/// (tract indexes its name table with it and would panic).
+fn check_output_defined(graph: &tract_onnx::pb::GraphProto, output: &str) -> Result<(), ModelError> {
+    let defined = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)))
+        .any(|name| !name.is_empty() && name == output);
+    if defined {
+        return Ok(());
+    }
+    Err(ModelError::Shape(format!(
+        "graph output \"{output}\" is made by no node, input or initializer; the model file is malformed, \
+         export it again"
+    )))
 }
 
 /// Keeps only the nodes `output` depends on, and only that output (a
@@ -346,10 +369,17 @@ impl Model {
                 bytes.len()
             )));
         }
-        let parse = |e: TractError| ModelError::Parse(format!("{e:#}"));
         let onnx = onnx_ops::framework();
-        let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
+        let proto = onnx.proto_model_for_read(&mut &bytes[..]).map_err(parse)?;
+        Model::from_proto(&onnx, proto, choice)
+    }
 
+    /// Checks and optimises a decoded model (the part after the bytes are parsed).
+    fn from_proto(
+        onnx: &tract_onnx::Onnx,
+        mut proto: tract_onnx::pb::ModelProto,
+        choice: EngineChoice,
+    ) -> Result<Model, ModelError> {
         let schema = metadata(&proto, "augur.schema").ok_or_else(|| {
             ModelError::Metadata(
                 "missing augur.schema; train the model with python -m augur_tools.loop.train".into(),
@@ -374,6 +404,7 @@ impl Model {
 
         let graph = proto.graph.as_mut().ok_or_else(|| ModelError::Parse("no graph".into()))?;
         let output = chosen_output(graph)?;
+        check_output_defined(graph, &output)?;
         prune(graph, &output);
         let input = graph_input(graph)?;
         let ml: Vec<&str> =
@@ -398,7 +429,7 @@ impl Model {
             return Ok(Model { kernel: Kernel::Graph(Arc::new(program)), engine, features, version });
         }
 
-        onnx_ops::check_supported(&onnx, &proto).map_err(ModelError::Parse)?;
+        onnx_ops::check_supported(onnx, &proto).map_err(ModelError::Parse)?;
         let model = onnx.model_for_proto_model(&proto).map_err(parse)?;
         if model.inputs.len() != 1 || model.outputs.len() != 1 {
             return Err(ModelError::Shape(format!(
@@ -636,6 +667,21 @@ mod tests {
         assert!(r.iter().all(|v| (0.0..1.0).contains(v)));
         assert!(r.iter().filter(|v| **v > 0.0).count() > INPUT_DIM / 2);
         assert_ne!(probe(PROBES - 1), probe(PROBES - 2));
+    }
+
+    #[test]
+    fn an_output_nothing_makes_is_refused_not_panicking() {
+        // Found by fuzz_model_bytes: tract-onnx indexes its name table with the output's name.
+        let onnx = onnx_ops::framework();
+        let mut proto = onnx.proto_model_for_read(&mut &DEFAULT_MODEL[..]).unwrap();
+        proto.graph.as_mut().unwrap().output[0].name = "nowhere".into();
+        for choice in [EngineChoice::Auto, EngineChoice::Tract] {
+            let err = Model::from_proto(&onnx, proto.clone(), choice).err().unwrap();
+            assert!(
+                matches!(&err, ModelError::Shape(m) if m.contains("\"nowhere\" is made by no node")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -882,6 +882,24 @@ fn learn_slow_cut(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks) {
     }
 }
 
+/// The screening evidence of cell `c` on the windowed stack tallies — its new-stack
+/// requests against the old stack's and against the rest of the new stack's —
+/// as (KPI, ln M) of its strongest KPI.
+fn screening(counts: &Counts, c: usize) -> (usize, f64) {
+    let (old, new) = (counts.screened(0, c), counts.screened(1, c));
+    let mut rest = Tally::default();
+    for o in siblings(c).filter(|&o| o != c) {
+        rest.add(counts.screened(1, o));
+    }
+    (0..KPIS).map(|k| (k, evidence(new, old, k).max(evidence(new, rest, k)))).fold((0, 0.0), |best, x| {
+        if x.1 > best.1 {
+            x
+        } else {
+            best
+        }
+    })
+}
+
 /// Suspect screening on the windowed stack tallies, the exploration budget,
 /// and the end of exploration.
 fn screen(
@@ -921,21 +939,31 @@ fn screen(
         if blocks.suspect & (1 << c) != 0 || now_s < blocks.quiet_until[c] {
             continue;
         }
-        let (old, new) = (counts.screened(0, c), counts.screened(1, c));
-        let mut rest = Tally::default();
-        for o in siblings(c).filter(|&o| o != c) {
-            rest.add(counts.screened(1, o));
-        }
-        for k in 0..KPIS {
-            let e = evidence(new, old, k).max(evidence(new, rest, k));
-            if new.n >= policy.min_samples && e >= levels.screen {
-                found.push((c, k, e));
-                break;
-            }
+        let (k, e) = screening(counts, c);
+        if counts.screened(1, c).n >= policy.min_samples && e >= levels.screen {
+            found.push((c, k, e));
         }
     }
     found.sort_by(|a, b| b.2.total_cmp(&a.2));
     for (c, k, e) in found {
+        if used + share(c) > policy.explore_budget && used > 0.0 {
+            // A suspect the screen would no longer flag (its harm went away, e.g.
+            // denied by configuration) gives its budget to this one, weakest first.
+            let mut stale: Vec<(usize, f64)> = (0..CELLS)
+                .filter(|&s| blocks.suspect & (1 << s) != 0)
+                .map(|s| (s, screening(counts, s).1))
+                .filter(|&(_, e)| e < levels.screen)
+                .collect();
+            stale.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for (s, _) in stale {
+                if used + share(c) <= policy.explore_budget {
+                    break;
+                }
+                blocks.suspect &= !(1 << s);
+                used -= share(s);
+                events.push(Event::Cleared { cell: s });
+            }
+        }
         if used + share(c) > policy.explore_budget && used > 0.0 {
             continue; // over budget: the strongest suspects explore first
         }

@@ -350,3 +350,40 @@ fn a_block_forgets_exactly_the_traffic_it_takes_and_keeps_the_rest() {
     assert_eq!(arms.cells[0], all.cells[0], "mobile is disjoint from tablets&path_class_2");
     assert_eq!(arms.cells[6], [Tally::default(); 2], "location_1 overlaps it in a triple: restarts");
 }
+
+#[test]
+fn a_stale_suspect_gives_its_exploration_budget_to_a_new_harm() {
+    // Tablets were suspect, but their harm went away (denied by configuration
+    // before augur's own block): the screen no longer flags them. Desktops now
+    // fail half their new-stack requests; both do not fit the 0.3 budget.
+    let (mobile, tablet, desktop) = (0, 1, 2);
+    let policy = Policy::default();
+    let mut counts = Counts::new(2);
+    let mut blocks = Blocks::new(2);
+    let now = 1_000;
+    blocks.window_s = now;
+    blocks.suspect = 1 << tablet;
+    counts.explored[tablet] = 100; // not yet enough to end it by itself
+    let tally = |n: u32, errors: u32| Tally { n, bad: [errors, 0, 0] };
+    for (c, old, new) in [
+        (mobile, tally(1000, 20), tally(400, 8)),
+        (tablet, tally(600, 12), tally(250, 5)),
+        (desktop, tally(800, 16), tally(350, 175)),
+    ] {
+        counts.stack[0][0][c] = old;
+        counts.stack[0][1][c] = new;
+    }
+    let events = evaluate(&policy, &mut counts, &mut blocks, now);
+    assert!(events.contains(&Event::Cleared { cell: tablet }), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Suspect { cell, .. } if *cell == desktop)),
+        "{events:?}"
+    );
+    assert_eq!(blocks.suspect, 1 << desktop);
+
+    // A suspect the screen still flags keeps its budget.
+    let mut blocks = Blocks { suspect: 1 << tablet, window_s: now, ..Blocks::new(2) };
+    counts.stack[0][1][tablet] = tally(250, 60);
+    let events = evaluate(&policy, &mut counts, &mut blocks, now);
+    assert_eq!(blocks.suspect, 1 << tablet, "{events:?}");
+}

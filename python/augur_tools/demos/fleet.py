@@ -135,6 +135,31 @@ class Fleet:
         p = self.workdir / "controller.log"
         return p.read_text() if p.exists() else ""
 
+    def diagnosis(self):
+        """What a failed wait should show: the controller's last log lines and
+        hold counts, and how old Prometheus's newest sample of `up` and of each
+        series the controller requires is, per proxy."""
+        from augur_tools.loop import controller
+
+        lines = ["controller log tail:", self.controller_log()[-1500:]]
+        try:
+            holds = [l for l in self.controller_metrics().splitlines() if l.startswith("augur_controller_holds_total")]
+            lines += ["controller holds:", *holds]
+        except OSError as e:
+            lines.append(f"controller metrics: {e}")
+        rollout = self.rollout["name"]
+        for name in ("up", *controller.REQUIRED):
+            sel = f'{name}{{job="{JOB}"}}' if name == "up" else f'{name}{{rollout="{rollout}"}}'
+            try:
+                ages = {r["metric"].get("instance"): round(float(r["value"][1]), 1)
+                        for r in self.prom.query(f"time() - max by (instance) (timestamp({sel}))")}
+            except (OSError, RuntimeError) as e:
+                ages = str(e)[:200]
+            lines.append(f"prometheus: age of the newest {name} sample per instance (s): {ages}")
+        log = self.prom.workdir / "prometheus.log"
+        lines += ["prometheus log tail:", log.read_text()[-800:] if log.exists() else "(none)"]
+        return "\n".join(lines)
+
     def controller_events(self, event=None):
         out = []
         for line in self.controller_log().splitlines():

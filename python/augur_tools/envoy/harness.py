@@ -31,6 +31,8 @@ def free_port():
 
 
 def wait_until(check, timeout, what):
+    """Polls `check` until it is true; else TimeoutError naming `what` (a string,
+    or a callable built at the timeout, so it can show the state then)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -39,7 +41,7 @@ def wait_until(check, timeout, what):
         except OSError:
             pass
         time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 def stop_process(proc, grace=10):

@@ -271,6 +271,12 @@ def segment_tests(windows: dict, facts: dict, state: dict) -> list:
     return out
 
 
+def worst(tests: list):
+    """The test with the most evidence, as the status line shows it (None when there is none)."""
+    t = max(tests, key=lambda t: t["ln_m"], default=None)
+    return None if t is None else {k: round(v, 2) if isinstance(v, float) else v for k, v in t.items()}
+
+
 def arm_tests(n, control: str, min_samples: int):
     """Per KPI: (kpi, evidence that arm "on" is worse than `control`, on's
     [requests, bad], control's [requests, bad]) from the counts `n(arm, outcome)`;
@@ -681,7 +687,8 @@ class Controller:
             self.last_status = now
             self.log("status", version=version, ramp=report.get("ramp"),
                      percentage=self.metrics.percentage, blocks=self.state["blocks"], kills=self.state["kills"],
-                     max_ln_m=round(max((t["ln_m"] for t in report["stack"] + report["segments"]), default=0), 2))
+                     max_ln_m=round(max((t["ln_m"] for t in report["stack"] + report["segments"]), default=0), 2),
+                     worst_segment=worst(report["segments"]))
         if action is None:
             return None
         for scope in apply(self.state, action, now):
