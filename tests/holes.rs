@@ -5,67 +5,14 @@
 use augur::config::compile;
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::{HeaderMap, Headers};
-use augur::metrics::{MetricKind, MetricSink};
 use augur::profile::{encode, Profile};
 use augur::routing::Stack;
-use augur::stream::{Host, Runtime};
+use augur::stream::Runtime;
 use augur::testing::TestConfig;
 
-/// A proxy stand-in over raw header bytes (values need not be UTF-8).
-#[derive(Default)]
-struct RawHost {
-    headers: Vec<(String, Vec<u8>)>,
-    record: Option<String>,
-}
-
-impl RawHost {
-    fn with(pairs: &[(&str, &str)]) -> RawHost {
-        RawHost {
-            headers: pairs.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
-            record: None,
-        }
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
-    }
-    fn record(&self) -> serde_json::Value {
-        serde_json::from_str(self.record.as_deref().expect("a record")).expect("JSON")
-    }
-}
-
-impl Host for RawHost {
-    fn request_headers(&self, into: &mut HeaderMap) {
-        let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        into.load(HeaderMap::serialize(pairs)).expect("well formed");
-    }
-    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        self.headers.retain(|(k, _)| k != name);
-        if let Some(v) = value {
-            self.headers.push((name.to_string(), v.as_bytes().to_vec()));
-        }
-    }
-    fn set_decision_record(&mut self, record: &str) {
-        self.record = Some(record.to_string());
-    }
-    fn response_headers(&self, into: &mut HeaderMap) {
-        into.clear();
-    }
-    fn set_response_header(&mut self, _: &str, _: Option<&str>) {}
-    fn set_outcome_record(&mut self, _: &str) {}
-    fn now_nanos(&self) -> u64 {
-        0
-    }
-}
-
-struct NullSink;
-
-impl MetricSink for NullSink {
-    fn define(&mut self, _: MetricKind, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn increment(&mut self, _: u32, _: i64) {}
-    fn record(&mut self, _: u32, _: u64) {}
-}
+#[path = "support/raw_host.rs"]
+mod raw_host;
+use raw_host::{NullSink, RawHost};
 
 /// Everyone with a user id on the new stack, with one feature forced on.
 fn all_new() -> Runtime {

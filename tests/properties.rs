@@ -9,9 +9,8 @@
 use augur::config::{compile, MAX_CONFIG_BYTES};
 use augur::engine::{decide, Decision, Worker};
 use augur::headers::{HeaderMap, Headers};
-use augur::metrics::{MetricKind, MetricSink};
 use augur::model::Model;
-use augur::stream::{Host, Runtime};
+use augur::stream::Runtime;
 use proptest::prelude::*;
 
 const DEMO: &str = include_str!("../envoy/augur-demo.json");
@@ -174,53 +173,9 @@ proptest! {
     }
 }
 
-/// A proxy stand-in over raw header bytes.
-#[derive(Default)]
-struct RawHost {
-    headers: Vec<(String, Vec<u8>)>,
-    response: Vec<(String, Vec<u8>)>,
-    record: Option<String>,
-}
-
-impl Host for RawHost {
-    fn request_headers(&self, into: &mut HeaderMap) {
-        let pairs = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        let _ = into.load(HeaderMap::serialize(pairs));
-    }
-    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        self.headers.retain(|(k, _)| k != name);
-        if let Some(v) = value {
-            self.headers.push((name.to_string(), v.as_bytes().to_vec()));
-        }
-    }
-    fn set_decision_record(&mut self, record: &str) {
-        self.record = Some(record.to_string());
-    }
-    fn response_headers(&self, into: &mut HeaderMap) {
-        let pairs = self.response.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-        let _ = into.load(HeaderMap::serialize(pairs));
-    }
-    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-        self.response.retain(|(k, _)| k != name);
-        if let Some(v) = value {
-            self.response.push((name.to_string(), v.as_bytes().to_vec()));
-        }
-    }
-    fn set_outcome_record(&mut self, _: &str) {}
-    fn now_nanos(&self) -> u64 {
-        0
-    }
-}
-
-struct NullSink;
-
-impl MetricSink for NullSink {
-    fn define(&mut self, _: MetricKind, _: &str) -> Option<u32> {
-        Some(0)
-    }
-    fn increment(&mut self, _: u32, _: i64) {}
-    fn record(&mut self, _: u32, _: u64) {}
-}
+#[path = "support/raw_host.rs"]
+mod raw_host;
+use raw_host::{NullSink, RawHost};
 
 fn header_name() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -244,21 +244,7 @@ impl Program {
                     dense::forward(layer, src, dst);
                     post.apply(dst);
                 }
-                Step::Concat { parts, y } => {
-                    let mut at = y.off;
-                    for p in parts {
-                        buf.copy_within(p.off..p.off + p.len, at);
-                        at += p.len;
-                    }
-                }
-                Step::Unary { op, x, y } => {
-                    let (src, dst) = split(buf, *x, *y);
-                    unary(*op, src, dst);
-                }
-                Step::Binary { op, c, const_left, x, y } => {
-                    let (src, dst) = split(buf, *x, *y);
-                    binary(*op, c, *const_left, src, dst);
-                }
+                exact => run_exact(exact, buf),
             }
         }
         &buf[self.output.off..self.output.off + self.output.len]
@@ -297,24 +283,33 @@ impl Program {
                     dst.iter_mut().zip(&out).for_each(|(d, v)| *d = *v as f32);
                 }
                 // Exact element-wise and copy steps: the same code.
-                Step::Concat { parts, y } => {
-                    let mut at = y.off;
-                    for p in parts {
-                        buf.copy_within(p.off..p.off + p.len, at);
-                        at += p.len;
-                    }
-                }
-                Step::Unary { op, x, y } => {
-                    let (src, dst) = split(&mut buf, *x, *y);
-                    unary(*op, src, dst);
-                }
-                Step::Binary { op, c, const_left, x, y } => {
-                    let (src, dst) = split(&mut buf, *x, *y);
-                    binary(*op, c, *const_left, src, dst);
-                }
+                exact => run_exact(exact, &mut buf),
             }
         }
         buf[self.output.off..self.output.off + self.output.len].to_vec()
+    }
+}
+
+/// The steps that are exact (copies and element-wise maths), so the program
+/// and its reference evaluation run the same code; kernels are not handled here.
+fn run_exact(step: &Step, buf: &mut [f32]) {
+    match step {
+        Step::Concat { parts, y } => {
+            let mut at = y.off;
+            for p in parts {
+                buf.copy_within(p.off..p.off + p.len, at);
+                at += p.len;
+            }
+        }
+        Step::Unary { op, x, y } => {
+            let (src, dst) = split(buf, *x, *y);
+            unary(*op, src, dst);
+        }
+        Step::Binary { op, c, const_left, x, y } => {
+            let (src, dst) = split(buf, *x, *y);
+            binary(*op, c, *const_left, src, dst);
+        }
+        Step::Trees { .. } | Step::Linear { .. } => {}
     }
 }
 

@@ -582,8 +582,8 @@ impl Trees {
         self.shape
     }
 
-    /// `100 trees (max depth 6, 6,300 nodes), sum, +logistic`: for logs and the CLI.
-    pub fn describe(&self) -> String {
+    /// How targets are aggregated and post-transformed, as the descriptions spell it.
+    fn aggregation(&self) -> (&'static str, String) {
         let agg = match self.aggregate {
             Aggregate::Sum => "sum",
             Aggregate::Average => "average",
@@ -594,6 +594,12 @@ impl Trees {
             PostTransform::None => String::new(),
             p => format!(", {}", p.as_str()),
         };
+        (agg, post)
+    }
+
+    /// `100 trees (max depth 6, 6,300 nodes), sum, +logistic`: for logs and the CLI.
+    pub fn describe(&self) -> String {
+        let (agg, post) = self.aggregation();
         format!(
             "{} trees (max depth {}, {} nodes) → {} targets, {agg}{post}",
             self.shape.trees, self.shape.max_depth, self.shape.nodes, self.targets
@@ -603,16 +609,7 @@ impl Trees {
     /// `TreeEnsembleRegressor[sum]`: the op and what is not per-tree, so the
     /// ensembles of one export describe alike.
     pub fn describe_kind(&self, op: &str) -> String {
-        let agg = match self.aggregate {
-            Aggregate::Sum => "sum",
-            Aggregate::Average => "average",
-            Aggregate::Min => "min",
-            Aggregate::Max => "max",
-        };
-        let post = match self.post {
-            PostTransform::None => String::new(),
-            p => format!(", {}", p.as_str()),
-        };
+        let (agg, post) = self.aggregation();
         format!("{op}[{} target{}, {agg}{post}]", self.targets, if self.targets == 1 { "" } else { "s" })
     }
 
