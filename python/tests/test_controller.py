@@ -302,3 +302,29 @@ def test_a_crash_around_an_action_neither_repeats_nor_loses_it(tmp_path):
     ctl = run()
     assert len(audit.read_text().splitlines()) == 2, "not audited twice"
     assert ctl.state["pending"] is None and ctl.state["audited"] == 1 and ctl.state["seq"] == 1
+
+
+def test_a_hold_does_not_run_the_revert_clock(tmp_path):
+    """The stack alarm started at 1000; the controller then held for 60 s (it
+    could neither see a block's effect nor block): the revert comes
+    revert_after_s of *trusted* alarm later, not at the end of the hold."""
+    settings = {"rollout": str(harness.ROOT / "deploy" / "fleet" / "rollout.json"), "wasm": "augur.wasm",
+                "proxies": [{"name": "p", "admin": "127.0.0.1:1", "ecds": "ecds/augur.json"}],
+                "prometheus": "http://127.0.0.1:1", "state": "state.json", "ramp": None}
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    log = io.StringIO()
+    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=log)
+    ctl.state.update(pending=None, alarm_since=1000.0)
+    ctl.hold("prometheus_down", "test", now=1010.0)
+    ctl.hold("prometheus_down", "test", now=1050.0)
+    ctl.resume(now=1070.0)
+    assert ctl.state["alarm_since"] == 1060.0 and "held_since" not in ctl.state
+    assert '"held_s": 60.0' in log.getvalue()
+    bad = dict(QUIET, stack=stack((5000, 200), (5000, 10)))
+    assert ctl.s["revert_after_s"] == 60
+    assert controller.decide(ctl.state, ctl.facts, bad, ctl.s, now=1110)[0] is None, "50 s of trusted alarm"
+    assert controller.decide(ctl.state, ctl.facts, bad, ctl.s, now=1121)[0]["kind"] == "revert"
+    # Persisted: a controller restarted mid-hold still pauses the clock.
+    ctl.hold("prometheus_down", "test", now=1200.0)
+    again = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=log)
+    assert again.state["held_since"] == 1200.0

@@ -579,12 +579,27 @@ class Controller:
         return sorted(n for n, v in serving.items() if v == version)
 
     # -- one evaluation -------------------------------------------------------
-    def hold(self, reason, detail):
+    def hold(self, reason, detail, now):
         with self.metrics.lock:
             self.metrics.holds[reason] += 1
         if self.last_hold != reason:
             self.log("hold", reason=reason, detail=detail)
         self.last_hold = reason
+        if self.state.get("held_since") is None:
+            self.state["held_since"] = now
+            self.save()
+
+    def resume(self, now):
+        """Trusted data again. The stack alarm's clock (`revert_after_s`) does not
+        run while the controller holds: it could neither see a block's effect nor
+        block, so a hold never turns into a revert by itself."""
+        held = self.state.pop("held_since", None)
+        held_s = max(0.0, now - held) if held is not None else 0.0
+        if self.state.get("alarm_since") is not None:
+            self.state["alarm_since"] += held_s
+        self.save()
+        self.log("resume", after=self.last_hold, held_s=round(held_s, 1))
+        self.last_hold = None
 
     def finish_pending(self):
         """Delivers and audits the action recorded in the state, once."""
@@ -657,7 +672,7 @@ class Controller:
             self.finish_pending()
         snap, why = self.snapshot()
         if snap is None:
-            return self.hold(*why)
+            return self.hold(*why, now=now)
         version = version_of(self.facts, self.state)
         serving = self.serving()
         behind = [n for n, v in serving.items() if v != version]
@@ -670,10 +685,9 @@ class Controller:
             self.metrics.version = self.state["seq"]
             self.metrics.percentage = plugin_for(self.base, self.state, self.s).get("rollout", {}).get("percentage", 0)
         if behind:
-            return self.hold("proxy_behind", f"proxies {behind} do not serve {version}")
-        if self.last_hold is not None:
-            self.log("resume", after=self.last_hold)
-            self.last_hold = None
+            return self.hold("proxy_behind", f"proxies {behind} do not serve {version}", now=now)
+        if self.last_hold is not None or self.state.get("held_since") is not None:
+            self.resume(now)
         w = self.windows(snap)
         self.new_model()
         action, report = decide(self.state, self.facts, w, self.s, now)
