@@ -53,13 +53,15 @@ impl Outcome {
         rollback::Outcome { error: self.is_error(), security: self.security, latency_ms: self.latency_ms }
     }
 
-    /// The app signals as one token for the access log.
-    pub fn signals(&self) -> &'static str {
+    /// The app signals as one token for the access log; `None` when the app
+    /// reported none (most responses: no filter-state object is made for them,
+    /// ~3-4 µs of Envoy CPU per request, and the access log prints `-`).
+    pub fn signals(&self) -> Option<&'static str> {
         match (self.engaged, self.security) {
-            (false, false) => "none",
-            (true, false) => "engaged",
-            (false, true) => "security",
-            (true, true) => "engaged+security",
+            (false, false) => None,
+            (true, false) => Some("engaged"),
+            (false, true) => Some("security"),
+            (true, true) => Some("engaged+security"),
         }
     }
 }

@@ -37,7 +37,8 @@ pub trait Host {
     fn response_headers(&self, into: &mut HeaderMap);
     /// Sets (`Some`) or removes (`None`) a response header.
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
-    /// Stores the app signals of the response where the access log reads them.
+    /// Stores the app signals of the response where the access log reads them
+    /// (only called when the app reported one).
     fn set_outcome_record(&mut self, signals: &str);
     /// Monotonic-enough wall clock, nanoseconds.
     fn now_nanos(&self) -> u64;
@@ -230,7 +231,9 @@ impl Runtime {
                 host.set_response_header(name, None);
             }
         }
-        host.set_outcome_record(outcome.signals());
+        if let Some(signals) = outcome.signals() {
+            host.set_outcome_record(signals);
+        }
         let slow_cut_ms = self.worker.blocks.slow_ms(&self.config.rollback);
         self.metrics.on_response(&outcome, slow_cut_ms, sink);
         if self.config.rollback.enabled {
@@ -469,6 +472,12 @@ pub(crate) mod tests {
             [":status", "x-other"],
             "control headers never reach the client"
         );
+        // A response with no signal makes no filter-state object at all.
+        let mut quiet = FakeHost::with(&[("x-user-id", "u1")]);
+        let st2 = rt.on_request_headers(&mut quiet, &mut sink);
+        quiet.response = vec![(":status".to_string(), "200".to_string())];
+        rt.on_response_headers(&st2, &mut quiet, &mut sink);
+        assert_eq!(quiet.signals, None);
         let errors = |f: &str, arm: &str| {
             sink.counter(&format!(
                 "augur_feature_outcomes_total.rollout.default.feature.{f}.arm.{arm}.outcome.errors"

@@ -333,7 +333,7 @@ def test_app_signals_are_counted_per_feature_arm_and_never_reach_the_client(env)
     assert [s for s, _, _ in results] == [200] * 6 + [503] * 3 + [200] * 3
     recs = records_for(env, "rules", [r["x-request-id"] for r in reqs])
     signals = [recs[r["x-request-id"]]["signals"] for r in reqs]
-    assert signals == ["engaged+security"] + ["engaged"] * 5 + ["none"] * 6
+    assert signals == ["engaged+security"] + ["engaged"] * 5 + ["-"] * 6  # none reported: no filter state
     base = "wasmcustom.augur_feature_outcomes_total.rollout.rules.feature"
 
     def delta(name):
