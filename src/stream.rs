@@ -284,6 +284,7 @@ impl Runtime {
         match self.pool.tick(store, now_ms, sync_ms, slack, policy) {
             None => Vec::new(),
             Some(Ok((blocks, events))) => {
+                self.metrics.exploring(blocks.suspect, sink);
                 self.worker.blocks = blocks;
                 let rules = &self.config.rules.features;
                 let name = |f: usize| rules.get(f).map_or("?", |r| r.name.as_str());
@@ -443,6 +444,30 @@ pub(crate) mod tests {
         let nothing =
             checkout(1.0).set("rollback.enabled", false).set("stats.flush_ms", 0).compile().unwrap();
         assert_eq!(Runtime::new(nothing, &mut sink).tick_period_ms(), None);
+    }
+
+    #[test]
+    fn the_exploring_cells_gauge_follows_the_suspect_cells() {
+        let c = TestConfig::rollout(50.0).feature("new_checkout", json!({})).compile().unwrap();
+        let mut sink = MapSink::default();
+        let mut rt = Runtime::new(c, &mut sink);
+        let mut store = FakeStore::default();
+        let gauge = "augur_exploring_cells.rollout.default";
+        rt.on_tick(&mut store, 10_000, &mut sink);
+        assert_eq!(sink.histograms[gauge], vec![0], "set at the first sync: nothing suspect");
+        // Tablets fail on the new stack only: the screen makes device=tablet suspect.
+        for i in 0..3000 {
+            let mut host =
+                FakeHost::with(&[("x-user-id", &format!("u{i}")), ("user-agent", "Mozilla/5.0 (iPad)")]);
+            let st = rt.on_request_headers(&mut host, &mut sink);
+            let status = if st.stack == Some(Stack::New) && i % 2 == 0 { "503" } else { "200" };
+            host.response = vec![(":status".to_string(), status.to_string())];
+            rt.on_response_headers(&st, &mut host, &mut sink);
+        }
+        rt.on_tick(&mut store, 20_000, &mut sink);
+        assert!(rt.blocks().suspect != 0, "device=tablet suspect");
+        assert_eq!(sink.histograms[gauge].last(), Some(&u64::from(rt.blocks().suspect.count_ones())));
+        assert!(sink.histograms[gauge].last() >= Some(&1));
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Metrics {
     feature_latency: Vec<[Buckets; 3]>,
     /// Per rollback event kind: incremented at once (rare, and worth seeing).
     rollback_events: [Option<u32>; ROLLBACK_EVENTS.len()],
+    /// Gauge: single cells this proxy explores in (suspect), set at every sync,
+    /// so an exploration that does not end is seen.
+    exploring_cells: Option<u32>,
 }
 
 const ROLLBACK_EVENTS: [&str; 7] =
@@ -167,6 +170,7 @@ impl Metrics {
                 config.model_version
             ),
         );
+        let exploring_cells = sink.define(MetricKind::Gauge, &format!("augur_exploring_cells.rollout.{r}"));
         let rollback_events = ROLLBACK_EVENTS.map(|k| {
             sink.define(MetricKind::Counter, &format!("augur_rollback_events_total.rollout.{r}.kind.{k}"))
         });
@@ -229,6 +233,7 @@ impl Metrics {
             segment_outcomes,
             feature_latency,
             rollback_events,
+            exploring_cells,
         }
     }
 
@@ -252,6 +257,13 @@ impl Metrics {
         };
         if let Some(id) = self.rollback_events[kind] {
             sink.increment(id, 1);
+        }
+    }
+
+    /// Sets the exploring-cells gauge to the suspect cells of the blocks in force.
+    pub fn exploring(&self, suspect: u32, sink: &mut impl MetricSink) {
+        if let Some(id) = self.exploring_cells {
+            sink.record(id, u64::from(suspect.count_ones()));
         }
     }
 

@@ -113,6 +113,7 @@ test("a lost compare-and-swap race is retried; a contended sync waits for the ne
   h.tick(1000); // the first sync writes the rollout's rollback state
   const key = rollbackKey(h);
   const written = h.shared.get(key).cas;
+  assert.equal(h.metric("augur_exploring_cells.rollout.demo"), 0n, "the gauge is set at every sync");
 
   // Another worker wrote between our read and our write, once: read again, write again.
   let lost = 1;
