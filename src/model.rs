@@ -235,12 +235,13 @@ fn metadata(proto: &tract_onnx::pb::ModelProto, key: &str) -> Option<String> {
     proto.metadata_props.iter().find(|p| p.key == key).map(|p| p.value.clone())
 }
 
-/// The graph output the model contract reads: the only one, or a classifier's
-/// `probabilities` (its `label` output is not used).
+/// A tract error as the model's parse error (its whole context chain).
 fn parse(e: TractError) -> ModelError {
     ModelError::Parse(format!("{e:#}"))
 }
 
+/// The graph output the model contract reads: the only one, or a classifier's
+/// `probabilities` (its `label` output is not used).
 fn chosen_output(graph: &tract_onnx::pb::GraphProto) -> Result<String, ModelError> {
     match graph.output.as_slice() {
         [one] => Ok(one.name.clone()),

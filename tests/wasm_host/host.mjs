@@ -13,7 +13,6 @@ import { readFileSync } from "node:fs";
 export const Status = { Ok: 0, NotFound: 1, BadArgument: 2, CasMismatch: 8, Unimplemented: 12 };
 export const MapType = { RequestHeaders: 0, ResponseHeaders: 2 };
 const BufferType = { VmConfiguration: 6, PluginConfiguration: 7 };
-const Action = { Continue: 0 };
 
 const utf8 = new TextEncoder();
 const text = new TextDecoder("utf-8", { fatal: false });
@@ -302,4 +301,3 @@ export class Host {
   }
 }
 
-export { Action };
