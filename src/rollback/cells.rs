@@ -134,6 +134,40 @@ pub fn expand(singles: &[u8; GROUPS]) -> [u16; PER_REQUEST] {
     out
 }
 
+/// What a tally of cell `c` shares with cell `blocked` (a single or a pair):
+/// what a block there takes away from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// No request in common: some group of `blocked` has another value in `c`.
+    Disjoint,
+    /// The requests in common are exactly those of this cell (`c` itself
+    /// when it lies inside the block, the block when it lies inside `c`, or
+    /// the pair of a single `c` with a blocked single of another group).
+    Within(usize),
+    /// In common: a triple of attributes, which no tally counts.
+    Unknown,
+}
+
+/// The [`Overlap`] of cell `c` with cell `blocked` (both `< ALL_CELLS`).
+pub fn overlap(blocked: usize, c: usize) -> Overlap {
+    let attrs = |x: usize| parents(x).map_or([x, x], |(a, b)| [a, b]);
+    let (block, cell) = (attrs(blocked), attrs(c));
+    let clash = block.iter().any(|&a| cell.iter().any(|&x| group(a) == group(x) && a != x));
+    if clash {
+        return Overlap::Disjoint;
+    }
+    let inside = |inner: [usize; 2], outer: [usize; 2]| outer.iter().all(|o| inner.contains(o));
+    if inside(cell, block) {
+        Overlap::Within(c)
+    } else if inside(block, cell) {
+        Overlap::Within(blocked)
+    } else if blocked < CELLS && c < CELLS {
+        pair(blocked, c).map_or(Overlap::Unknown, Overlap::Within)
+    } else {
+        Overlap::Unknown
+    }
+}
+
 /// Human-readable cell name, for logs and reports.
 pub fn cell_name(cell: usize) -> String {
     const DEVICES: [&str; 5] = ["mobile", "tablet", "desktop", "bot", "unknown"];
@@ -197,5 +231,20 @@ mod tests {
         assert_eq!(all[GROUPS], pair(1, 7).unwrap() as u16);
         assert!(all.contains(&(pair(12, 24).unwrap() as u16)));
         assert_eq!(parents(3), None);
+    }
+
+    #[test]
+    fn overlap_names_the_shared_requests() {
+        let (tablet, mobile, latam, write) = (1, 0, 8, 16);
+        let tablet_latam = pair(tablet, latam).unwrap();
+        assert_eq!(overlap(tablet, tablet), Overlap::Within(tablet));
+        assert_eq!(overlap(tablet, mobile), Overlap::Disjoint, "same group, other value");
+        assert_eq!(overlap(tablet, latam), Overlap::Within(tablet_latam), "their pair");
+        assert_eq!(overlap(tablet, tablet_latam), Overlap::Within(tablet_latam), "inside the block");
+        assert_eq!(overlap(tablet_latam, tablet), Overlap::Within(tablet_latam), "a parent holds the pair");
+        assert_eq!(overlap(tablet_latam, pair(mobile, latam).unwrap()), Overlap::Disjoint);
+        assert_eq!(overlap(tablet_latam, write), Overlap::Unknown, "a triple");
+        assert_eq!(overlap(tablet, pair(latam, write).unwrap()), Overlap::Unknown);
+        assert_eq!(overlap(tablet_latam, pair(tablet, write).unwrap()), Overlap::Unknown);
     }
 }

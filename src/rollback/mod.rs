@@ -6,10 +6,11 @@
 //! and at most `slow_ms`) — and
 //! tallied per cell (see [`cells`]: single attributes and pairs of them):
 //!
-//! - per stack and single cell, over a sliding window: a cell whose new stack
+//! - per stack and cell, over a sliding window: a single cell whose new stack
 //!   is worse than the old stack in the same cell (or than the rest of its
 //!   group, which also works at 100%) becomes **suspect** — a screening step
-//!   that only starts exploration;
+//!   that only starts exploration; a block takes its requests out of the
+//!   window, which ends the exploration it explains;
 //! - per feature, cell and arm (on / off), counting only *randomised* requests
 //!   (A/B holdout or exploration), so on and off are comparable groups.
 //!
@@ -44,7 +45,7 @@ pub use cells::{cell_name, cells, ALL_CELLS, CELLS, GROUPS};
 pub use shared::{Pool, SharedStore, Sync};
 
 use crate::routing::Stack;
-use cells::{expand, parents, siblings, MASK_WORDS};
+use cells::{expand, parents, siblings, Overlap, MASK_WORDS};
 use stats::{ln_harm, ln_ratio, threshold};
 
 /// KPIs judged per response.
@@ -253,52 +254,42 @@ impl Arms {
     }
 
     /// Removes the requests of `blocked` (now blocked, so no longer
-    /// randomised) from every tally that can tell which they were, and starts
-    /// over the ones that cannot. A cell disjoint from the block (same group as
-    /// one of its attributes, another value) keeps everything; a parent of a
-    /// blocked pair, or a single of another group than a blocked single, loses
-    /// exactly the block's requests (their pair's tally); any other cell's
-    /// overlap with the block is a triple nobody counted, so it restarts.
+    /// randomised) from every tally that can tell which they were
+    /// ([`forget_block`]), and starts over the ones that cannot.
     fn forget(&mut self, blocked: usize) {
-        let zero = [Tally::default(); 2];
-        let minus = |a: [Tally; 2], b: [Tally; 2]| [a[0].minus(b[0]), a[1].minus(b[1])];
-        let attrs: Vec<usize> = match parents(blocked) {
-            Some((a, b)) => vec![a, b],
-            None if blocked < CELLS => vec![blocked],
-            None => {
-                *self = Arms { drawn: self.drawn, ..Arms::new() };
-                return;
-            }
-        };
-        // Disjoint: some attribute group of the block has another value here.
-        let disjoint = |c: usize| {
-            let singles = parents(c).map_or(vec![c], |(x, y)| vec![x, y]);
-            singles.iter().any(|&x| attrs.iter().any(|&a| cells::group(x) == cells::group(a) && x != a))
-        };
-        let block = self.cells[blocked];
-        for c in 0..ALL_CELLS {
-            if c == blocked || disjoint(c) {
-                continue;
-            }
-            let exact = match attrs.as_slice() {
-                // A parent of the blocked pair: the pair is exactly its share.
-                [a, b] if c == *a || c == *b => Some(block),
-                // A single of another group than the blocked single: their pair.
-                [a] if c < CELLS => cells::pair(*a, c).map(|p| self.cells[p]),
-                _ => None,
-            };
-            self.cells[c] = exact.map_or(zero, |part| minus(self.cells[c], part));
+        if blocked >= ALL_CELLS {
+            *self = Arms { drawn: self.drawn, ..Arms::new() };
+            return;
         }
-        self.cells[blocked] = zero;
-        self.cells[OVERALL] = zero;
+        let minus = |a: [Tally; 2], b: [Tally; 2]| [a[0].minus(b[0]), a[1].minus(b[1])];
+        forget_block(&mut self.cells[..ALL_CELLS], blocked, Some([Tally::default(); 2]), minus);
+        self.cells[OVERALL] = [Tally::default(); 2];
+    }
+}
+
+/// Takes the requests of cell `blocked` out of per-cell tallies `cells`
+/// (indexed by cell): a cell disjoint from the block keeps everything, one
+/// whose overlap is exactly some cell's requests loses that cell's tally
+/// (itself, inside the block, loses all); one whose overlap is a triple
+/// nobody counted becomes `unknown` (a fresh tally), or stays as it is when
+/// `unknown` is `None`.
+fn forget_block<T: Copy>(cells: &mut [T], blocked: usize, unknown: Option<T>, minus: impl Fn(T, T) -> T) {
+    let before = cells.to_vec();
+    for (c, t) in cells.iter_mut().enumerate() {
+        match cells::overlap(blocked, c) {
+            Overlap::Disjoint => {}
+            Overlap::Within(part) => *t = minus(*t, before[part]),
+            Overlap::Unknown => *t = unknown.unwrap_or(*t),
+        }
     }
 }
 
 /// Outcome tallies, mergeable across workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counts {
-    /// Screening: window (0 = current, 1 = previous) × stack × single cell.
-    pub stack: [[[Tally; CELLS]; 2]; 2],
+    /// Screening: window (0 = current, 1 = previous) × stack × cell. Suspects
+    /// are single cells; the pairs let a block take exactly its requests out.
+    pub stack: [[[Tally; ALL_CELLS]; 2]; 2],
     /// Old-stack requests [0], and new-stack requests with no feature on [1].
     pub baseline: [Tally; 2],
     pub arms: Vec<Arms>,
@@ -337,7 +328,7 @@ pub struct Exposure {
 impl Counts {
     pub fn new(features: usize) -> Counts {
         Counts {
-            stack: [[[Tally::default(); CELLS]; 2]; 2],
+            stack: [[[Tally::default(); ALL_CELLS]; 2]; 2],
             baseline: [Tally::default(); 2],
             arms: (0..features).map(|_| Arms::new()).collect(),
             latency: [[0; LATENCY_SLOTS]; 2],
@@ -356,7 +347,8 @@ impl Counts {
     pub fn record(&mut self, x: &Exposure, outcome: Outcome, slow_ms: u64) {
         let Some(stack) = x.stack else { return };
         let bad = outcome.bad(slow_ms);
-        for &c in &x.cells {
+        let all = expand(&x.cells);
+        for &c in &all {
             if let Some(t) = self.stack[0][stack_ix(stack)].get_mut(usize::from(c)) {
                 t.record(bad);
             }
@@ -375,7 +367,6 @@ impl Counts {
         if stack != Stack::New {
             return;
         }
-        let all = expand(&x.cells);
         for &c in &all {
             if let Some(t) = self.traffic.get_mut(usize::from(c)) {
                 *t = t.saturating_add(1);
@@ -440,6 +431,15 @@ impl Counts {
         }
         for (a, b) in self.traffic.iter_mut().zip(&other.traffic) {
             *a = a.saturating_add(*b);
+        }
+    }
+
+    /// Takes a new block's requests out of both windows' screening tallies,
+    /// on both stacks alike (the comparison stays like for like); a triple
+    /// overlap nobody counted stays in.
+    fn forget_screened(&mut self, blocked: usize) {
+        for t in self.stack.iter_mut().flatten() {
+            forget_block(t, blocked, None, Tally::minus);
         }
     }
 
@@ -619,10 +619,12 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     learn_slow_cut(policy, counts, blocks);
     if blocks.window_s == 0 || now_s.saturating_sub(blocks.window_s) >= WINDOW_S {
         counts.stack[1] = counts.stack[0];
-        counts.stack[0] = [[Tally::default(); CELLS]; 2];
+        counts.stack[0] = [[Tally::default(); ALL_CELLS]; 2];
         blocks.window_s = now_s.max(1);
     }
 
+    // Single cells whose screening tallies a block changed this time.
+    let mut explained: u32 = 0;
     for f in 0..features {
         let bit = 1u64 << f;
         let arms = &counts.arms[f];
@@ -651,6 +653,12 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             // Only the blocked traffic leaves the comparison: the rest of the
             // feature's evidence (other cells, other harms) is kept.
             counts.arms[f].forget(c.cell);
+            // The screen too: the harm just explained must not keep (or make)
+            // cells suspect for as long as it stays in the window.
+            counts.forget_screened(c.cell);
+            explained |= (0..CELLS)
+                .filter(|&s| cells::overlap(c.cell, s) != Overlap::Disjoint)
+                .fold(0, |m, s| m | 1 << s);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
                 events.push(Event::Killed { feature: f, kpi: c.kpi, evidence: c.evidence });
@@ -691,7 +699,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         }
     }
 
-    screen(policy, &levels, counts, blocks, now_s, &mut events);
+    screen(policy, &levels, counts, blocks, now_s, explained, &mut events);
 
     let (old, new) = (counts.baseline[0], counts.baseline[1]);
     for k in 0..KPIS {
@@ -908,6 +916,7 @@ fn screen(
     counts: &mut Counts,
     blocks: &mut Blocks,
     now_s: u64,
+    explained: u32,
     events: &mut Vec<Event>,
 ) {
     let total_new: u32 = siblings(0).map(|c| counts.screened(1, c).n).sum();
@@ -916,9 +925,17 @@ fn screen(
     let share = |c: usize| shares[c];
     let mut used: f64 = (0..CELLS).filter(|&c| blocks.suspect & (1 << c) != 0).map(share).sum();
 
-    // End of exploration: enough explored requests and nothing building up.
+    // End of exploration: enough explored requests and nothing building up;
+    // or a block explained the excess (the screen, without the blocked
+    // requests, no longer flags the cell: it may flag it again, no quiet time).
     for c in 0..CELLS {
         if blocks.suspect & (1 << c) == 0 {
+            continue;
+        }
+        if explained & (1 << c) != 0 && screening(counts, c).1 < levels.screen {
+            blocks.suspect &= !(1 << c);
+            used -= share(c);
+            events.push(Event::Cleared { cell: c });
             continue;
         }
         let explored = counts.explored[c];

@@ -28,7 +28,10 @@ pub trait SharedStore {
 }
 
 const MAGIC: &[u8; 4] = b"AUGR";
-const FORMAT: u8 = 4;
+const FORMAT: u8 = 5;
+/// The oldest format whose blocks read as today's: a value written by an
+/// older module keeps its blocks in force (its counts start over).
+const BLOCKS_SINCE: u8 = 4;
 /// Compare-and-swap attempts per sync before giving up until the next tick.
 const ATTEMPTS: usize = 8;
 
@@ -229,7 +232,7 @@ pub fn encode(names: &[String], blocks: &Blocks, counts: &Counts, out: &mut Vec<
 pub fn decode(bytes: &[u8], names: &[String]) -> Option<(Blocks, Counts)> {
     let rest = bytes.strip_prefix(MAGIC)?;
     let (&format, rest) = rest.split_first()?;
-    if format != FORMAT {
+    if !(BLOCKS_SINCE..=FORMAT).contains(&format) {
         return None;
     }
     let stored_n = usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?));
@@ -243,7 +246,10 @@ pub fn decode(bytes: &[u8], names: &[String]) -> Option<(Blocks, Counts)> {
     }
     let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
     let blocks = Blocks::decode(rest.get(4..4 + len)?, stored_n)?;
-    let counts = Counts::decode(rest.get(4 + len..)?, stored_n)?;
+    let counts = match format {
+        FORMAT => Counts::decode(rest.get(4 + len..)?, stored_n)?,
+        _ => Counts::new(stored_n),
+    };
     let map: Vec<Option<usize>> =
         names.iter().map(|n| stored.iter().position(|s| *s == &n.as_bytes()[..n.len().min(255)])).collect();
     Some((blocks.remap(&map), counts.remap(&map)))
@@ -467,8 +473,13 @@ pub(crate) mod tests {
         assert_eq!(decode(&bytes[..bytes.len() - 1], &from), None);
         assert_eq!(decode(b"junk", &from), None);
         let mut wrong = bytes.clone();
-        wrong[4] = 1;
+        wrong[4] = BLOCKS_SINCE - 1;
         assert_eq!(decode(&wrong, &from), None, "an older format is not misread");
+        // Written by the previous module (other counts layout): its blocks stay in force.
+        let mut previous = bytes.clone();
+        previous[4] = BLOCKS_SINCE;
+        previous.truncate(bytes.len() - 100);
+        assert_eq!(decode(&previous, &from), Some((blocks.clone(), Counts::new(3))));
     }
 
     #[test]

@@ -387,3 +387,49 @@ fn a_stale_suspect_gives_its_exploration_budget_to_a_new_harm() {
     let events = evaluate(&policy, &mut counts, &mut blocks, now);
     assert_eq!(blocks.suspect, 1 << tablet, "{events:?}");
 }
+
+#[test]
+fn a_block_takes_its_requests_out_of_the_screen_and_ends_the_exploration_it_explains() {
+    // Feature 0 fails tablets on the new stack; tablets and location_1 (which
+    // holds a third of them) are suspect and explored.
+    let (tablet, location_1) = (1, 6);
+    let policy = Policy::default();
+    let mut counts = Counts::new(1);
+    let now = 1_000;
+    let mut blocks = Blocks { suspect: 1 << tablet | 1 << location_1, window_s: now, ..Blocks::new(1) };
+    let mut rng = Lcg(3);
+    for _ in 0..4000 {
+        let device = usize::from(rng.chance(0.5)); // mobile, tablet
+        let location = (rng.next() * 3.0) as usize;
+        let cl = cells(&profile(device, Some(location), Some((rng.next() * 4.0) as usize)));
+        let new = rng.chance(0.5);
+        let off = rng.chance(0.5);
+        let x = if new {
+            Exposure {
+                stack: Some(Stack::New),
+                cells: cl,
+                enabled: u64::from(!off),
+                randomised: 1,
+                explored: 1,
+                drawn_off: u64::from(off),
+            }
+        } else {
+            Exposure { stack: Some(Stack::Old), cells: cl, ..Exposure::default() }
+        };
+        let rate = if new && !off && device == tablet { 0.4 } else { 0.02 };
+        counts.record(&x, Outcome { error: rng.chance(rate), ..Outcome::default() }, 1000);
+    }
+    let pair_tally = |s: usize| counts.screened(s, pair(0, location_1).unwrap());
+    let mobile_in_location_1 = [pair_tally(0), pair_tally(1)];
+    let events = evaluate(&policy, &mut counts, &mut blocks, now);
+    assert_eq!(blocks.cells[0], single(tablet), "{events:?}");
+    for cell in [tablet, location_1] {
+        assert!(events.contains(&Event::Cleared { cell }), "{}: {events:?}", cell_name(cell));
+        assert_eq!(blocks.quiet_until[cell], 0, "explained, not quiet: the screen may flag it again");
+    }
+    assert_eq!(blocks.suspect, 0);
+    for (s, mobiles) in mobile_in_location_1.into_iter().enumerate() {
+        assert_eq!(counts.screened(s, tablet), Tally::default(), "the blocked cell's screen starts over");
+        assert_eq!(counts.screened(s, location_1), mobiles, "location_1 keeps its mobiles");
+    }
+}

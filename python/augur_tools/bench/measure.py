@@ -51,9 +51,9 @@ def find_tool(name):
     return path
 
 
-def check_tools(need_taskset):
+def check_tools(need_taskset, names=("wrk", "oha")):
     tools, missing = {}, []
-    for name in ("wrk", "oha") + (("taskset",) if need_taskset else ()):
+    for name in tuple(names) + (("taskset",) if need_taskset else ()):
         tools[name] = find_tool(name)
         if tools[name] is None:
             missing.append(name)
