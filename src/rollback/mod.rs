@@ -345,10 +345,16 @@ impl Counts {
 
     /// Records one response; `slow_ms` is the slow cut in force.
     pub fn record(&mut self, x: &Exposure, outcome: Outcome, slow_ms: u64) {
+        self.record_as(x, outcome, slow_ms, true);
+    }
+
+    /// [`Counts::record`], leaving the screening tallies out unless `screened`
+    /// (a response the blocks now in force would not have served as it was).
+    pub fn record_as(&mut self, x: &Exposure, outcome: Outcome, slow_ms: u64, screened: bool) {
         let Some(stack) = x.stack else { return };
         let bad = outcome.bad(slow_ms);
         let all = expand(&x.cells);
-        for &c in &all {
+        for &c in all.iter().filter(|_| screened) {
             if let Some(t) = self.stack[0][stack_ix(stack)].get_mut(usize::from(c)) {
                 t.record(bad);
             }

@@ -159,15 +159,19 @@ impl Pool {
     /// Counts a response under the blocks in force now.
     pub fn record(&mut self, exposure: &Exposure, blocks: &Blocks, outcome: Outcome, policy: &Policy) {
         // A block set while this request was in flight makes its comparison
-        // stale: it no longer belongs to the feature's fresh on/off tallies.
+        // stale: it no longer belongs to the feature's fresh on/off tallies,
+        // nor (had it the feature on) to the screen of the traffic as it is
+        // now served — else the in-flight tail of a harm flags its cell again.
         let mut exposure = *exposure;
+        let mut screened = true;
         for f in 0..self.features.min(64) {
-            if exposure.randomised & (1 << f) != 0 && blocks.blocks(f, &exposure.cells) {
+            if blocks.blocks(f, &exposure.cells) {
+                screened &= exposure.enabled & (1 << f) == 0;
                 exposure.randomised &= !(1 << f);
                 exposure.explored &= !(1 << f);
             }
         }
-        self.pending.record(&exposure, outcome, blocks.slow_ms(policy));
+        self.pending.record_as(&exposure, outcome, blocks.slow_ms(policy), screened);
     }
 
     /// Once per `sync_ms` (ticks may come faster; `slack_ms` keeps a sync from
@@ -519,5 +523,23 @@ pub(crate) mod tests {
             Sync::new("r", "s", 1, ["a"].into_iter()).adopt(&store).is_none(),
             "a new epoch starts clean"
         );
+    }
+
+    #[test]
+    fn a_response_under_a_new_block_leaves_the_tallies_it_no_longer_belongs_to() {
+        // Feature a was blocked in the request's device cell while it was in flight.
+        let policy = Policy::default();
+        let mut pool = Pool::new("r", "s", 0, &["a", "b"]);
+        let mut blocks = Blocks::new(2);
+        let device = usize::from(some_cells()[0]);
+        blocks.cells[0][0] = 1 << device;
+        pool.record(&exposure(0b11, 0b11), &blocks, bad(true), &policy);
+        let p = &pool.pending;
+        assert_eq!(p.stack[0][1][device].n, 0, "a blocked harm's in-flight tail does not re-flag its cell");
+        assert_eq!(p.arms[0].cells[device], [Tally::default(); 2], "a's arms: no longer randomised");
+        assert_eq!(p.arms[1].cells[device][0].n, 1, "b's comparison is untouched");
+        // With a off (as the block now serves it), the screen counts it.
+        pool.record(&exposure(0b10, 0b11), &blocks, bad(false), &policy);
+        assert_eq!(pool.pending.stack[0][1][device].n, 1);
     }
 }
