@@ -490,6 +490,31 @@ fn set(mask: &mut [u64; MASK_WORDS], c: usize) {
     }
 }
 
+fn unset(mask: &mut [u64; MASK_WORDS], c: usize) {
+    if let Some(w) = mask.get_mut(c / 64) {
+        *w &= !(1 << (c % 64));
+    }
+}
+
+/// Blocks cell `c` in `mask`; returns the cell now blocked. A pair that
+/// completes the pairs of one parent with every value of the other parent's
+/// group blocks that parent in their place: the same requests, and a single
+/// block takes its requests out of every other group's tallies exactly (a
+/// pair's overlap with them is a triple nobody counts).
+fn block_cell(mask: &mut [u64; MASK_WORDS], c: usize) -> usize {
+    set(mask, c);
+    let Some((a, b)) = parents(c) else { return c };
+    for (parent, other) in [(a, b), (b, a)] {
+        let pairs: Vec<usize> = siblings(other).filter_map(|x| cells::pair(parent, x)).collect();
+        if pairs.iter().all(|&p| has(mask, p)) {
+            pairs.into_iter().for_each(|p| unset(mask, p));
+            set(mask, parent);
+            return parent;
+        }
+    }
+    c
+}
+
 impl Blocks {
     pub fn new(features: usize) -> Blocks {
         Blocks {
@@ -648,22 +673,22 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             if !blocks.any_block(f) {
                 blocks.since[f] = now_s;
             }
-            set(&mut blocks.cells[f], c.cell);
+            let cell = block_cell(&mut blocks.cells[f], c.cell);
             events.push(Event::Blocked {
                 feature: f,
-                cell: c.cell,
+                cell,
                 kpi: c.kpi,
                 evidence: c.evidence,
                 needed: levels.block(c.cell),
             });
             // Only the blocked traffic leaves the comparison: the rest of the
             // feature's evidence (other cells, other harms) is kept.
-            counts.arms[f].forget(c.cell);
+            counts.arms[f].forget(cell);
             // The screen too: the harm just explained must not keep (or make)
             // cells suspect for as long as it stays in the window.
-            counts.forget_screened(c.cell);
+            counts.forget_screened(cell);
             explained |= (0..CELLS)
-                .filter(|&s| cells::overlap(c.cell, s) != Overlap::Disjoint)
+                .filter(|&s| cells::overlap(cell, s) != Overlap::Disjoint)
                 .fold(0, |m, s| m | 1 << s);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
@@ -758,9 +783,54 @@ fn choose_block(
             Explained::Single(c) => best = c,
         }
     }
-    // A single cell: is the harm really in a narrower cell inside it — a pair
-    // with another attribute, or (when this cell holds nearly everyone, e.g.
-    // history=low) that other attribute's own cell?
+    narrow(policy, levels, arms, traffic, best)
+}
+
+/// A significant single cell `best`: is the harm really in a narrower cell
+/// inside it — a pair with another attribute, or (when this cell holds nearly
+/// everyone, e.g. history=low) that other attribute's own cell? A narrower
+/// single is asked the same in turn (a harm on bots, nearly all `read`, inside
+/// `history=low`: history=low → read → bot); each step is smaller. `None`:
+/// wait for a narrower cell on its way to its level.
+fn narrow(
+    policy: &Policy,
+    levels: &Levels,
+    arms: &Arms,
+    traffic: &[u32],
+    mut best: Candidate,
+) -> Option<Candidate> {
+    for _ in 0..CELLS {
+        match narrow_single(policy, levels, arms, traffic, best) {
+            Narrowed::To(c) if c.cell < CELLS && c.cell != best.cell => best = c,
+            Narrowed::To(c) => return Some(c),
+            Narrowed::Wait => return None,
+        }
+    }
+    Some(best)
+}
+
+/// What a significant single cell's harm narrows to (see [`narrow_single`]).
+enum Narrowed {
+    /// Block this cell (the same one when nothing narrower explains the harm).
+    To(Candidate),
+    /// A narrower cell holding most of the excess is on its way to its level.
+    Wait,
+}
+
+/// One narrowing step of a significant single cell `best`: a narrower cell
+/// inside it (a pair with another attribute, or that attribute's own cell
+/// when the pair is it) that is significant while the rest is confidently
+/// clean; else a wait for one that holds most of the excess concentrated and
+/// is half-way to its level (unless the broad evidence is overwhelming).
+fn narrow_single(
+    policy: &Policy,
+    levels: &Levels,
+    arms: &Arms,
+    traffic: &[u32],
+    best: Candidate,
+) -> Narrowed {
+    let test = |cell: usize, k: usize| test_cell(policy, arms, cell, k);
+    let size = |c: usize| u64::from(traffic.get(c).copied().unwrap_or(0));
     let (s, k) = (best.cell, best.kpi);
     let [s_on, s_off] = arms.cells[s];
     let excess = |on: Tally, off: Tally| excess(on, off, k);
@@ -785,7 +855,7 @@ fn choose_block(
         let share = excess(p_on, p_off) / s_excess.max(1e-9);
         let (ok, e, lcb) = test(narrower, k);
         if ok && e >= level && confined {
-            return Some(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
+            return Narrowed::To(Candidate { cell: narrower, kpi: k, evidence: e, lcb });
         }
         // Most of the excess in a narrower cell, concentrated there (at least
         // twice its share of the traffic), half-way to its level: worth
@@ -800,8 +870,8 @@ fn choose_block(
     }
     match narrow {
         // Wait for the narrower cell, unless the broad evidence is overwhelming.
-        Some(_) if best.evidence < 2.0 * levels.single => None,
-        _ => Some(best),
+        Some(_) if best.evidence < 2.0 * levels.single => Narrowed::Wait,
+        _ => Narrowed::To(best),
     }
 }
 
@@ -988,7 +1058,7 @@ fn screen(
             }
         }
         if used + share(c) > policy.explore_budget && used > 0.0 {
-            continue; // over budget: the strongest suspects explore first
+            break; // over budget: the strongest suspects explore first, the rest wait
         }
         used += share(c);
         blocks.suspect |= 1 << c;

@@ -433,3 +433,101 @@ fn a_block_takes_its_requests_out_of_the_screen_and_ends_the_exploration_it_expl
         assert_eq!(counts.screened(s, location_1), mobiles, "location_1 keeps its mobiles");
     }
 }
+
+#[test]
+fn a_harm_is_narrowed_step_by_step_to_the_smallest_cell_that_holds_it() {
+    // Bots are (nearly) all `read`, `read` nearly all history_1=low: a harm on
+    // bots shows in all three. history_1=low narrows to `read` (the rest of it,
+    // writes, is clean) — and `read` must narrow on to bots, not be blocked.
+    let (bot, read, write, h1_low) = (3, 15, 16, 19);
+    let t = |n: u32, bad: u32| Tally { n, bad: [bad, 0, 0] };
+    let mut traffic = vec![0u32; ALL_CELLS];
+    for (c, n) in [(h1_low, 10_000), (read, 8_000), (write, 2_000), (bot, 500)] {
+        traffic[c] = n;
+    }
+    traffic[pair(read, h1_low).unwrap()] = 7_800;
+    traffic[pair(write, h1_low).unwrap()] = 1_900;
+    traffic[pair(bot, read).unwrap()] = 500;
+    traffic[pair(bot, h1_low).unwrap()] = 480;
+    let arms_with = |bot_on: Tally| {
+        let mut arms = Arms::new();
+        let read_arms = [t(1000, 15 + bot_on.bad[0]), t(1000, 2)];
+        arms.cells[bot] = [bot_on, t(100, 0)];
+        arms.cells[pair(bot, read).unwrap()] = arms.cells[bot];
+        arms.cells[pair(bot, h1_low).unwrap()] = arms.cells[bot];
+        arms.cells[read] = read_arms;
+        arms.cells[pair(read, h1_low).unwrap()] = read_arms;
+        arms.cells[write] = [t(400, 0), t(400, 0)];
+        arms.cells[pair(write, h1_low).unwrap()] = arms.cells[write];
+        arms.cells[h1_low] = read_arms.map(|mut a| {
+            a.add(t(400, 0));
+            a
+        });
+        arms
+    };
+    let policy = Policy::default();
+    let levels = Levels::new(&policy, 2);
+    let candidate = |arms: &Arms, cell: usize| {
+        let (ok, e, lcb) = test_cell(&policy, arms, cell, 0);
+        assert!(ok);
+        Candidate { cell, kpi: 0, evidence: e, lcb }
+    };
+
+    // Bots half-way to their level, `read` past its own: wait for bots.
+    let arms = arms_with(t(100, 13));
+    let e = |c: usize| test_cell(&policy, &arms, c, 0).1;
+    assert!(e(bot) >= levels.single / 2.0 && e(bot) < levels.single, "bot {:.1}", e(bot));
+    assert!(e(read) >= levels.single && e(read) < 2.0 * levels.single, "read {:.1}", e(read));
+    assert!(e(h1_low) >= levels.single, "history_1=low {:.1}", e(h1_low));
+    assert_eq!(narrow(&policy, &levels, &arms, &traffic, candidate(&arms, h1_low)).map(|c| c.cell), None);
+
+    // Once bots are significant, the block lands there.
+    let arms = arms_with(t(100, 30));
+    let got = narrow(&policy, &levels, &arms, &traffic, candidate(&arms, h1_low)).map(|c| cell_name(c.cell));
+    assert_eq!(got.as_deref(), Some("device=bot"));
+}
+
+#[test]
+fn blocking_every_pair_of_a_parent_with_a_group_blocks_the_parent() {
+    let (static_path, h0_low, h0_high) = (13, 17, 18);
+    let mut mask = [0u64; cells::MASK_WORDS];
+    let first = pair(static_path, h0_high).unwrap();
+    assert_eq!(block_cell(&mut mask, first), first);
+    assert!(has(&mask, first));
+    assert_eq!(block_cell(&mut mask, pair(static_path, h0_low).unwrap()), static_path);
+    assert_eq!(mask, single(static_path), "the parent in place of its two pairs");
+    // A pair whose siblings are not all blocked stays a pair.
+    let mut mask = [0u64; cells::MASK_WORDS];
+    let tablet_latam = pair(1, 8).unwrap();
+    assert_eq!(block_cell(&mut mask, tablet_latam), tablet_latam);
+}
+
+#[test]
+fn over_budget_the_strongest_suspect_waits_first_in_line() {
+    // Mobile explores (10% of the new stack); desktop (30%, the strongest
+    // harm) does not fit the 0.3 budget beside it; bot (10%) would. Bot must
+    // not take the budget desktop waits for.
+    let (mobile, tablet, desktop, bot) = (0, 1, 2, 3);
+    let policy = Policy::default();
+    let mut counts = Counts::new(1);
+    let now = 1_000;
+    let mut blocks = Blocks { suspect: 1 << mobile, window_s: now, ..Blocks::new(1) };
+    let tally = |n: u32, errors: u32| Tally { n, bad: [errors, 0, 0] };
+    for (c, new) in [
+        (mobile, tally(400, 120)),
+        (tablet, tally(2000, 40)),
+        (desktop, tally(1200, 600)),
+        (bot, tally(400, 100)),
+    ] {
+        counts.stack[0][0][c] = tally(2000, 40);
+        counts.stack[0][1][c] = new;
+    }
+    let events = evaluate(&policy, &mut counts, &mut blocks, now);
+    assert_eq!(blocks.suspect, 1 << mobile, "{events:?}");
+    // Mobile's harm explained and gone: desktop goes first.
+    counts.stack[0][1][mobile] = tally(400, 8);
+    let mut blocks = Blocks { window_s: now, ..blocks };
+    let events = evaluate(&policy, &mut counts, &mut blocks, now);
+    assert!(blocks.suspect & 1 << desktop != 0, "{events:?}");
+    assert_eq!(blocks.suspect & 1 << bot, 0, "bot waits its turn: {events:?}");
+}
