@@ -348,8 +348,8 @@ impl Counts {
         self.record_as(x, outcome, slow_ms, true);
     }
 
-    /// [`Counts::record`], leaving the screening tallies out unless `screened`
-    /// (a response the blocks now in force would not have served as it was).
+    /// [`Counts::record`]; with `screened` false the screening tallies leave
+    /// it out (a response the blocks now in force would not serve as it was).
     pub fn record_as(&mut self, x: &Exposure, outcome: Outcome, slow_ms: u64, screened: bool) {
         let Some(stack) = x.stack else { return };
         let bad = outcome.bad(slow_ms);
