@@ -688,7 +688,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             // cells suspect for as long as it stays in the window.
             counts.forget_screened(cell);
             explained |= (0..CELLS)
-                .filter(|&s| cells::overlap(cell, s) != Overlap::Disjoint)
+                .filter(|&s| matches!(cells::overlap(cell, s), Overlap::Within(_)))
                 .fold(0, |m, s| m | 1 << s);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
