@@ -272,16 +272,29 @@ impl Arms {
 /// whose overlap is exactly some cell's requests loses that cell's tally
 /// (itself, inside the block, loses all); one whose overlap is a triple
 /// nobody counted becomes `unknown` (a fresh tally), or stays as it is when
-/// `unknown` is `None`.
-fn forget_block<T: Copy>(cells: &mut [T], blocked: usize, unknown: Option<T>, minus: impl Fn(T, T) -> T) {
+/// `unknown` is `None`. Returns the single cells that lost exactly the block's
+/// requests (bitmask).
+fn forget_block<T: Copy>(
+    cells: &mut [T],
+    blocked: usize,
+    unknown: Option<T>,
+    minus: impl Fn(T, T) -> T,
+) -> u32 {
     let before = cells.to_vec();
+    let mut exact = 0;
     for (c, t) in cells.iter_mut().enumerate() {
         match cells::overlap(blocked, c) {
             Overlap::Disjoint => {}
-            Overlap::Within(part) => *t = minus(*t, before[part]),
+            Overlap::Within(part) => {
+                *t = minus(*t, before[part]);
+                if c < CELLS {
+                    exact |= 1 << c;
+                }
+            }
             Overlap::Unknown => *t = unknown.unwrap_or(*t),
         }
     }
+    exact
 }
 
 /// Outcome tallies, mergeable across workers.
@@ -354,9 +367,11 @@ impl Counts {
         let Some(stack) = x.stack else { return };
         let bad = outcome.bad(slow_ms);
         let all = expand(&x.cells);
-        for &c in all.iter().filter(|_| screened) {
-            if let Some(t) = self.stack[0][stack_ix(stack)].get_mut(usize::from(c)) {
-                t.record(bad);
+        if screened {
+            for &c in &all {
+                if let Some(t) = self.stack[0][stack_ix(stack)].get_mut(usize::from(c)) {
+                    t.record(bad);
+                }
             }
         }
         let slot = LATENCY_BOUNDS.iter().position(|&b| outcome.latency_ms <= u64::from(b));
@@ -442,11 +457,14 @@ impl Counts {
 
     /// Takes a new block's requests out of both windows' screening tallies,
     /// on both stacks alike (the comparison stays like for like); a triple
-    /// overlap nobody counted stays in.
-    fn forget_screened(&mut self, blocked: usize) {
+    /// overlap nobody counted stays in. Returns the single cells whose
+    /// tallies lost exactly the block's requests (bitmask).
+    fn forget_screened(&mut self, blocked: usize) -> u32 {
+        let mut exact = 0;
         for t in self.stack.iter_mut().flatten() {
-            forget_block(t, blocked, None, Tally::minus);
+            exact |= forget_block(t, blocked, None, Tally::minus);
         }
+        exact
     }
 
     /// The screening tallies of both windows.
@@ -686,10 +704,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             counts.arms[f].forget(cell);
             // The screen too: the harm just explained must not keep (or make)
             // cells suspect for as long as it stays in the window.
-            counts.forget_screened(cell);
-            explained |= (0..CELLS)
-                .filter(|&s| matches!(cells::overlap(cell, s), Overlap::Within(_)))
-                .fold(0, |m, s| m | 1 << s);
+            explained |= counts.forget_screened(cell);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
                 events.push(Event::Killed { feature: f, kpi: c.kpi, evidence: c.evidence });
@@ -1008,20 +1023,20 @@ fn screen(
         if blocks.suspect & (1 << c) == 0 {
             continue;
         }
-        if explained & (1 << c) != 0 && screening(counts, c).1 < levels.screen {
-            blocks.suspect &= !(1 << c);
-            used -= share(c);
-            events.push(Event::Cleared { cell: c });
-            continue;
-        }
+        let by_block = explained & (1 << c) != 0 && screening(counts, c).1 < levels.screen;
         let explored = counts.explored[c];
-        let building = (0..counts.arms.len()).any(|f| {
-            let [on, off] = counts.arms[f].cells[c];
-            (0..KPIS).any(|k| evidence(on, off, k) >= levels.single / 2.0)
-        });
-        if explored >= EXPLORE_MAX || (explored >= EXPLORE_CLEAR && !building) {
+        let building = || {
+            (0..counts.arms.len()).any(|f| {
+                let [on, off] = counts.arms[f].cells[c];
+                (0..KPIS).any(|k| evidence(on, off, k) >= levels.single / 2.0)
+            })
+        };
+        let ended = explored >= EXPLORE_MAX || (explored >= EXPLORE_CLEAR && !building());
+        if by_block || ended {
             blocks.suspect &= !(1 << c);
-            blocks.quiet_until[c] = now_s + QUIET_S;
+            if !by_block {
+                blocks.quiet_until[c] = now_s + QUIET_S;
+            }
             used -= share(c);
             events.push(Event::Cleared { cell: c });
         }

@@ -165,10 +165,11 @@ impl Pool {
         let mut exposure = *exposure;
         let mut screened = true;
         for f in 0..self.features.min(64) {
-            if blocks.blocks(f, &exposure.cells) {
-                screened &= exposure.enabled & (1 << f) == 0;
-                exposure.randomised &= !(1 << f);
-                exposure.explored &= !(1 << f);
+            let bit = 1 << f;
+            if (exposure.enabled | exposure.randomised) & bit != 0 && blocks.blocks(f, &exposure.cells) {
+                screened &= exposure.enabled & bit == 0;
+                exposure.randomised &= !bit;
+                exposure.explored &= !bit;
             }
         }
         self.pending.record_as(&exposure, outcome, blocks.slow_ms(policy), screened);

@@ -60,7 +60,6 @@ def start(v, i, work, cpus, upstream_port, plugin_text, headers):
     port, admin_port = free_port(), free_port()
     wasm = work / f"v{i}.wasm"
     shutil.copyfile(v["wasm"] or WASM, wasm)
-    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
     cfg = under_test_config(v["kind"], port, admin_port, upstream_port, work / f"v{i}.access.log", plugin_text, wasm)
     if v["log"] == "plain":
         for lst in cfg["static_resources"]["listeners"]:
@@ -85,6 +84,8 @@ def main(argv=None):
     work = ROOT / ".run" / "bench-ab"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # under_test_config finds the empty filter beside the module under test.
+    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
     script = work / "requests.lua"
     wrk_script(script)
     wrk = Wrk(tools["wrk"], gen_cpus, script)
