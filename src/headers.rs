@@ -38,10 +38,36 @@ impl Headers for Vec<(String, String)> {
 /// value_len)`, then each name and value followed by a NUL byte.
 #[derive(Debug, Default, Clone)]
 pub struct HeaderMap {
-    buf: Vec<u8>,
+    buf: Buf,
     /// Per pair: name start, name end, value start, value end (in `buf`), and
     /// whether the value is UTF-8.
     pairs: Vec<Pair>,
+}
+
+/// The proxy's buffer, checked as UTF-8 once as a whole: nearly every request
+/// is, and then a name or value is a slice of a `str` (no check per read).
+/// The serialisation's separators are ASCII, so every pair of a valid buffer
+/// starts and ends on a character boundary.
+#[derive(Debug, Clone)]
+enum Buf {
+    Text(String),
+    /// Some name or value is not UTF-8 (HTTP/1.1 obs-text): checked per pair.
+    Bytes(Vec<u8>),
+}
+
+impl Default for Buf {
+    fn default() -> Buf {
+        Buf::Text(String::new())
+    }
+}
+
+impl Buf {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buf::Text(s) => s.as_bytes(),
+            Buf::Bytes(b) => b,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +75,12 @@ struct Pair {
     name: (u32, u32),
     value: (u32, u32),
     value_utf8: bool,
+}
+
+impl Pair {
+    fn name_len(&self) -> usize {
+        (self.name.1 - self.name.0) as usize
+    }
 }
 
 /// The buffer does not follow the serialisation (the map is left empty).
@@ -60,7 +92,10 @@ impl HeaderMap {
     /// The pair index keeps its capacity across calls: no allocation per request
     /// once warm.
     pub fn load(&mut self, bytes: Vec<u8>) -> Result<(), MalformedMap> {
-        self.buf = bytes;
+        self.buf = match String::from_utf8(bytes) {
+            Ok(text) => Buf::Text(text),
+            Err(e) => Buf::Bytes(e.into_bytes()),
+        };
         self.pairs.clear();
         let r = self.index();
         if r.is_err() {
@@ -71,12 +106,13 @@ impl HeaderMap {
 
     /// Empties the map (the proxy returned no map).
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.buf = Buf::default();
         self.pairs.clear();
     }
 
     fn index(&mut self) -> Result<(), MalformedMap> {
-        let buf = &self.buf;
+        let text = matches!(self.buf, Buf::Text(_));
+        let buf = self.buf.bytes();
         if buf.is_empty() {
             return Ok(());
         }
@@ -101,10 +137,10 @@ impl HeaderMap {
             p = value_end + 1;
             // Envoy's codecs only admit token characters in names; a name that is
             // not UTF-8 cannot be one augur reads or strips, so it is skipped.
-            if std::str::from_utf8(&buf[name.0..name.1]).is_err() {
+            if !text && std::str::from_utf8(&buf[name.0..name.1]).is_err() {
                 continue;
             }
-            let value_utf8 = std::str::from_utf8(&buf[value.0..value.1]).is_ok();
+            let value_utf8 = text || std::str::from_utf8(&buf[value.0..value.1]).is_ok();
             self.pairs.push(Pair {
                 name: (name.0 as u32, name.1 as u32),
                 value: (value.0 as u32, value.1 as u32),
@@ -142,7 +178,26 @@ impl HeaderMap {
 
     fn str_at(&self, (a, b): (u32, u32)) -> &str {
         // Checked UTF-8 at load; an empty string if that ever did not hold.
-        std::str::from_utf8(self.buf.get(a as usize..b as usize).unwrap_or_default()).unwrap_or_default()
+        let range = a as usize..b as usize;
+        match &self.buf {
+            Buf::Text(s) => s.get(range).unwrap_or_default(),
+            Buf::Bytes(buf) => std::str::from_utf8(buf.get(range).unwrap_or_default()).unwrap_or_default(),
+        }
+    }
+
+    /// The first pair named `name`: lengths compared before bytes (most names
+    /// differ in length), no UTF-8 check.
+    fn find(&self, name: &str) -> Option<&Pair> {
+        let buf = self.buf.bytes();
+        self.pairs.iter().find(|p| {
+            p.name_len() == name.len()
+                && buf.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes())
+        })
+    }
+
+    /// The header names in order (what the control-header strip scans).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pairs.iter().map(|p| self.str_at(p.name))
     }
 
     /// `(name, value)` pairs in order; `value` is `None` when it is not UTF-8.
@@ -168,18 +223,12 @@ impl HeaderMap {
 
 impl Headers for HeaderMap {
     fn header(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|p| self.buf.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes()))
-            .and_then(|p| p.value_utf8.then(|| self.str_at(p.value)))
+        self.find(name).and_then(|p| p.value_utf8.then(|| self.str_at(p.value)))
     }
 
     fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        let p = self
-            .pairs
-            .iter()
-            .find(|p| self.buf.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes()))?;
-        self.buf.get(p.value.0 as usize..p.value.1 as usize)
+        let p = self.find(name)?;
+        self.buf.bytes().get(p.value.0 as usize..p.value.1 as usize)
     }
 }
 

@@ -189,7 +189,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(digits[i..].iter().map(|&d| char::from(d)));
+    // ASCII digits: one append, not a char (and a UTF-8 encode) per digit.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
 /// Writes a value of the input vector (all in [0, 1]) with 4 decimals, without
@@ -212,7 +213,7 @@ fn push_unit(out: &mut String, x: f32) {
             }
             let len = digits.iter().rposition(|&d| d != b'0').map_or(0, |p| p + 1);
             out.push_str("0.");
-            out.extend(digits[..len].iter().map(|&d| char::from(d)));
+            out.push_str(std::str::from_utf8(&digits[..len]).unwrap_or("0"));
         }
     }
 }

@@ -29,7 +29,9 @@ pub trait Host {
     /// Loads all request headers into `into`: lowercase names, pseudo-headers
     /// (`:path`, …) included.
     fn request_headers(&self, into: &mut HeaderMap);
-    /// Sets (`Some`) or removes (`None`) a request header.
+    /// Sets (`Some`) or removes (`None`) a request header. Only control
+    /// headers are set, after [`strip_control_headers`] removed every one, so
+    /// a set may append.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     /// Stores the decision record where the access log reads it.
     fn set_decision_record(&mut self, record: &str);
@@ -69,7 +71,7 @@ pub fn strip_control_headers(
     control: &ControlHeaders,
 ) -> bool {
     let mut found = false;
-    for (name, _) in headers.iter() {
+    for name in headers.names() {
         if control.is_control(name) {
             host.set_request_header(name, None);
             found = true;
@@ -226,7 +228,7 @@ impl Runtime {
             randomised: state.exposure.randomised,
             segments: state.segments,
         };
-        for (name, _) in headers.iter() {
+        for name in headers.names() {
             if h.is_control(name) {
                 host.set_response_header(name, None);
             }

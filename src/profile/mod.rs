@@ -113,23 +113,24 @@ pub fn classify_device(user_agent: Option<&str>) -> Device {
     let Some(ua) = user_agent else {
         return Device::Unknown;
     };
-    // Lowercase once into a stack buffer, then plain substring search: ~5×
-    // faster in V8 than a case-insensitive compare at every offset per needle.
-    // Only the first UA_SCAN bytes are read; the tokens sit well before that.
+    // Lowercase once into a stack buffer, then one pass that notes which
+    // tokens occur (a first-byte table picks the candidates at each offset):
+    // one scan instead of one per token. Only the first UA_SCAN bytes are
+    // read; the tokens sit well before that.
     let mut buf = [0u8; UA_SCAN];
     let n = ua.len().min(UA_SCAN);
     for (d, s) in buf.iter_mut().zip(ua.as_bytes()) {
         *d = s.to_ascii_lowercase();
     }
-    let lower = &buf[..n];
-    let has = |needle: &[u8]| contains(lower, needle);
-    if has(b"bot") || has(b"spider") || has(b"crawl") || has(b"slurp") {
+    let found = ua_tokens(&buf[..n]);
+    let has = |t: u16| found & t != 0;
+    if has(BOT | SPIDER | CRAWL | SLURP) {
         Device::Bot
-    } else if has(b"ipad") || has(b"tablet") || (has(b"android") && !has(b"mobile")) {
+    } else if has(IPAD | TABLET) || (has(ANDROID) && !has(MOBILE)) {
         Device::Tablet
-    } else if has(b"mobile") || has(b"iphone") || has(b"android") {
+    } else if has(MOBILE | IPHONE | ANDROID) {
         Device::Mobile
-    } else if has(b"windows") || has(b"macintosh") || has(b"x11") || has(b"linux") || has(b"cros") {
+    } else if has(WINDOWS | MACINTOSH | X11 | LINUX | CROS) {
         Device::Desktop
     } else {
         Device::Unknown
@@ -139,19 +140,64 @@ pub fn classify_device(user_agent: Option<&str>) -> Device {
 /// User-Agent bytes [`classify_device`] reads.
 const UA_SCAN: usize = 512;
 
-/// Substring search: candidates by first byte, then a slice compare.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
-    let last_start = match haystack.len().checked_sub(needle.len()) {
-        Some(i) => i,
-        None => return false,
-    };
-    haystack[..=last_start]
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == first && haystack[i + 1..i + needle.len()] == *rest)
+/// The User-Agent tokens [`classify_device`] looks for; bit `i` of a token
+/// set is `UA_TOKENS[i]`.
+const UA_TOKENS: [&[u8]; 14] = [
+    b"bot",
+    b"spider",
+    b"crawl",
+    b"slurp",
+    b"ipad",
+    b"tablet",
+    b"android",
+    b"mobile",
+    b"iphone",
+    b"windows",
+    b"macintosh",
+    b"x11",
+    b"linux",
+    b"cros",
+];
+const BOT: u16 = 1 << 0;
+const SPIDER: u16 = 1 << 1;
+const CRAWL: u16 = 1 << 2;
+const SLURP: u16 = 1 << 3;
+const IPAD: u16 = 1 << 4;
+const TABLET: u16 = 1 << 5;
+const ANDROID: u16 = 1 << 6;
+const MOBILE: u16 = 1 << 7;
+const IPHONE: u16 = 1 << 8;
+const WINDOWS: u16 = 1 << 9;
+const MACINTOSH: u16 = 1 << 10;
+const X11: u16 = 1 << 11;
+const LINUX: u16 = 1 << 12;
+const CROS: u16 = 1 << 13;
+
+/// Per byte, the tokens that start with it.
+const UA_FIRST: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < UA_TOKENS.len() {
+        t[UA_TOKENS[i][0] as usize] |= 1 << i;
+        i += 1;
+    }
+    t
+};
+
+/// The set of [`UA_TOKENS`] that occur in `lower`.
+fn ua_tokens(lower: &[u8]) -> u16 {
+    let mut found = 0u16;
+    for (i, &b) in lower.iter().enumerate() {
+        let mut cand = UA_FIRST[b as usize] & !found;
+        while cand != 0 {
+            let t = cand.trailing_zeros() as usize;
+            cand &= cand - 1;
+            if lower[i..].starts_with(UA_TOKENS[t]) {
+                found |= 1 << t;
+            }
+        }
+    }
+    found
 }
 
 /// A history signal: a trusted header carrying a number, scaled by `max`.
@@ -292,6 +338,27 @@ pub fn encode(spec: &ProfileSpec, req: &(impl Headers + ?Sized), profile: &mut P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass token scan finds exactly the tokens a search per token finds.
+        #[test]
+        fn ua_tokens_match_a_search_per_token(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(UA_TOKENS.to_vec()).prop_map(<[u8]>::to_vec),
+                    proptest::collection::vec(proptest::sample::select(b"abcilmnoprstwx1 /;()".to_vec()), 0..6),
+                ],
+                0..12,
+            )
+        ) {
+            let ua: Vec<u8> = parts.concat();
+            let naive = UA_TOKENS.iter().enumerate().fold(0u16, |m, (i, t)| {
+                if ua.windows(t.len()).any(|w| w == *t) { m | 1 << i } else { m }
+            });
+            prop_assert_eq!(ua_tokens(&ua), naive);
+        }
+    }
 
     fn spec() -> ProfileSpec {
         ProfileSpec {

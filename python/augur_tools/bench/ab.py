@@ -56,7 +56,8 @@ def parse_variant(text):
     return v
 
 
-def start(v, i, work, cpus, upstream_port, plugin_text, headers):
+def start(v, i, work, cpus, upstream_port, plugin_text, headers, wrapper=(), ready_timeout=90):
+    """Variant `v` as Envoy `v{i}` in `work`, ready to serve (`wrapper`: a command it runs under)."""
     port, admin_port = free_port(), free_port()
     wasm = work / f"v{i}.wasm"
     shutil.copyfile(v["wasm"] or WASM, wasm)
@@ -66,7 +67,7 @@ def start(v, i, work, cpus, upstream_port, plugin_text, headers):
             for f in lst["filter_chains"][0]["filters"]:
                 for log in f["typed_config"].get("access_log", []):
                     log["typed_config"]["log_format"] = {"text_format_source": {"inline_string": PLAIN_LOG}}
-    env = EnvoyProc(f"v{i}", cfg, work, cpus, port, headers)
+    env = EnvoyProc(f"v{i}", cfg, work, cpus, port, headers, ready_timeout=ready_timeout, wrapper=wrapper)
     env.port = port
     return env
 

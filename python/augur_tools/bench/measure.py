@@ -197,16 +197,18 @@ def http_get_ok(port, headers, timeout=0.5):
 
 class EnvoyProc:
     """One Envoy process pinned to `cpus`; ready when a request through
-    `probe_port` returns 200 (that time, from exec, is `ready_s`)."""
+    `probe_port` returns 200 (that time, from exec, is `ready_s`). `wrapper`:
+    a command it runs under (valgrind for `augur_tools.bench.instr`)."""
 
-    def __init__(self, name, config, workdir, cpus, probe_port, probe_headers=None, ready_timeout=90, flush_ms=None):
+    def __init__(self, name, config, workdir, cpus, probe_port, probe_headers=None, ready_timeout=90, flush_ms=None,
+                 wrapper=()):
         self.name = name
         self.workdir = Path(workdir)
         self.config_path = self.workdir / f"{name}.json"
         self.config_path.write_text(json.dumps(config, indent=1))
         self.log_path = self.workdir / f"{name}.envoy.log"
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
-        cmd = harness.envoy_command(self.config_path, self.log_path, 1, flush_ms, binary=envoy_binary())
+        cmd = list(wrapper) + harness.envoy_command(self.config_path, self.log_path, 1, flush_ms, binary=envoy_binary())
         started = time.monotonic()
         self.proc = subprocess.Popen(
             pinned(cmd, cpus), cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
