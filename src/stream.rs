@@ -29,9 +29,7 @@ pub trait Host {
     /// Loads all request headers into `into`: lowercase names, pseudo-headers
     /// (`:path`, …) included.
     fn request_headers(&self, into: &mut HeaderMap);
-    /// Sets (`Some`) or removes (`None`) a request header. Only control
-    /// headers are set, after [`strip_control_headers`] removed every one, so
-    /// a set may append.
+    /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     /// Stores the decision record where the access log reads it.
     fn set_decision_record(&mut self, record: &str);
