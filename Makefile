@@ -19,7 +19,7 @@ RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/conf
 WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
                   --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 
-.PHONY: fleet-demo all demo test lint unit integration wasm cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo loop-sim ab-report clean help image deploy-tools rules-check node-deps
+.PHONY: fleet-demo all demo test lint unit integration wasm wasm-opt-flags cli venv model fixtures envoy-config bench bench-vm bench-e2e soak loop-demo loop-sim ab-report clean help image deploy-tools rules-check node-deps
 
 all: wasm cli
 
@@ -77,6 +77,10 @@ $(WASM): $(RUST_SOURCES) .rustup-target.stamp
 	@ls -l $@ | awk '{printf "wasm: %s (%.2f MB)\n", $$9, $$5/1048576}'
 
 wasm: $(WASM)
+
+# The flags themselves, for tools that rebuild the module the same way (bench.instr).
+wasm-opt-flags:
+	@echo $(WASM_OPT_FLAGS)
 
 # The bench-e2e floor: a proxy-wasm filter that does nothing, same profile and flags.
 $(EMPTY_WASM): examples/empty_filter.rs Cargo.toml .rustup-target.stamp

@@ -48,8 +48,6 @@ from augur_tools.envoy.harness import ROOT, WASM, free_port
 from augur_tools.paths import DEMO_PLUGIN
 
 RAW_WASM = ROOT / "target" / "wasm32-wasip1" / "wasm" / "augur.wasm"
-WASM_OPT_FLAGS = ["-Oz", "--enable-simd", "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals",
-                  "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"]
 SLOT_BYTES = 8  # V8's x64 wasm jump-table slot
 
 
@@ -126,7 +124,9 @@ def named_copy(module, work):
     if not RAW_WASM.exists() or shutil.which("wasm-opt") is None:
         return None
     out = Path(work) / "named.wasm"
-    subprocess.run(["wasm-opt", *WASM_OPT_FLAGS, "-g", str(RAW_WASM), "-o", str(out)], check=True)
+    # The Makefile's flags (one copy of them), plus -g to keep the names.
+    flags = subprocess.run(["make", "-s", "wasm-opt-flags"], cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run(["wasm-opt", *flags.stdout.split(), "-g", str(RAW_WASM), "-o", str(out)], check=True)
     imports2, names2, code2 = module_facts(out)
     return (imports2, names2) if code2 == code else None
 
