@@ -21,6 +21,9 @@ pub(super) struct Batch {
     ids: Vec<u32>,
     /// Increments not yet handed over, per slot.
     deltas: Vec<u64>,
+    /// Histogram slots `(first, len)` whose deltas are per bucket, not yet
+    /// cumulative: [`Batch::flush`] sums each run up before handing it over.
+    cumulative: Vec<(usize, usize)>,
     immediate: bool,
 }
 
@@ -56,6 +59,13 @@ impl Batch {
     }
 
     pub(super) fn flush(&mut self, sink: &mut impl MetricSink) {
+        for &(first, len) in &self.cumulative {
+            let mut below = 0u64;
+            for d in self.deltas.iter_mut().skip(first).take(len) {
+                below = below.saturating_add(*d);
+                *d = below;
+            }
+        }
         for (id, d) in self.ids.iter().zip(self.deltas.iter_mut()) {
             if *d > 0 {
                 sink.increment(*id, i64::try_from(*d).unwrap_or(i64::MAX));
@@ -77,10 +87,12 @@ impl Batch {
 #[derive(Debug, Clone)]
 pub(super) struct Buckets {
     bounds: &'static [(u64, &'static str)],
-    /// One per bound, then `+Inf`.
+    /// One per bound, then `+Inf`, then `_count` (the `+Inf` bucket's twin).
     buckets: Vec<Option<Counter>>,
-    count: Option<Counter>,
     sum: Option<Counter>,
+    /// The buckets and the count hold consecutive batch slots, summed up at
+    /// flush: an observation is then one increment, not one per bucket above it.
+    batched: bool,
 }
 
 impl Buckets {
@@ -94,22 +106,67 @@ impl Buckets {
         labels: &str,
         bounds: &'static [(u64, &'static str)],
     ) -> Buckets {
-        let les = bounds.iter().map(|(_, le)| *le).chain(std::iter::once("+Inf"));
-        let buckets = les.map(|le| batch.define(sink, &format!("{name}_bucket{labels}.le.{le}"))).collect();
-        Buckets {
-            bounds,
-            buckets,
-            count: batch.define(sink, &format!("{name}_count{labels}")),
-            sum: batch.define(sink, &format!("{sum}{labels}")),
+        let les = bounds.iter().map(|(_, le)| format!("_bucket{labels}.le.{le}"));
+        let names = les.chain([format!("_bucket{labels}.le.+Inf"), format!("_count{labels}")]);
+        let buckets: Vec<Option<Counter>> =
+            names.map(|n| batch.define(sink, &format!("{name}{n}"))).collect();
+        let slots: Vec<usize> = buckets.iter().flatten().map(|Counter(s)| usize::from(*s)).collect();
+        let consecutive = slots.len() == buckets.len() && slots.windows(2).all(|w| w[1] == w[0] + 1);
+        let batched = consecutive && !batch.immediate;
+        if let (true, Some(&first)) = (batched, slots.first()) {
+            batch.cumulative.push((first, slots.len()));
         }
+        Buckets { bounds, buckets, sum: batch.define(sink, &format!("{sum}{labels}")), batched }
     }
 
     pub(super) fn observe(&self, batch: &mut Batch, value: u64, sink: &mut impl MetricSink) {
         let first = self.bounds.iter().position(|(b, _)| value <= *b).unwrap_or(self.bounds.len());
-        for c in self.buckets.iter().skip(first) {
-            batch.add(*c, sink);
+        if self.batched {
+            batch.add(self.buckets.get(first).copied().flatten(), sink);
+        } else {
+            for c in self.buckets.iter().skip(first) {
+                batch.add(*c, sink);
+            }
         }
-        batch.add(self.count, sink);
         batch.add_n(self.sum, value, sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_sink::MapSink;
+    use super::*;
+
+    const BOUNDS: &[(u64, &str)] = &[(1, "1"), (5, "5"), (10, "10")];
+
+    /// The same samples through a batched and an immediate histogram, flushed
+    /// twice with samples in between: the same cumulative counters.
+    #[test]
+    fn batched_buckets_sum_up_at_flush_like_immediate_ones() {
+        let mut out = Vec::new();
+        for immediate in [false, true] {
+            let (mut sink, mut batch) = (MapSink::default(), Batch::new(immediate));
+            let h = Buckets::define(&mut batch, &mut sink, "h", "h_ms_total", ".x.y", BOUNDS);
+            assert_eq!(h.batched, !immediate);
+            for v in [0, 1, 3, 7, 50, 5] {
+                h.observe(&mut batch, v, &mut sink);
+            }
+            batch.flush(&mut sink);
+            let first = sink.counters.clone();
+            for v in [2, 11] {
+                h.observe(&mut batch, v, &mut sink);
+            }
+            batch.flush(&mut sink);
+            batch.flush(&mut sink);
+            out.push((first, sink.counters));
+        }
+        let c = |m: &std::collections::BTreeMap<String, i64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let (first, last) = &out[0];
+        assert_eq!(out[0], out[1]);
+        let les = ["h_bucket.x.y.le.1", "h_bucket.x.y.le.5", "h_bucket.x.y.le.10", "h_bucket.x.y.le.+Inf"];
+        assert_eq!(les.map(|k| c(first, k)), [2, 4, 5, 6]);
+        assert_eq!(les.map(|k| c(last, k)), [2, 5, 6, 8]);
+        assert_eq!((c(first, "h_count.x.y"), c(last, "h_count.x.y")), (6, 8));
+        assert_eq!(c(last, "h_ms_total.x.y"), 66 + 13);
     }
 }

@@ -158,20 +158,51 @@ const UA_TOKENS: [&[u8]; 14] = [
     b"linux",
     b"cros",
 ];
-const BOT: u16 = 1 << 0;
-const SPIDER: u16 = 1 << 1;
-const CRAWL: u16 = 1 << 2;
-const SLURP: u16 = 1 << 3;
-const IPAD: u16 = 1 << 4;
-const TABLET: u16 = 1 << 5;
-const ANDROID: u16 = 1 << 6;
-const MOBILE: u16 = 1 << 7;
-const IPHONE: u16 = 1 << 8;
-const WINDOWS: u16 = 1 << 9;
-const MACINTOSH: u16 = 1 << 10;
-const X11: u16 = 1 << 11;
-const LINUX: u16 = 1 << 12;
-const CROS: u16 = 1 << 13;
+
+/// The bit of token `t` in a token set; 0 when `t` is not in [`UA_TOKENS`]
+/// (refused at compile time below).
+const fn token(t: &[u8]) -> u16 {
+    let mut i = 0;
+    while i < UA_TOKENS.len() {
+        let u = UA_TOKENS[i];
+        let mut same = u.len() == t.len();
+        let mut j = 0;
+        while same && j < u.len() {
+            same = u[j] == t[j];
+            j += 1;
+        }
+        if same {
+            return 1 << i;
+        }
+        i += 1;
+    }
+    0
+}
+const BOT: u16 = token(b"bot");
+const SPIDER: u16 = token(b"spider");
+const CRAWL: u16 = token(b"crawl");
+const SLURP: u16 = token(b"slurp");
+const IPAD: u16 = token(b"ipad");
+const TABLET: u16 = token(b"tablet");
+const ANDROID: u16 = token(b"android");
+const MOBILE: u16 = token(b"mobile");
+const IPHONE: u16 = token(b"iphone");
+const WINDOWS: u16 = token(b"windows");
+const MACINTOSH: u16 = token(b"macintosh");
+const X11: u16 = token(b"x11");
+const LINUX: u16 = token(b"linux");
+const CROS: u16 = token(b"cros");
+const _: () = {
+    let all = [
+        BOT, SPIDER, CRAWL, SLURP, IPAD, TABLET, ANDROID, MOBILE, IPHONE, WINDOWS, MACINTOSH, X11, LINUX,
+        CROS,
+    ];
+    let mut i = 0;
+    while i < all.len() {
+        assert!(all[i] != 0, "a device token missing from UA_TOKENS");
+        i += 1;
+    }
+};
 
 /// Per byte, the tokens that start with it.
 const UA_FIRST: [u16; 256] = {
