@@ -34,8 +34,11 @@ pub struct Decision {
     /// exploration): the request counts in the feature's on/off comparison.
     pub randomised: u64,
     /// Of those, features whose state was drawn for exploration (the draws the
-    /// sample-ratio check counts).
+    /// sample-ratio check counts)…
     pub explored: u64,
+    /// …and features randomised by their sticky user holdout (a request can be
+    /// both: a user outside the holdout whose feature was then explored).
+    pub held: u64,
     /// Of those, features the draw turned off.
     pub drawn_off: u64,
     /// Automated rollback has reverted the rollout to the old stack.
@@ -58,6 +61,7 @@ impl Default for Decision {
             cells: [0; GROUPS],
             randomised: 0,
             explored: 0,
+            held: 0,
             drawn_off: 0,
             reverted: false,
             id: 0,
@@ -69,6 +73,27 @@ impl Decision {
     /// Bit `i` set when feature `i` is on.
     pub fn enabled_mask(&self) -> u64 {
         self.flags.iter().enumerate().filter(|(_, f)| f.on).fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// The probability, by design, that randomised feature `i` was on for this
+    /// request: kept out of the holdout (`1 − holdout`) and kept on by the
+    /// exploration draw (`1 − explore_share`). Designs differ across requests
+    /// (exploration runs in suspect cells only), so an analysis that pools
+    /// randomised records must weigh or stratify by it; the record carries it.
+    /// `None` when feature `i` was not randomised.
+    pub fn p_on(&self, config: &Config, i: usize) -> Option<f64> {
+        if i >= 64 || self.randomised & (1 << i) == 0 {
+            return None;
+        }
+        let mut p = 1.0;
+        if self.held & (1 << i) != 0 {
+            let holdout = config.rules.features.get(i).map_or(0, |r| r.holdout);
+            p *= 1.0 - f64::from(holdout) / f64::from(BUCKETS);
+        }
+        if self.explored & (1 << i) != 0 {
+            p *= 1.0 - config.rollback.explore_share.clamp(0.0, 1.0);
+        }
+        Some(p)
     }
 
     /// Appends the decision id (16 lowercase hex digits) to `out`.
@@ -225,6 +250,7 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
     config.rules.decide(input, &mut out.flags);
     out.randomised = 0;
     out.explored = 0;
+    out.held = 0;
     out.drawn_off = 0;
     for (i, (flag, rule)) in out.flags.iter().zip(&config.rules.features).enumerate() {
         let explored = exploring && rule.override_ == Override::Auto && flag.reason.is_eligible();
@@ -232,6 +258,9 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         let held = rule.holdout > 0
             && holdout_user.is_some()
             && (flag.reason.is_eligible() || flag.reason == Reason::ForcedOn);
+        if held {
+            out.held |= 1 << i;
+        }
         if explored || held {
             out.randomised |= 1 << i;
             if explored {
@@ -291,6 +320,32 @@ mod tests {
             }
         }
         assert_eq!(seen, [true, true]);
+    }
+
+    /// The chance of `on` by design, per randomised feature: holdout and
+    /// exploration multiply when both apply.
+    #[test]
+    fn p_on_is_the_design_probability_of_each_randomised_feature() {
+        let c = TestConfig::rollout(100.0)
+            .feature("new_checkout", json!({"holdout": 10}))
+            .feature("search_v2", json!({}))
+            .set("rollback.explore_share", 0.25)
+            .compile()
+            .unwrap();
+        let mut w = Worker::new(&c);
+        let mut d = Decision::default();
+        decide(&c, &mut w, &headers("u1"), &mut d);
+        assert_eq!((d.p_on(&c, 0), d.p_on(&c, 1)), (Some(0.9), None), "holdout only: {d:?}");
+        w.blocks.suspect = (1 << rollback::CELLS) - 1; // every cell explores
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            decide(&c, &mut w, &headers(&format!("u{i}")), &mut d);
+            assert_eq!(d.p_on(&c, 1), Some(0.75));
+            let p = d.p_on(&c, 0).unwrap();
+            seen.insert((p * 1e4).round() as u32);
+            assert_eq!(d.held, 1, "every keyed user is in h's holdout design, held or not");
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [6750], "0.9 × 0.75 for every eligible user");
     }
 
     #[test]

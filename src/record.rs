@@ -9,7 +9,7 @@
 //! {"v":1,"rollout":"default","id":"<augur's decision id>","request_id":"<x-request-id>",
 //!  "stack":"new","route":"new","bucket":123456,
 //!  "model":"default-v1","model_ok":true,"device":"mobile","segments":["beta"],
-//!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72,"randomised":true}},
+//!  "features":{"new_checkout":{"on":true,"reason":"enabled","score":72,"randomised":true,"p_on":0.5}},
 //!  "cells":[1,7,14,15,17,19,21,23],"x":[0.41,1,1,0,...]}
 //! ```
 //! `id` is augur's own (16 hex digits, see `Decision::id`): the client cannot
@@ -19,7 +19,8 @@
 //! absent when the model did not score the feature on this request;
 //! `randomised` marks features whose on/off state was random (A/B holdout or
 //! exploration) — the requests an unbiased on/off comparison may use, in the arm
-//! `on` says; `cells` are the request's rollback cells, one per attribute group
+//! `on` says, `p_on` the chance by design that it was on (`Decision::p_on`:
+//! designs differ across requests, so pooled analyses weigh by it); `cells` are the request's rollback cells, one per attribute group
 //! (names: `augur schema`, `cells`). Offline tools read these instead of
 //! re-deriving them.
 
@@ -153,10 +154,11 @@ pub fn write(config: &Config, decision: &Decision, request_id: Option<&str>, out
             out.push_str(",\"score\":");
             push_u64(out, u64::from(score));
         }
-        if i < 64 && decision.randomised & (1 << i) != 0 {
+        if let Some(p) = decision.p_on(config, i) {
             // The on/off state was random: this request is in the feature's
-            // on/off comparison, in the arm `on` says.
-            out.push_str(",\"randomised\":true");
+            // on/off comparison, in the arm `on` says, with this chance of `on`.
+            out.push_str(",\"randomised\":true,\"p_on\":");
+            push_unit(out, p as f32);
         }
         out.push('}');
     }
@@ -288,6 +290,7 @@ mod tests {
             write(&c, &d, Some("r"), &mut s);
             let v: serde_json::Value = serde_json::from_str(&s).unwrap();
             assert_eq!(v["features"]["a"]["randomised"], true, "holdout users and the rest alike");
+            assert_eq!(v["features"]["a"]["p_on"], 0.5, "holdout 50%");
             assert!(v["features"]["b"].get("randomised").is_none());
             arms.insert(v["features"]["a"]["on"].as_bool().unwrap());
         }

@@ -5,8 +5,9 @@ request, ``{"decision": {...augur record...}, "status", "duration_ms",
 What every tool reads from a record is defined here once: its KPIs (error,
 latency, engagement, security), its rollback cells (the record's ``cells``,
 named by ``augur schema``) and its arms — the record marks the features that
-were ``randomised`` on that request (an A/B holdout or an exploration draw);
-nothing here re-derives it. The A/B report, the retraining job and the tests
+were ``randomised`` on that request (an A/B holdout or an exploration draw)
+and, as ``p_on``, the chance by design that each was on; nothing here
+re-derives them. The A/B report, the retraining job and the tests
 read records through this module.
 """
 
@@ -118,6 +119,18 @@ def arm(r: dict, feature: str) -> str | None:
     if not isinstance(f, dict) or f.get("randomised") is not True:
         return None
     return "treatment" if f.get("on") else "control"
+
+
+def p_on(r: dict, feature: str) -> float | None:
+    """The chance, by design, that a randomised feature was on for this record
+    (the record's ``p_on``: holdout and exploration designs differ across
+    requests, so pooled comparisons must weigh or stratify by it); None when the
+    feature was not randomised or the record predates the field."""
+    f = r["decision"].get("features", {}).get(feature)
+    if not isinstance(f, dict) or f.get("randomised") is not True:
+        return None
+    p = f.get("p_on")
+    return float(p) if isinstance(p, (int, float)) and 0.0 < p < 1.0 else None
 
 
 def features_of(records: Iterable[dict]) -> list[str]:

@@ -128,3 +128,40 @@ def test_ab_report_cli_prints_adjusted_and_corrected_columns(tmp_path):
     assert "*" in line.split("|")[1], "Holm-significant marked"
     assert "after Holm" in p.stdout and "variance" in p.stdout
     assert "1 log lines were not decision records" in p.stdout
+
+
+def two_design_records(n, seed, with_p_on=True):
+    """Feature "a" does nothing. A third of the requests are in a bad cell
+    (device slot 3: 30% errors against 2%) where exploration randomises "a"
+    50/50 (p_on 0.5); everywhere a 10% holdout (p_on 0.9). Pooled, the control
+    arm is rich in the bad cell and "a" looks like it cuts errors."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        bad = rng.random() < 1 / 3
+        p = 0.5 if bad else 0.9
+        on = rng.random() < p
+        x = [0.0] * 20
+        x[1], x[3 if bad else 4] = 1.0, 1.0
+        feat = {"on": on, "reason": "enabled" if on else ("exploring" if bad else "holdout"), "randomised": True}
+        if with_p_on:
+            feat["p_on"] = p
+        error = rng.random() < (0.3 if bad else 0.02)
+        out.append({"decision": {"rollout": "syn", "request_id": f"d{seed}-{i}", "stack": "new", "bucket": i,
+                                 "features": {"a": feat}, "x": x},
+                    "status": 503 if error else 200, "duration_ms": 5.0, "signals": "none"})
+    return out
+
+
+def test_designs_are_compared_within_themselves_not_pooled():
+    """The record's p_on strata: the effect of a feature that does nothing is
+    ~0 within each design; pooling the designs (records without p_on) makes it
+    look like it removes errors — the bias this guards against."""
+    recs = two_design_records(6000, 3)
+    e = overall(report.report(recs), "a", "error")
+    assert e["strata"] == 2 and e["strata_dropped"] == 0
+    assert covers(e["ci95"], 0.0), e
+    assert covers(e["adjusted"]["ci95"], 0.0), e["adjusted"]
+    pooled = overall(report.report(two_design_records(6000, 3, with_p_on=False)), "a", "error")
+    assert "strata" not in pooled
+    assert pooled["ci95"][1] < -0.05, f"pooled designs should look strongly beneficial: {pooled}"

@@ -411,4 +411,6 @@ def test_the_record_marks_what_report_counts(env):
             if d["stack"] == "new" and d["x"][1] == 1:
                 want = "control" if d["features"][f]["reason"] == "holdout" else "treatment"
             assert records.arm(r, f) == want, (f, d["features"][f])
+            # The design's chance of on: 1 - holdout (banner 30%, widget 20%; no exploration here).
+            assert records.p_on(r, f) == (None if want is None else {"banner": 0.7, "widget": 0.8}[f])
         assert records.arm(r, "plain") is None

@@ -35,6 +35,10 @@ def test_arms_are_what_the_record_marks():
     r = line(decision={"features": {"a": {"on": True, "randomised": True}, "b": {"on": False, "randomised": True},
                                     "c": {"on": True, "reason": "model"}}, "cells": []})
     assert [records.arm(r, f) for f in ("a", "b", "c", "absent")] == ["treatment", "control", None, None]
+    assert [records.p_on(r, f) for f in ("a", "b", "c")] == [None, None, None], "records without p_on"
+    r["decision"]["features"]["a"]["p_on"] = 0.45
+    r["decision"]["features"]["c"]["p_on"] = 0.5
+    assert [records.p_on(r, f) for f in ("a", "b", "c")] == [0.45, None, None], "only randomised features have one"
     assert records.features_of([r]) == ["a", "b", "c"]
 
 

@@ -103,8 +103,8 @@ def test_policy_value_is_unbiased_against_the_planted_truth():
         xs = np.asarray([r["decision"]["x"] for r in recs])
         arms = uplift.arm_matrix(recs, FEATURES)
         u = uplift.utility(uplift.outcome_matrix(recs, 1000), uplift.DEFAULT_COSTS)
-        pi = uplift.propensities(arms)
-        assert pi == pytest.approx([0.6, 0.6], abs=0.03)
+        pi = uplift.propensities(arms)  # records without p_on: the pooled share, on every row
+        assert (pi == pi[0]).all() and list(pi[0]) == pytest.approx([0.6, 0.6], abs=0.03)
         zone = (xs[:, TABLET] == 1) & (xs[:, HISTORY_0] > 0.5)
         off = np.zeros((len(recs), 2), dtype=bool)
         off[:, 0] = zone
@@ -122,3 +122,32 @@ def test_harm_costs_are_checked():
                       ("security_risk=-1", "negative")):
         with pytest.raises(ValueError, match=want):
             uplift.parse_costs(bad)
+
+
+def test_policy_value_weighs_each_record_by_its_own_design():
+    """Turning f_plain off does nothing (no effect anywhere), but it is
+    randomised 50/50 in the zone (high engagement) and 90/10 elsewhere (the
+    record's p_on): with per-record chances the estimated gain is ~0; with one
+    pooled share per feature it is not."""
+    rng = random.Random(5)
+    recs = []
+    for i in range(8000):
+        zone = rng.random() < 0.3
+        p = 0.5 if zone else 0.9
+        on = rng.random() < p
+        x = [0.0] * 20
+        engaged = rng.random() < (0.6 if zone else 0.05)
+        feats = {"f_plain": {"on": on, "reason": "enabled", "randomised": True, "p_on": p},
+                 "f_benefit": {"on": True, "reason": "enabled"}}
+        recs.append({"decision": {"rollout": "u", "stack": "new", "bucket": i, "features": feats, "x": x},
+                     "status": 200, "duration_ms": 5, "signals": "engaged" if engaged else "none"})
+    arms = uplift.arm_matrix(recs, FEATURES)
+    u = uplift.utility(uplift.outcome_matrix(recs, 1000), uplift.DEFAULT_COSTS)
+    off = np.zeros((len(recs), 2), dtype=bool)
+    off[:, 0] = True
+    per_record = uplift.propensities(arms, recs, FEATURES)
+    assert set(np.unique(per_record[:, 0])) == {0.5, 0.9}
+    right = uplift.compare_policies(off, np.zeros_like(off), arms, u, per_record)
+    assert abs(right["delta"]) < 3 * right["se"], right
+    pooled = uplift.compare_policies(off, np.zeros_like(off), arms, u, uplift.propensities(arms))
+    assert abs(pooled["delta"]) > 5 * pooled["se"], pooled

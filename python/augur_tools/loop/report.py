@@ -61,6 +61,7 @@ from augur_tools.records import (
     features_of,
     holdout_features,
     kpi_values,
+    p_on,
     read_log,
 )
 
@@ -182,15 +183,57 @@ def users(records: Sequence[dict]) -> np.ndarray | None:
     return np.asarray(b) if b and all(isinstance(v, int) for v in b) else None
 
 
-def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False) -> dict:
+def stratified_effect(y_t: Sequence[float], s_t: Sequence, y_c: Sequence[float], s_c: Sequence) -> dict:
+    """Treatment − control within each design stratum ``s`` (the records' chance
+    of the treatment arm), averaged with the strata's sizes as weights
+    (post-stratification: each stratum is a randomised comparison of its own;
+    pooling them would compare designs, e.g. exploration in worse cells against
+    a holdout everywhere). Normal CI from the strata's variances; strata with
+    one arm only are left out (``strata_dropped``)."""
+    from scipy.stats import norm
+
+    by: dict = {}
+    for ys, ss, arm_ix in ((y_t, s_t, 0), (y_c, s_c, 1)):
+        for y, key in zip(ys, ss):
+            if not math.isnan(y):
+                by.setdefault(key, ([], []))[arm_ix].append(y)
+    kept = {k: (np.asarray(t), np.asarray(c)) for k, (t, c) in by.items() if len(t) >= 2 and len(c) >= 2}
+    n_t, n_c = sum(len(t) for t, _ in kept.values()), sum(len(c) for _, c in kept.values())
+    out = {"n_treatment": n_t, "n_control": n_c, "strata": len(kept), "strata_dropped": len(by) - len(kept)}
+    if not kept:
+        return dict(out, treatment=None, control=None, effect=None, ci95=None, p=None)
+    total = float(n_t + n_c)
+    w = {k: (len(t) + len(c)) / total for k, (t, c) in kept.items()}
+    mt = sum(w[k] * float(t.mean()) for k, (t, _) in kept.items())
+    mc = sum(w[k] * float(c.mean()) for k, (_, c) in kept.items())
+    var = sum(w[k] ** 2 * (float(t.var(ddof=1)) / len(t) + float(c.var(ddof=1)) / len(c)) for k, (t, c) in kept.items())
+    diff, se = mt - mc, math.sqrt(var)
+    if se == 0:
+        return dict(out, treatment=mt, control=mc, effect=diff, ci95=[diff, diff], p=1.0 if diff == 0 else 0.0)
+    p = float(2 * norm.sf(abs(diff) / se))
+    return dict(out, treatment=mt, control=mc, effect=diff, ci95=[diff - Z95 * se, diff + Z95 * se], p=p)
+
+
+def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False,
+            strata: tuple[Sequence, Sequence] | None = None) -> dict:
+    """Every KPI's effect, treatment − control. ``strata`` (one key per treatment
+    and per control record: the chance of the treatment arm its design gave it)
+    with more than one design: the effect is post-stratified
+    (:func:`stratified_effect`) and the adjustment adds the designs as dummies."""
     kt = [kpi_values(r) for r in treat]
     kc = [kpi_values(r) for r in ctrl]
     out = {}
+    designs = sorted(set(strata[0]) | set(strata[1]), key=str) if strata else []
     z = covariates(treat + ctrl) if adjust else None
+    if adjust and z is not None and len(designs) > 1:
+        keys = list(strata[0]) + list(strata[1])
+        z = np.column_stack([z] + [np.asarray([k == d for k in keys], dtype=float) for d in designs])
     groups = users(treat + ctrl) if adjust else None
     arm_t = np.r_[np.ones(len(treat)), np.zeros(len(ctrl))]
     for k in KPIS:
-        if k == "latency_ms":
+        if len(designs) > 1:
+            out[k] = stratified_effect([float(v[k]) for v in kt], strata[0], [float(v[k]) for v in kc], strata[1])
+        elif k == "latency_ms":
             out[k] = mean_effect([v[k] for v in kt], [v[k] for v in kc])
         else:
             out[k] = proportion_effect(
@@ -246,7 +289,8 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
                 treat.append(r)
             elif a == "control":
                 ctrl.append(r)
-        entry = {"overall": compare(treat, ctrl, adjust=adjust)}
+        strata = ([p_on(r, name) for r in treat], [p_on(r, name) for r in ctrl])
+        entry = {"overall": compare(treat, ctrl, adjust=adjust, strata=strata)}
         if by:
             groups: dict[str, tuple[list, list]] = {}
             for arm_list, ix in ((treat, 0), (ctrl, 1)):
@@ -255,7 +299,8 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
                     for key in keys:
                         groups.setdefault(key, ([], []))[ix].append(r)
             entry["by_" + by] = {
-                key: compare(t, c) for key, (t, c) in sorted(groups.items()) if len(t) >= min_n and len(c) >= min_n
+                key: compare(t, c, strata=([p_on(r, name) for r in t], [p_on(r, name) for r in c]))
+                for key, (t, c) in sorted(groups.items()) if len(t) >= min_n and len(c) >= min_n
             }
         out["features"][name] = entry
     out["correction"] = correct(out, alpha)

@@ -621,7 +621,7 @@ def evaluate(records, serving_plugin: dict, candidate_plugin_: dict, costs: dict
     records = rollout_records(records, serving_plugin)
     features = [f["name"] for f in serving_plugin["features"]]
     arms_all = uplift.arm_matrix(records, features)
-    pi = uplift.propensities(arms_all)
+    pi = uplift.propensities(arms_all, records, features)
     rows = np.array([held_out(r) for r in records], dtype=bool) & (arms_all >= 0).any(axis=1)
     if not rows.any():
         raise ValidationError("no held-out randomised records to compare on: give features a `holdout` "
@@ -635,8 +635,13 @@ def evaluate(records, serving_plugin: dict, candidate_plugin_: dict, costs: dict
     for key, plugin in (("serving", serving_plugin), ("candidate", candidate_plugin_)):
         b = load_model_bytes(plugin)
         offs[key] = uplift.off_mask(np.clip(onnx_predict(b, xs), 0.0, 1.0), plugin, model_features(b), features)
-    out = uplift.compare_policies(offs["candidate"], offs["serving"], arms, u, pi, groups=report.users(held))
-    out["propensity"] = {f: None if math.isnan(p) else round(float(p), 4) for f, p in zip(features, pi)}
+    out = uplift.compare_policies(offs["candidate"], offs["serving"], arms, u, pi[rows], groups=report.users(held))
+    # The designs each feature's held-out rows were randomised with: {chance of on: rows}.
+    out["propensity"] = {}
+    for j, f in enumerate(features):
+        chances, counts = np.unique(pi[rows, j][arms[:, j] >= 0], return_counts=True)
+        if len(chances):
+            out["propensity"][f] = {str(round(float(p), 4)): int(n) for p, n in zip(chances, counts)}
     for key in ("candidate", "serving"):
         out[f"off_{key}"] = {f: round(float(offs[key][arms[:, j] >= 0, j].mean()), 4)
                              for j, f in enumerate(features) if (arms[:, j] >= 0).any()}

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from augur_tools.loop.train import IMPACTS
-from augur_tools.records import arm, kpi_values
+from augur_tools.records import arm, kpi_values, p_on
 
 HARMS = ("performance_cost", "error_risk", "security_risk")
 #: What one harm costs, in engagements (an error costs three engagements …).
@@ -105,14 +105,24 @@ def arm_matrix(records, features: Sequence[str]) -> np.ndarray:
         len(records), len(features))
 
 
-def propensities(arms: np.ndarray) -> np.ndarray:
-    """[F] share of the treatment arm among each feature's randomised records
-    (NaN without any)."""
-    out = np.full(arms.shape[1], np.nan)
+def propensities(arms: np.ndarray, records: Sequence[dict] | None = None,
+                 features: Sequence[str] = ()) -> np.ndarray:
+    """[N, F] each randomised record's chance of the treatment arm: the record's
+    own ``p_on`` (the filter's design: a holdout and exploration in suspect cells
+    randomise with different chances, so one pooled share per feature would bias
+    an inverse-propensity estimate), else the feature's pooled treatment share
+    (records without the field). NaN where not randomised."""
+    out = np.full(arms.shape, np.nan)
     for j in range(arms.shape[1]):
         r = arms[:, j] >= 0
         if r.any():
-            out[j] = float((arms[r, j] == 1).mean())
+            out[r, j] = float((arms[r, j] == 1).mean())
+    if records is not None:
+        for i, rec in enumerate(records):
+            for j, f in enumerate(features):
+                p = p_on(rec, f)
+                if p is not None and arms[i, j] >= 0:
+                    out[i, j] = p
     return out
 
 
@@ -211,16 +221,19 @@ def off_mask(pred: np.ndarray, plugin: dict, model_features: Sequence[str],
 def policy_gain(off: np.ndarray, arms: np.ndarray, u: np.ndarray, pi: np.ndarray) -> np.ndarray:
     """[N] per-request contribution to the utility gained by turning features
     off where ``off`` says, against every feature on:
-    Σ_f off · (control·u / (1 − π_f) − treatment·u / π_f). Its mean over the
-    randomised records is an unbiased estimate (the arms are random with the
-    propensities π); rows not randomised for a feature contribute 0 for it."""
+    Σ_f off · (control·u / (1 − π) − treatment·u / π), π the row's chance of
+    the treatment arm (``pi`` [N, F] from :func:`propensities`, or one per
+    feature [F]). Its mean over the randomised records is an unbiased estimate
+    (the arms are random with those chances); rows not randomised for a
+    feature contribute 0 for it."""
+    pi = np.asarray(pi, dtype=float)
+    pi = np.broadcast_to(pi, arms.shape) if pi.ndim == 1 else pi
     c = np.zeros(len(u))
     for j in range(arms.shape[1]):
-        p = pi[j]
-        if not 0.0 < p < 1.0:
-            continue
-        a = arms[:, j]
-        c += off[:, j] * ((a == 0) * u / (1 - p) - (a == 1) * u / p)
+        a, p = arms[:, j], pi[:, j]
+        ok = (a >= 0) & (p > 0.0) & (p < 1.0)
+        q = np.where(ok, p, 0.5)
+        c += np.where(ok, off[:, j] * ((a == 0) * u / (1 - q) - (a == 1) * u / q), 0.0)
     return c
 
 
