@@ -187,6 +187,15 @@ fn push_u64(out: &mut String, n: u64) {
 /// Writes a value of the input vector (all in [0, 1]) with 4 decimals, without
 /// float formatting: ~6× faster than `{}` and enough for training (1e-4).
 fn push_unit(out: &mut String, x: f32) {
+    // Most inputs are one-hot: no rounding for them.
+    if x == 0.0 {
+        out.push('0');
+        return;
+    }
+    if x == 1.0 {
+        out.push('1');
+        return;
+    }
     if !(0.0..=1.0).contains(&x) {
         let _ = write!(out, "{x}");
         return;
