@@ -67,6 +67,9 @@ struct RawConfig {
     /// clients, and the stack header is also written under them.
     #[serde(default)]
     previous_control_header_prefixes: Vec<String>,
+    /// The new-stack headers written for the app (the stack header always is).
+    #[serde(default = "control::default_upstream")]
+    upstream_headers: Vec<String>,
     #[serde(default)]
     profile: RawProfile,
     #[serde(default)]
@@ -182,7 +185,9 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
             format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it labels every stat)", raw.name),
         ));
     }
-    let headers = ControlHeaders::compile(&raw.control_header_prefix, &raw.previous_control_header_prefixes)?;
+    let mut headers =
+        ControlHeaders::compile(&raw.control_header_prefix, &raw.previous_control_header_prefixes)?;
+    headers.send = control::compile_upstream(&raw.upstream_headers)?;
     let rollout = routing::compile(&raw.rollout)?;
     routing::check_stacks(&raw.stacks)?;
     let profile = profile::config::compile(&raw.profile, &headers)?;

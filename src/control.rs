@@ -2,8 +2,8 @@
 //! would choose their own stack or features), so every one is stripped on the
 //! way in and on the way out; augur writes its own.
 //!
-//! Owns the `control_header_prefix` / `previous_control_header_prefixes`
-//! section of the configuration, the check that no header augur *reads* is a
+//! Owns the `control_header_prefix` / `previous_control_header_prefixes` /
+//! `upstream_headers` section of the configuration, the check that no header augur *reads* is a
 //! control header, and the check that a push does not move the prefix without
 //! a migration.
 
@@ -41,6 +41,54 @@ pub struct ControlHeaders {
     pub engagement: String,
     /// `<prefix>security`: response header the app sets on a security event.
     pub security: String,
+    /// Which of `features`, `flags`, `decision` go upstream (`upstream_headers`).
+    pub send: Upstream,
+}
+
+/// The new-stack headers augur writes for the app (`upstream_headers`): each
+/// is one more call into Envoy per request (~5.7k Envoy instructions), so an
+/// app that reads only one of them can drop the others. The stack header is
+/// always written (the route table needs it); every control header is
+/// stripped from clients whether augur writes it or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    pub features: bool,
+    pub flags: bool,
+    pub decision: bool,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream { features: true, flags: true, decision: true }
+    }
+}
+
+/// The names `upstream_headers` accepts, in the default order.
+pub const UPSTREAM_HEADERS: [&str; 3] = ["features", "flags", "decision"];
+
+pub(crate) fn default_upstream() -> Vec<String> {
+    UPSTREAM_HEADERS.iter().map(|h| h.to_string()).collect()
+}
+
+/// Compiles `upstream_headers`: a list of [`UPSTREAM_HEADERS`] names.
+pub(crate) fn compile_upstream(names: &[String]) -> Result<Upstream, ConfigError> {
+    let mut send = Upstream { features: false, flags: false, decision: false };
+    for (i, name) in names.iter().enumerate() {
+        match name.trim() {
+            "features" => send.features = true,
+            "flags" => send.flags = true,
+            "decision" => send.decision = true,
+            other => {
+                return Err(ConfigError::new(
+                    Field::item("upstream_headers", i),
+                    format!(
+                        "\"{other}\" is not a header augur writes for the app; use \"features\", \"flags\" or \"decision\" (the stack header is always written)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(send)
 }
 
 impl ControlHeaders {
@@ -57,6 +105,7 @@ impl ControlHeaders {
             previous_stack: previous.iter().map(|p| format!("{p}stack")).collect(),
             previous,
             prefix: prefix.to_string(),
+            send: Upstream::default(),
         }
     }
 

@@ -166,17 +166,23 @@ impl Runtime {
         d.write_id(&mut self.decision_id);
         record::write(&self.config, d, headers.header("x-request-id"), &mut self.record);
         if d.stack == Stack::New {
-            host.set_request_header(&h.decision, Some(&self.decision_id));
-            self.features.clear();
-            for (i, name) in d.enabled(&self.config).enumerate() {
-                if i > 0 {
-                    self.features.push(',');
-                }
-                self.features.push_str(name);
+            if h.send.decision {
+                host.set_request_header(&h.decision, Some(&self.decision_id));
             }
-            host.set_request_header(&h.features, Some(&self.features));
-            record::write_flags(&self.config, d, &mut self.flags);
-            host.set_request_header(&h.flags, Some(&self.flags));
+            if h.send.features {
+                self.features.clear();
+                for (i, name) in d.enabled(&self.config).enumerate() {
+                    if i > 0 {
+                        self.features.push(',');
+                    }
+                    self.features.push_str(name);
+                }
+                host.set_request_header(&h.features, Some(&self.features));
+            }
+            if h.send.flags {
+                record::write_flags(&self.config, d, &mut self.flags);
+                host.set_request_header(&h.flags, Some(&self.flags));
+            }
         }
         host.set_decision_record(&self.record);
         let keyed = headers.header(&self.config.profile.user_header).is_some_and(|u| !u.is_empty());
@@ -370,6 +376,27 @@ pub(crate) mod tests {
         assert_eq!(host.header("x-augur-decision"), rec["id"].as_str());
         assert_eq!(rec["request_id"], "req-1");
         assert_eq!(rec["stack"], "new");
+    }
+
+    /// `upstream_headers` drops the headers an app does not read; forged
+    /// ones are stripped all the same.
+    #[test]
+    fn upstream_headers_writes_only_the_listed_headers() {
+        let c =
+            TestConfig::rollout(100.0).on("a").set("upstream_headers", json!(["flags"])).compile().unwrap();
+        let mut sink = MapSink::default();
+        let mut rt = Runtime::new(c, &mut sink);
+        let mut host = FakeHost::with(&[("x-user-id", "u1"), ("x-augur-features", "forged")]);
+        rt.on_request_headers(&mut host, &mut sink);
+        assert_eq!(host.header("x-augur-stack"), Some("new"));
+        assert_eq!(host.header("x-augur-flags"), Some("@model=default-v1,a=on;forced_on"));
+        assert_eq!((host.header("x-augur-features"), host.header("x-augur-decision")), (None, None));
+        let e =
+            TestConfig::rollout(100.0).on("a").set("upstream_headers", json!(["features", "flag"])).compile();
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "upstream_headers[1]: \"flag\" is not a header augur writes for the app; use \"features\", \"flags\" or \"decision\" (the stack header is always written)"
+        );
     }
 
     #[test]

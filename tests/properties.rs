@@ -57,6 +57,8 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         "flush_ms",
         "control_header_prefix",
         "previous_control_header_prefixes",
+        "upstream_headers",
+        "flags",
         "stacks",
         "old",
         "new",
