@@ -13,12 +13,14 @@ request and the median of its per-round differences to the first variant.
 
 A variant is `kind[:key=value]...`: `kind` is a bench-e2e configuration
 (passthrough, sticky_split, empty_filter, augur); `wasm=` another module for
-augur; `log=plain` the access log without augur's fields (Envoy's own
-fields only); `name=` a label.
+augur; `plugin=` another plugin configuration (a JSON file) for augur;
+`log=plain` the access log without augur's fields (Envoy's own fields
+only); `name=` a label.
 """
 
 import argparse
 import shutil
+from pathlib import Path
 
 from augur_tools import cli
 from augur_tools.bench.measure import (
@@ -45,11 +47,11 @@ PLAIN_LOG = '{"status":%RESPONSE_CODE%,"duration_ms":%DURATION%,"cluster":"%UPST
 
 def parse_variant(text):
     kind, *opts = text.split(":")
-    v = {"kind": kind, "name": text, "wasm": None, "log": None}
+    v = {"kind": kind, "name": text, "wasm": None, "log": None, "plugin": None}
     for o in opts:
         k, sep, val = o.partition("=")
-        if not sep or k not in ("wasm", "log", "name"):
-            raise BenchError(f"variant {text!r}: options are wasm=PATH, log=plain, name=LABEL (got {o!r})")
+        if not sep or k not in ("wasm", "log", "name", "plugin"):
+            raise BenchError(f"variant {text!r}: options are wasm=PATH, plugin=PATH, log=plain, name=LABEL (got {o!r})")
         v[k] = val
     if v["log"] not in (None, "plain"):
         raise BenchError(f"variant {text!r}: log= takes only `plain`")
@@ -61,6 +63,8 @@ def start(v, i, work, cpus, upstream_port, plugin_text, headers, wrapper=(), rea
     port, admin_port = free_port(), free_port()
     wasm = work / f"v{i}.wasm"
     shutil.copyfile(v["wasm"] or WASM, wasm)
+    if v.get("plugin"):  # this variant's own plugin configuration (JSON file)
+        plugin_text = Path(v["plugin"]).read_text()
     cfg = under_test_config(v["kind"], port, admin_port, upstream_port, work / f"v{i}.access.log", plugin_text, wasm)
     if v["log"] == "plain":
         for lst in cfg["static_resources"]["listeners"]:
