@@ -234,7 +234,9 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
                 rolled_back |= 1 << f;
             }
         }
-        exploring = worker.blocks.exploring(&out.cells);
+        // `explore_share: 0` turns exploration off: a draw that never turns a
+        // feature off randomises nothing.
+        exploring = config.rollback.explore_share > 0.0 && worker.blocks.exploring(&out.cells);
         if exploring {
             explore_off = exploration_draw(config, out.id);
         }
@@ -346,6 +348,17 @@ mod tests {
             assert_eq!(d.held, 1, "every keyed user is in h's holdout design, held or not");
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [6750], "0.9 × 0.75 for every eligible user");
+
+        // `explore_share: 0`: a suspect cell randomises nothing (a chance of 1 is no draw).
+        let off = TestConfig::rollout(100.0)
+            .feature("search_v2", json!({}))
+            .set("rollback.explore_share", 0.0)
+            .compile()
+            .unwrap();
+        let mut w = Worker::new(&off);
+        w.blocks.suspect = (1 << rollback::CELLS) - 1;
+        decide(&off, &mut w, &headers("u1"), &mut d);
+        assert_eq!((d.explored, d.randomised, d.p_on(&off, 0)), (0, 0, None));
     }
 
     #[test]

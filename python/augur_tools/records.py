@@ -130,7 +130,8 @@ def p_on(r: dict, feature: str) -> float | None:
     if not isinstance(f, dict) or f.get("randomised") is not True:
         return None
     p = f.get("p_on")
-    return float(p) if isinstance(p, (int, float)) and 0.0 < p < 1.0 else None
+    # 1.0: a holdout so small that 4 decimals round it away (still a design of its own).
+    return float(p) if isinstance(p, (int, float)) and 0.0 < p <= 1.0 else None
 
 
 def features_of(records: Iterable[dict]) -> list[str]:

@@ -4,6 +4,7 @@ planted effect, the multiplicity correction is Holm's / Benjamini-Hochberg's,
 and the regression adjustment on the pre-exposure profile (CUPED-style)
 reduces variance exactly when the profile predicts the KPI. No Envoy."""
 
+import io
 import json
 import random
 import subprocess
@@ -162,6 +163,23 @@ def test_designs_are_compared_within_themselves_not_pooled():
     assert e["strata"] == 2 and e["strata_dropped"] == 0
     assert covers(e["ci95"], 0.0), e
     assert covers(e["adjusted"]["ci95"], 0.0), e["adjusted"]
+    assert (e["events_treatment"], e["events_control"]) == (
+        sum(r["status"] == 503 for r in recs if r["decision"]["features"]["a"]["on"]),
+        sum(r["status"] == 503 for r in recs if not r["decision"]["features"]["a"]["on"]))
     pooled = overall(report.report(two_design_records(6000, 3, with_p_on=False)), "a", "error")
     assert "strata" not in pooled
     assert pooled["ci95"][1] < -0.05, f"pooled designs should look strongly beneficial: {pooled}"
+    # Without the profile (one record lacks x) the adjustment still keeps the designs apart.
+    del recs[0]["decision"]["x"]
+    rep = report.report(recs)
+    a = overall(rep, "a", "error")["adjusted"]
+    assert covers(a["ci95"], 0.0) and not overall(rep, "a", "error")["significant_holm"], a
+    # Records from before the field: counted, and said so.
+    mixed = two_design_records(6000, 4)
+    for r in mixed[::2]:
+        del r["decision"]["features"]["a"]["p_on"]
+    rep = report.report(mixed)
+    assert rep["features"]["a"]["records_without_p_on"] == 3000
+    out = io.StringIO()
+    report.print_report(rep, None, out)
+    assert "3000 of a's randomised records carry no p_on" in out.getvalue()

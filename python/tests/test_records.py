@@ -39,6 +39,8 @@ def test_arms_are_what_the_record_marks():
     r["decision"]["features"]["a"]["p_on"] = 0.45
     r["decision"]["features"]["c"]["p_on"] = 0.5
     assert [records.p_on(r, f) for f in ("a", "b", "c")] == [0.45, None, None], "only randomised features have one"
+    r["decision"]["features"]["a"]["p_on"] = 1
+    assert records.p_on(r, "a") == 1.0, "a holdout rounded away at 4 decimals is still its own design"
     assert records.features_of([r]) == ["a", "b", "c"]
 
 

@@ -1045,6 +1045,9 @@ fn screen(
         }
     }
 
+    if policy.explore_share <= 0.0 {
+        return; // exploration off: a suspect could never be explored or cleared
+    }
     let mut found: Vec<(usize, usize, f64)> = Vec::new();
     for c in 0..CELLS {
         if blocks.suspect & (1 << c) != 0 || now_s < blocks.quiet_until[c] {

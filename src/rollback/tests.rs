@@ -531,3 +531,20 @@ fn over_budget_the_strongest_suspect_waits_first_in_line() {
     assert!(blocks.suspect & 1 << desktop != 0, "{events:?}");
     assert_eq!(blocks.suspect & 1 << bot, 0, "bot waits its turn: {events:?}");
 }
+
+#[test]
+fn with_exploration_off_no_cell_becomes_suspect() {
+    // Desktop's new stack is far worse than its old stack: suspect with the
+    // default split, never with `explore_share: 0` (it could never be explored).
+    let desktop = 2;
+    let tally = |n: u32, errors: u32| Tally { n, bad: [errors, 0, 0] };
+    for (share, suspect) in [(0.5, 1 << desktop), (0.0, 0)] {
+        let policy = Policy { explore_share: share, ..Policy::default() };
+        let mut counts = Counts::new(1);
+        counts.stack[0][0][desktop] = tally(2000, 40);
+        counts.stack[0][1][desktop] = tally(1200, 600);
+        let mut blocks = Blocks { window_s: 1_000, ..Blocks::new(1) };
+        let events = evaluate(&policy, &mut counts, &mut blocks, 1_000);
+        assert_eq!(blocks.suspect, suspect, "explore_share {share}: {events:?}");
+    }
+}

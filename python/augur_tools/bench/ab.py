@@ -78,7 +78,7 @@ def start(v, i, work, cpus, upstream_port, plugin_text, headers, wrapper=(), rea
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m augur_tools.bench.ab", description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="+", help="kind[:wasm=PATH][:log=plain][:name=LABEL]")
+    p.add_argument("variants", nargs="+", help="kind[:wasm=PATH][:plugin=PATH][:log=plain][:name=LABEL]")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5, help="per variant per round")
     p.add_argument("--conns", type=int, default=32)

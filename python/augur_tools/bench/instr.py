@@ -260,7 +260,7 @@ def function_table(env, variant, work, per_fn, n, k):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m augur_tools.bench.instr", description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="+", help="kind[:wasm=PATH][:log=plain][:name=LABEL] (as in bench.ab)")
+    p.add_argument("variants", nargs="+", help="kind[:wasm=PATH][:plugin=PATH][:log=plain][:name=LABEL] (as in bench.ab)")
     p.add_argument("--requests", type=int, default=1000, help="measured requests per variant")
     p.add_argument("--functions", type=int, default=0, metavar="K", help="list the K costliest wasm functions")
     p.add_argument("--ready-timeout", type=int, default=900, help="seconds for an Envoy to start under valgrind")

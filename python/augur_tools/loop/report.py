@@ -128,13 +128,15 @@ def independent_columns(z: np.ndarray, tol: float = 1e-9) -> np.ndarray:
 
 
 def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows_per_covariate: int = 10,
-                        groups: np.ndarray | None = None) -> dict:
+                        groups: np.ndarray | None = None, designs: np.ndarray | None = None) -> dict:
     """The effect of `t` (1 treatment, 0 control) on `y` adjusted for the
     pre-exposure covariates `z` [N, K] (CUPED-style: OLS on [1, t, z − z̄], HC2
     standard errors), with the unadjusted OLS [1, t] (HC2, = Welch) beside it.
     Covariates are used when there are ≥ `rows_per_covariate` rows per column.
     With `groups` (the user of each row: a sticky per-user holdout randomises
-    users, not requests) the standard errors are cluster-robust by user instead."""
+    users, not requests) the standard errors are cluster-robust by user instead.
+    ``designs`` [N, D] (one-hot design strata) are always in the model, whatever
+    ``z`` and the row count: without them the arms of different designs pool."""
     import statsmodels.api as sm
 
     ok = ~np.isnan(y)
@@ -147,16 +149,23 @@ def regression_adjusted(y: np.ndarray, t: np.ndarray, z: np.ndarray | None, rows
         return {"effect": None, "ci95": None, "p": None, "se": None, "se_unadjusted": None,
                 "variance_reduction": None, "covariates": 0}
     one = np.ones(len(y))
+    fixed = np.zeros((len(y), 0))
+    if designs is not None:
+        d = np.asarray(designs, dtype=float)[ok]
+        cols = independent_columns(d)
+        fixed = d[:, cols] - d[:, cols].mean(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant KPIs: statsmodels warns about a zero scale; handled below
         base = sm.OLS(y, np.column_stack([one, t])).fit(**cov)
-        fit, k = base, 0
+        fit, k = base, fixed.shape[1]
+        if k:
+            fit = sm.OLS(y, np.column_stack([one, t, fixed])).fit(**cov)
         if z is not None:
             z = np.asarray(z, dtype=float)[ok]
             cols = independent_columns(z)
-            if len(cols) and len(y) >= rows_per_covariate * (len(cols) + 2):
+            if len(cols) and len(y) >= rows_per_covariate * (len(cols) + k + 2):
                 zc = z[:, cols] - z[:, cols].mean(axis=0)
-                fit, k = sm.OLS(y, np.column_stack([one, t, zc])).fit(**cov), len(cols)
+                fit, k = sm.OLS(y, np.column_stack([one, t, fixed, zc])).fit(**cov), k + len(cols)
     se0, se = float(base.bse[1]), float(fit.bse[1])
     effect = float(fit.params[1])
     if not se > 0 or not math.isfinite(se):
@@ -200,6 +209,10 @@ def stratified_effect(y_t: Sequence[float], s_t: Sequence, y_c: Sequence[float],
     kept = {k: (np.asarray(t), np.asarray(c)) for k, (t, c) in by.items() if len(t) >= 2 and len(c) >= 2}
     n_t, n_c = sum(len(t) for t, _ in kept.values()), sum(len(c) for _, c in kept.values())
     out = {"n_treatment": n_t, "n_control": n_c, "strata": len(kept), "strata_dropped": len(by) - len(kept)}
+    ys = [v for t, c in kept.values() for v in (*t, *c)]
+    if ys and all(v in (0.0, 1.0) for v in ys):  # a rate: the event counts, as proportion_effect gives them
+        out["events_treatment"] = int(sum(float(t.sum()) for t, _ in kept.values()))
+        out["events_control"] = int(sum(float(c.sum()) for _, c in kept.values()))
     if not kept:
         return dict(out, treatment=None, control=None, effect=None, ci95=None, p=None)
     total = float(n_t + n_c)
@@ -225,9 +238,10 @@ def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False,
     out = {}
     designs = sorted(set(strata[0]) | set(strata[1]), key=str) if strata else []
     z = covariates(treat + ctrl) if adjust else None
-    if adjust and z is not None and len(designs) > 1:
+    dummies = None
+    if len(designs) > 1:
         keys = list(strata[0]) + list(strata[1])
-        z = np.column_stack([z] + [np.asarray([k == d for k in keys], dtype=float) for d in designs])
+        dummies = np.column_stack([np.asarray([k == d for k in keys], dtype=float) for d in designs])
     groups = users(treat + ctrl) if adjust else None
     arm_t = np.r_[np.ones(len(treat)), np.zeros(len(ctrl))]
     for k in KPIS:
@@ -241,7 +255,7 @@ def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False,
             )
         if adjust:
             y = np.asarray([v[k] for v in kt + kc], dtype=float)
-            out[k]["adjusted"] = regression_adjusted(y, arm_t, z, groups=groups)
+            out[k]["adjusted"] = regression_adjusted(y, arm_t, z, groups=groups, designs=dummies)
     return out
 
 
@@ -291,6 +305,10 @@ def report(records: list[dict], config: dict | None = None, by: str | None = Non
                 ctrl.append(r)
         strata = ([p_on(r, name) for r in treat], [p_on(r, name) for r in ctrl])
         entry = {"overall": compare(treat, ctrl, adjust=adjust, strata=strata)}
+        undesigned = sum(p is None for side in strata for p in side)
+        if 0 < undesigned < len(treat) + len(ctrl):
+            # Records written before the filter carried `p_on`: one stratum that may pool designs.
+            entry["records_without_p_on"] = undesigned
         if by:
             groups: dict[str, tuple[list, list]] = {}
             for arm_list, ix in ((treat, 0), (ctrl, 1)):
@@ -375,6 +393,10 @@ def print_report(rep: dict, by: str | None, out=sys.stdout) -> None:
             f"{'95% CI':<22}{'p':>7} |{'adjusted':>10}  {'95% CI':<22}{'p':>7}{'p_holm':>8} {'q_bh':>7}{'VR':>6}")
     for name, entry in rep["features"].items():
         print(head, file=out)
+        if entry.get("records_without_p_on"):
+            print(f"  note: {entry['records_without_p_on']} of {name}'s randomised records carry no p_on (written "
+                  "before the filter recorded designs): compared as one design, which may pool a holdout with "
+                  "exploration", file=out)
         print_block(name, entry["overall"], out)
         for key, res in entry.get("by_" + by, {}).items() if by else ():
             print_block(f"{name} | {key}", res, out)
