@@ -162,3 +162,39 @@ def test_empty_filter_row_is_a_valid_wasm_listener(tmp_path):
     path.write_text(json.dumps(cfg))
     rc, out = harness.validate(path)
     assert rc == 0, out[-2000:]
+
+
+def test_a_variants_own_plugin_reaches_envoy_and_upstream_headers_drops_the_rest(tmp_path):
+    """`augur:plugin=PATH` (bench.ab / bench.instr) serves that configuration;
+    with `upstream_headers: ["flags"]` a new-stack request reaches the app with
+    the stack and flags headers only, and a forged features header is stripped."""
+    from augur_tools.bench import ab
+    from augur_tools.paths import DEMO_PLUGIN
+
+    plugin = json.loads(DEMO_PLUGIN.read_text())
+    plugin["rollout"]["percentage"] = 100
+    plugin["upstream_headers"] = ["flags"]
+    path = tmp_path / "slim.json"
+    path.write_text(json.dumps(plugin))
+    v = ab.parse_variant(f"augur:plugin={path}:name=slim")
+    assert (v["plugin"], v["name"]) == (str(path), "slim")
+    with pytest.raises(ab.BenchError, match="plugin=PATH"):
+        ab.parse_variant("augur:config=x")
+    ups = Upstreams()
+    envoy = None
+    try:
+        envoy = ab.start(v, 0, tmp_path, None, ups.ports["new"], "{}", workload.fixed_request_headers("u1"))
+        c = Client(envoy.port)
+        try:
+            status, _, body = c.request(dict(workload.fixed_request_headers("u1"), **{"x-augur-features": "forged"}))
+        finally:
+            c.close()
+        assert status == 200
+        seen = json.loads(body)["headers"]
+        assert seen.get("x-augur-stack") == "new"
+        assert seen.get("x-augur-flags", "").startswith("@model=")
+        assert "x-augur-features" not in seen and "x-augur-decision" not in seen, seen
+    finally:
+        if envoy is not None:
+            envoy.close()
+        ups.close()
