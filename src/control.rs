@@ -3,9 +3,9 @@
 //! way in and on the way out; augur writes its own.
 //!
 //! Owns the `control_header_prefix` / `previous_control_header_prefixes` /
-//! `upstream_headers` section of the configuration, the check that no header augur *reads* is a
-//! control header, and the check that a push does not move the prefix without
-//! a migration.
+//! `upstream_headers` section of the configuration, the check that no header
+//! augur *reads* is a control header, and the check that a push does not move
+//! the prefix without a migration.
 
 use crate::config::{is_token, ConfigError, Field};
 
@@ -79,12 +79,13 @@ pub(crate) fn compile_upstream(names: &[String]) -> Result<Upstream, ConfigError
             "flags" => send.flags = true,
             "decision" => send.decision = true,
             other => {
+                let [a, b, c] = UPSTREAM_HEADERS;
                 return Err(ConfigError::new(
                     Field::item("upstream_headers", i),
                     format!(
-                        "\"{other}\" is not a header augur writes for the app; use \"features\", \"flags\" or \"decision\" (the stack header is always written)"
+                        "\"{other}\" is not a header augur writes for the app; use \"{a}\", \"{b}\" or \"{c}\" (the stack header is always written)"
                     ),
-                ))
+                ));
             }
         }
     }

@@ -20,9 +20,9 @@
 //! `randomised` marks features whose on/off state was random (A/B holdout or
 //! exploration) — the requests an unbiased on/off comparison may use, in the arm
 //! `on` says, `p_on` the chance by design that it was on (`Decision::p_on`:
-//! designs differ across requests, so pooled analyses weigh by it); `cells` are the request's rollback cells, one per attribute group
-//! (names: `augur schema`, `cells`). Offline tools read these instead of
-//! re-deriving them.
+//! designs differ across requests, so pooled analyses weigh by it); `cells`
+//! are the request's rollback cells, one per attribute group (names: `augur
+//! schema`, `cells`). Offline tools read these instead of re-deriving them.
 
 use std::fmt::Write as _;
 

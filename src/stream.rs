@@ -162,11 +162,11 @@ impl Runtime {
             host.set_request_header(name, Some(stack_name));
         }
 
-        self.decision_id.clear();
-        d.write_id(&mut self.decision_id);
         record::write(&self.config, d, headers.header("x-request-id"), &mut self.record);
         if d.stack == Stack::New {
             if h.send.decision {
+                self.decision_id.clear();
+                d.write_id(&mut self.decision_id);
                 host.set_request_header(&h.decision, Some(&self.decision_id));
             }
             if h.send.features {

@@ -1013,6 +1013,13 @@ fn screen(
     explained: u32,
     events: &mut Vec<Event>,
 ) {
+    if policy.explore_share <= 0.0 {
+        // Exploration off: a suspect could never be explored or cleared, and
+        // one adopted from before the push that turned it off goes.
+        let suspect = std::mem::take(&mut blocks.suspect);
+        events.extend((0..CELLS).filter(|&c| suspect & (1 << c) != 0).map(|cell| Event::Cleared { cell }));
+        return;
+    }
     let total_new: u32 = siblings(0).map(|c| counts.screened(1, c).n).sum();
     let shares: [f64; CELLS] =
         std::array::from_fn(|c| f64::from(counts.screened(1, c).n) / f64::from(total_new.max(1)));
@@ -1045,9 +1052,6 @@ fn screen(
         }
     }
 
-    if policy.explore_share <= 0.0 {
-        return; // exploration off: a suspect could never be explored or cleared
-    }
     let mut found: Vec<(usize, usize, f64)> = Vec::new();
     for c in 0..CELLS {
         if blocks.suspect & (1 << c) != 0 || now_s < blocks.quiet_until[c] {

@@ -543,8 +543,11 @@ fn with_exploration_off_no_cell_becomes_suspect() {
         let mut counts = Counts::new(1);
         counts.stack[0][0][desktop] = tally(2000, 40);
         counts.stack[0][1][desktop] = tally(1200, 600);
-        let mut blocks = Blocks { window_s: 1_000, ..Blocks::new(1) };
+        // Tablet was suspect before (a push that turned exploration off).
+        let tablet = 1;
+        let mut blocks = Blocks { window_s: 1_000, suspect: 1 << tablet, ..Blocks::new(1) };
         let events = evaluate(&policy, &mut counts, &mut blocks, 1_000);
-        assert_eq!(blocks.suspect, suspect, "explore_share {share}: {events:?}");
+        let want = if share > 0.0 { suspect | 1 << tablet } else { 0 };
+        assert_eq!(blocks.suspect, want, "explore_share {share}: {events:?}");
     }
 }

@@ -192,13 +192,15 @@ def users(records: Sequence[dict]) -> np.ndarray | None:
     return np.asarray(b) if b and all(isinstance(v, int) for v in b) else None
 
 
-def stratified_effect(y_t: Sequence[float], s_t: Sequence, y_c: Sequence[float], s_c: Sequence) -> dict:
+def stratified_effect(y_t: Sequence[float], s_t: Sequence, y_c: Sequence[float], s_c: Sequence,
+                      rate: bool = False) -> dict:
     """Treatment − control within each design stratum ``s`` (the records' chance
     of the treatment arm), averaged with the strata's sizes as weights
     (post-stratification: each stratum is a randomised comparison of its own;
     pooling them would compare designs, e.g. exploration in worse cells against
     a holdout everywhere). Normal CI from the strata's variances; strata with
-    one arm only are left out (``strata_dropped``)."""
+    one arm only are left out (``strata_dropped``). ``rate``: the KPI is 0/1,
+    and the event counts are reported as :func:`proportion_effect` does."""
     from scipy.stats import norm
 
     by: dict = {}
@@ -209,8 +211,7 @@ def stratified_effect(y_t: Sequence[float], s_t: Sequence, y_c: Sequence[float],
     kept = {k: (np.asarray(t), np.asarray(c)) for k, (t, c) in by.items() if len(t) >= 2 and len(c) >= 2}
     n_t, n_c = sum(len(t) for t, _ in kept.values()), sum(len(c) for _, c in kept.values())
     out = {"n_treatment": n_t, "n_control": n_c, "strata": len(kept), "strata_dropped": len(by) - len(kept)}
-    ys = [v for t, c in kept.values() for v in (*t, *c)]
-    if ys and all(v in (0.0, 1.0) for v in ys):  # a rate: the event counts, as proportion_effect gives them
+    if rate:
         out["events_treatment"] = int(sum(float(t.sum()) for t, _ in kept.values()))
         out["events_control"] = int(sum(float(c.sum()) for _, c in kept.values()))
     if not kept:
@@ -246,7 +247,8 @@ def compare(treat: list[dict], ctrl: list[dict], adjust: bool = False,
     arm_t = np.r_[np.ones(len(treat)), np.zeros(len(ctrl))]
     for k in KPIS:
         if len(designs) > 1:
-            out[k] = stratified_effect([float(v[k]) for v in kt], strata[0], [float(v[k]) for v in kc], strata[1])
+            out[k] = stratified_effect([float(v[k]) for v in kt], strata[0], [float(v[k]) for v in kc], strata[1],
+                                       rate=k != "latency_ms")
         elif k == "latency_ms":
             out[k] = mean_effect([v[k] for v in kt], [v[k] for v in kc])
         else:
