@@ -39,7 +39,10 @@ pub struct Decision {
     /// …and features randomised by their sticky user holdout (a request can be
     /// both: a user outside the holdout whose feature was then explored).
     pub held: u64,
-    /// Of those, features the draw turned off.
+    /// …and features blocked here whose block's probe drew them (kept on or
+    /// left blocked, `rollback.probe_share`; never also explored).
+    pub probed: u64,
+    /// Of the explored or probed features, those the draw turned off.
     pub drawn_off: u64,
     /// Automated rollback has reverted the rollout to the old stack.
     pub reverted: bool,
@@ -62,6 +65,7 @@ impl Default for Decision {
             randomised: 0,
             explored: 0,
             held: 0,
+            probed: 0,
             drawn_off: 0,
             reverted: false,
             id: 0,
@@ -76,8 +80,9 @@ impl Decision {
     }
 
     /// The probability, by design, that randomised feature `i` was on for this
-    /// request: kept out of the holdout (`1 − holdout`) and kept on by the
-    /// exploration draw (`1 − explore_share`). Designs differ across requests
+    /// request: kept out of the holdout (`1 − holdout`), kept on by the
+    /// exploration draw (`1 − explore_share`) or by its block's probe
+    /// (`probe_share`). Designs differ across requests
     /// (exploration runs in suspect cells only), so an analysis that pools
     /// randomised records must weigh or stratify by it; the record carries it.
     /// `None` when feature `i` was not randomised.
@@ -92,6 +97,9 @@ impl Decision {
         }
         if self.explored & (1 << i) != 0 {
             p *= 1.0 - config.rollback.explore_share.clamp(0.0, 1.0);
+        }
+        if self.probed & (1 << i) != 0 {
+            p *= config.rollback.probe_share.clamp(0.0, 1.0);
         }
         Some(p)
     }
@@ -173,15 +181,16 @@ fn holdout_mask(config: &Config, user: &[u8]) -> u64 {
     mask
 }
 
-/// Features drawn off for exploration: each `auto` feature independently with
-/// probability `share`, from a hash of the request's own draw.
-fn exploration_draw(config: &Config, draw: u64) -> u64 {
+/// Features drawn for one randomised step (`what`: exploration, a block's
+/// probe): each feature independently with probability `share`, from a hash of
+/// the request's own draw.
+fn draw_features(config: &Config, what: &[u8], share: f64, draw: u64) -> u64 {
     let key = draw.to_le_bytes();
     let key = &key[..];
-    let cut = (config.rollback.explore_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let cut = (share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
     let mut mask = 0;
     for (i, rule) in config.rules.features.iter().enumerate() {
-        if stable_hash(&[b"explore", rule.name.as_bytes(), key]) < cut {
+        if stable_hash(&[what, rule.name.as_bytes(), key]) < cut {
             mask |= 1 << i;
         }
     }
@@ -228,17 +237,26 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
     let holdout = holdout_user.map_or(0, |user| holdout_mask(config, user));
     out.holdout = holdout;
     let (mut rolled_back, mut explore_off, mut exploring) = (0, 0, false);
+    // Features whose block here is probed, and of those the ones the probe keeps on.
+    let (mut probe, mut probe_on) = (0u64, 0u64);
     if out.stack == Stack::New && config.rollback.enabled {
         for f in 0..config.rules.features.len() {
             if worker.blocks.blocks(f, &out.cells) {
                 rolled_back |= 1 << f;
+                if worker.blocks.probes(f, &out.cells) {
+                    probe |= 1 << f;
+                }
             }
         }
+        if probe != 0 {
+            probe_on = probe & draw_features(config, b"probe", config.rollback.probe_share, out.id);
+            rolled_back &= !probe_on;
+        }
         // `explore_share: 0` turns exploration off: a draw that never turns a
-        // feature off randomises nothing.
+        // feature off randomises nothing. A probed feature is not also explored.
         exploring = config.rollback.explore_share > 0.0 && worker.blocks.exploring(&out.cells);
         if exploring {
-            explore_off = exploration_draw(config, out.id);
+            explore_off = draw_features(config, b"explore", config.rollback.explore_share, out.id) & !probe;
         }
     }
     let input = FlagInputs {
@@ -248,26 +266,36 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         holdout,
         rolled_back,
         explore_off,
+        probe_on,
     };
     config.rules.decide(input, &mut out.flags);
     out.randomised = 0;
     out.explored = 0;
     out.held = 0;
+    out.probed = 0;
     out.drawn_off = 0;
     for (i, (flag, rule)) in out.flags.iter().zip(&config.rules.features).enumerate() {
-        let explored = exploring && rule.override_ == Override::Auto && flag.reason.is_eligible();
+        let bit = 1 << i;
+        let auto = rule.override_ == Override::Auto;
+        // The probe's two arms: left blocked (the rules put it on) or kept on.
+        let probed = probe & bit != 0 && auto && (flag.reason == Reason::RolledBack || flag.reason.is_eligible());
+        let explored = exploring && auto && flag.reason.is_eligible() && !probed;
         // A holdout randomises `override: on` features too (ForcedOn is their on arm).
         let held = rule.holdout > 0
             && holdout_user.is_some()
-            && (flag.reason.is_eligible() || flag.reason == Reason::ForcedOn);
+            && (flag.reason.is_eligible() || flag.reason == Reason::ForcedOn || probed);
         if held {
-            out.held |= 1 << i;
+            out.held |= bit;
         }
-        if explored || held {
-            out.randomised |= 1 << i;
+        if explored || held || probed {
+            out.randomised |= bit;
             if explored {
-                out.explored |= 1 << i;
-                out.drawn_off |= explore_off & (1 << i);
+                out.explored |= bit;
+                out.drawn_off |= explore_off & bit;
+            }
+            if probed {
+                out.probed |= bit;
+                out.drawn_off |= bit & !probe_on;
             }
         }
     }

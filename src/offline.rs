@@ -234,8 +234,7 @@ impl Simulation {
             let events = self.runtime.on_tick(&mut self.store, tick, &mut self.sink);
             let rules = &self.runtime.config().rules.features;
             let name = |f: usize| rules.get(f).map_or("?", |r| r.name.as_str());
-            let share = self.runtime.config().rollback.explore_share;
-            out.extend(events.iter().map(|e| (tick, e.describe(name, share))));
+            out.extend(events.iter().map(|e| (tick, e.describe(name))));
             let period = self.runtime.tick_period_ms().unwrap_or(u64::MAX);
             self.next_tick_ms = tick.checked_add(period.max(1));
         }

@@ -189,7 +189,7 @@ impl Runtime {
         self.metrics.on_decision(d, spoofed, keyed, sink);
         let enabled = d.enabled_mask();
         if self.config.rollback.enabled {
-            self.pool.record_draws(d.explored, d.drawn_off);
+            self.pool.record_draws(d.explored, d.probed, d.drawn_off);
         }
         StreamState {
             stack: Some(d.stack),
@@ -201,9 +201,11 @@ impl Runtime {
                 stack: Some(d.stack),
                 cells: d.cells,
                 enabled,
-                randomised: d.randomised,
+                // The probe's arms are a design of their own, tallied apart.
+                randomised: d.randomised & !d.probed,
                 explored: d.explored,
                 drawn_off: d.drawn_off,
+                probed: d.probed,
             },
         }
     }
@@ -295,7 +297,7 @@ impl Runtime {
                 let rules = &self.config.rules.features;
                 let name = |f: usize| rules.get(f).map_or("?", |r| r.name.as_str());
                 for e in &events {
-                    log::warn!("rollback: {}", e.describe(name, policy.explore_share));
+                    log::warn!("rollback: {}", e.describe(name));
                     self.metrics.on_rollback(e, sink);
                 }
                 events

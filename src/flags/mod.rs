@@ -68,10 +68,13 @@ pub enum Reason {
     RolledBack,
     /// Would be on, turned off at random in a suspect cell to find the culprit.
     Exploring,
+    /// Blocked by automated rollback in one of the request's cells, but kept on
+    /// at random (`rollback.probe_share`) to test whether the harm is still there.
+    Probing,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Enabled,
         Reason::ForcedOn,
         Reason::FallbackOn,
@@ -90,6 +93,7 @@ impl Reason {
         Reason::Holdout,
         Reason::RolledBack,
         Reason::Exploring,
+        Reason::Probing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,17 +116,18 @@ impl Reason {
             Reason::Holdout => "holdout",
             Reason::RolledBack => "rolled_back",
             Reason::Exploring => "exploring",
+            Reason::Probing => "probing",
         }
     }
 
     pub fn is_on(self) -> bool {
-        matches!(self, Reason::Enabled | Reason::ForcedOn | Reason::FallbackOn)
+        matches!(self, Reason::Enabled | Reason::ForcedOn | Reason::FallbackOn | Reason::Probing)
     }
 
     /// The rules put the feature on, and a randomised or automated step may have
     /// turned it off: the request belongs to the feature's on/off comparison.
     pub fn is_eligible(self) -> bool {
-        matches!(self, Reason::Enabled | Reason::FallbackOn | Reason::Holdout | Reason::Exploring)
+        matches!(self, Reason::Enabled | Reason::FallbackOn | Reason::Holdout | Reason::Exploring | Reason::Probing)
     }
 }
 
@@ -218,13 +223,16 @@ pub struct FlagInputs<'a> {
     pub rolled_back: u64,
     /// Bit `i` set when feature `i` was drawn off for exploration.
     pub explore_off: u64,
+    /// Bit `i` set when blocked feature `i` was kept on by the block's probe
+    /// (not in `rolled_back`).
+    pub probe_on: u64,
 }
 
 impl FlagRules {
     /// Decides every feature into `out`, resized to the number of features
     /// (reusing its allocation).
     pub fn decide(&self, input: FlagInputs<'_>, out: &mut Vec<FlagDecision>) {
-        let FlagInputs { global_off, impacts, segments, holdout, rolled_back, explore_off } = input;
+        let FlagInputs { global_off, impacts, segments, holdout, rolled_back, explore_off, probe_on } = input;
         out.clear();
         out.resize(self.features.len(), FlagDecision::default());
         for &ix in &self.order {
@@ -261,6 +269,7 @@ impl FlagRules {
                 _ if automatic && rolled_back & bit != 0 => Reason::RolledBack,
                 _ if automatic && explore_off & bit != 0 => Reason::Exploring,
                 _ if holdout & bit != 0 => Reason::Holdout,
+                _ if automatic && probe_on & bit != 0 => Reason::Probing,
                 r => r,
             };
             if let Some(slot) = out.get_mut(ix) {

@@ -99,8 +99,8 @@ pub struct Metrics {
     exploring_cells: Option<u32>,
 }
 
-const ROLLBACK_EVENTS: [&str; 7] =
-    ["suspect", "cleared", "blocked", "killed", "reverted", "recovered", "srm"];
+const ROLLBACK_EVENTS: [&str; 8] =
+    ["suspect", "cleared", "blocked", "killed", "reverted", "recovered", "srm", "lifted"];
 
 const ARMS: [&str; 3] = ["on", "off", "holdout"];
 /// One feature's on/off arms × outcomes in one monitored segment.
@@ -254,6 +254,7 @@ impl Metrics {
             Event::Reverted { .. } => 4,
             Event::Recovered { .. } => 5,
             Event::SampleRatioMismatch { .. } => 6,
+            Event::Lifted { .. } => 7,
         };
         if let Some(id) = self.rollback_events[kind] {
             sink.increment(id, 1);

@@ -19,6 +19,8 @@ pub(crate) struct RawRollback {
     explore_share: f64,
     explore_budget: f64,
     probation_s: Option<u64>,
+    probe_share: f64,
+    probe_after_s: u64,
     sync_ms: u64,
     epoch: u64,
     /// Replaced by `alpha`: refused with a message that says so.
@@ -39,6 +41,8 @@ impl Default for RawRollback {
             explore_share: p.explore_share,
             explore_budget: p.explore_budget,
             probation_s: None,
+            probe_share: p.probe_share,
+            probe_after_s: p.probe_after_s,
             sync_ms: 1000,
             epoch: p.epoch,
             z: None,
@@ -87,6 +91,21 @@ pub(crate) fn compile(raw: &RawRollback) -> Result<(Policy, u64), ConfigError> {
             format!("{} is outside 0-1 (a share of the new stack's traffic)", raw.explore_budget),
         ));
     }
+    if !(0.0..=0.5).contains(&raw.probe_share) {
+        return Err(ConfigError::new(
+            "rollback.probe_share",
+            format!(
+                "{} is outside 0-0.5 (the share of a blocked feature's requests kept on to test the block; 0 turns the probe off)",
+                raw.probe_share
+            ),
+        ));
+    }
+    if raw.probe_after_s > 30 * 86_400 {
+        return Err(ConfigError::new(
+            "rollback.probe_after_s",
+            format!("{} is above 30 days (2592000); set rollback.probe_share to 0 to turn the probe off", raw.probe_after_s),
+        ));
+    }
     if !(100..=60_000).contains(&raw.sync_ms) {
         return Err(ConfigError::new("rollback.sync_ms", format!("{} is outside 100-60000", raw.sync_ms)));
     }
@@ -106,6 +125,8 @@ pub(crate) fn compile(raw: &RawRollback) -> Result<(Policy, u64), ConfigError> {
             None => Recovery::Manual,
             Some(seconds) => Recovery::Probation { seconds },
         },
+        probe_share: raw.probe_share,
+        probe_after_s: raw.probe_after_s,
         epoch: raw.epoch,
     };
     Ok((policy, raw.sync_ms))
@@ -127,5 +148,8 @@ mod tests {
         let c = TestConfig::rollout(5.0).on("a").set("rollback.probation_s", 60).compile().unwrap();
         assert_eq!(c.rollback.recovery, super::Recovery::Probation { seconds: 60 });
         assert_eq!(c.rollback_sync_ms, 1000);
+        assert!(err("rollback.probe_share", 0.6).starts_with("rollback.probe_share: 0.6 is outside 0-0.5"));
+        assert!(err("rollback.probe_after_s", 3_000_000).starts_with("rollback.probe_after_s: 3000000 is above 30 days"));
+        assert_eq!((c.rollback.probe_share, c.rollback.probe_after_s), (0.05, 300));
     }
 }

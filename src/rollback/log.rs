@@ -5,9 +5,8 @@
 use super::{cell_name, Event, KPI_NAMES};
 
 impl Event {
-    /// The log line of the event; `feature(i)` names feature `i`,
-    /// `explore_share` is the configured exploration split.
-    pub fn describe<'a>(&self, feature: impl Fn(usize) -> &'a str, explore_share: f64) -> String {
+    /// The log line of the event; `feature(i)` names feature `i`.
+    pub fn describe<'a>(&self, feature: impl Fn(usize) -> &'a str) -> String {
         let kpi = |k: &usize| KPI_NAMES.get(*k).copied().unwrap_or("?");
         match self {
             Event::Suspect { cell, kpi: k, evidence } => {
@@ -28,9 +27,15 @@ impl Event {
                 kpi(k)
             ),
             Event::Recovered { feature: f } => format!("feature {} back on probation", feature(*f)),
-            Event::SampleRatioMismatch { feature: f, drawn_off, drawn, evidence } => format!(
-                "feature {}: sample ratio mismatch ({drawn_off} of {drawn} exploration draws off, configured {explore_share:.2}; evidence {evidence:.1}): no automated decisions for it until the next rollback.epoch",
+            Event::Lifted { feature: f, cell, evidence, needed } => format!(
+                "feature {} lifted in {}: its probe shows the harm gone (evidence {evidence:.1} ≥ {needed:.1})",
                 feature(*f),
+                cell_name(*cell)
+            ),
+            Event::SampleRatioMismatch { feature: f, probe, drawn_off, drawn, share, evidence } => format!(
+                "feature {}: sample ratio mismatch ({drawn_off} of {drawn} {} draws off, configured {share:.2}; evidence {evidence:.1}): no automated decisions for it until the next rollback.epoch",
+                feature(*f),
+                if *probe { "block-probe" } else { "exploration" },
             ),
         }
     }
@@ -46,9 +51,16 @@ mod tests {
         let name = |f: usize| names.get(f).copied().unwrap_or("?");
         let e = Event::Blocked { feature: 0, cell: 1, kpi: 0, evidence: 13.21, needed: 11.9 };
         assert_eq!(
-            e.describe(name, 0.1),
+            e.describe(name),
             "feature new_checkout rolled back in device=tablet on errors (evidence 13.2 ≥ 11.9)"
         );
-        assert_eq!(Event::Recovered { feature: 3 }.describe(name, 0.1), "feature ? back on probation");
+        assert_eq!(Event::Recovered { feature: 3 }.describe(name), "feature ? back on probation");
+        let e = Event::Lifted { feature: 0, cell: 1, evidence: 12.04, needed: 11.9 };
+        assert_eq!(
+            e.describe(name),
+            "feature new_checkout lifted in device=tablet: its probe shows the harm gone (evidence 12.0 ≥ 11.9)"
+        );
+        let e = Event::SampleRatioMismatch { feature: 0, probe: true, drawn_off: 90, drawn: 100, share: 0.95, evidence: 9.0 };
+        assert!(e.describe(name).contains("90 of 100 block-probe draws off, configured 0.95"), "{}", e.describe(name));
     }
 }

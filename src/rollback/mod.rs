@@ -46,7 +46,7 @@ pub use shared::{Pool, SharedStore, Sync};
 
 use crate::routing::Stack;
 use cells::{expand, parents, siblings, Overlap, MASK_WORDS};
-use stats::{ln_harm, ln_ratio, threshold};
+use stats::{ln_harm, ln_no_harm, ln_ratio, threshold};
 
 /// KPIs judged per response.
 pub const KPIS: usize = 3;
@@ -72,6 +72,9 @@ const EXPLORE_CLEAR: u32 = 300;
 const EXPLORE_MAX: u32 = 3000;
 /// A cleared cell is not suspected again for this long.
 const QUIET_S: u64 = 120;
+/// The harm a block's lift rules out: the probed arm's bad rate twice the
+/// blocked arm's, on every KPI that has events.
+const PROBE_RHO: f64 = 2.0;
 
 /// One response's KPIs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -202,6 +205,14 @@ pub struct Policy {
     /// Most of the new stack's traffic that may be in exploring cells.
     pub explore_budget: f64,
     pub recovery: Recovery,
+    /// Share of a blocked feature's would-be-on requests inside its cell
+    /// blocks that keep it on (the *probe*, reason `probing`): the randomised
+    /// holdout by which a block is lifted (its harm gone) or narrowed (the harm
+    /// confined to pairs inside it). 0: blocks stay (until `epoch` or probation).
+    pub probe_share: f64,
+    /// A feature's blocks are probed once its last block change is this old
+    /// (seconds): a harm just shown is not re-exposed at once.
+    pub probe_after_s: u64,
     /// Part of the shared-state key: a new epoch starts this rollout's rollback
     /// state clean (e.g. after a retrained model absorbed the blocks).
     pub epoch: u64,
@@ -226,6 +237,8 @@ impl Default for Policy {
             explore_share: 0.5,
             explore_budget: 0.3,
             recovery: Recovery::Manual,
+            probe_share: 0.05,
+            probe_after_s: 300,
             epoch: 0,
         }
     }
@@ -241,7 +254,7 @@ pub const OVERALL: usize = ALL_CELLS;
 pub struct Arms {
     /// Per cell (singles, then pairs, then [`OVERALL`]) × arm (0 = on, 1 = off).
     pub cells: Vec<[Tally; 2]>,
-    /// Exploration draws at decision time: [kept on, drawn off] (the sample-ratio check).
+    /// Draws at decision time: [kept on, drawn off] (the sample-ratio check).
     pub drawn: [u32; 2],
 }
 
@@ -309,6 +322,10 @@ pub struct Counts {
     /// Old-stack requests [0], and new-stack requests with no feature on [1].
     pub baseline: [Tally; 2],
     pub arms: Vec<Arms>,
+    /// Per feature, the probe inside its blocks: the same layout, counting only
+    /// probed requests (on = kept by the probe, off = blocked), a design of its
+    /// own (`probe_share`) that never mixes with the arms'.
+    pub probes: Vec<Arms>,
     /// Latency histograms of control requests (old stack, or no feature on)
     /// [0] and of every request [1] (the cut's fallback at 100% rollout).
     pub latency: [[u32; LATENCY_SLOTS]; 2],
@@ -339,6 +356,9 @@ pub struct Exposure {
     pub explored: u64,
     /// …and of those, the ones the draw turned off.
     pub drawn_off: u64,
+    /// Features blocked in the request's cells whose on/off state was the
+    /// block's probe draw (on: kept by the probe); not in `randomised`.
+    pub probed: u64,
 }
 
 impl Counts {
@@ -347,6 +367,7 @@ impl Counts {
             stack: [[[Tally::default(); ALL_CELLS]; 2]; 2],
             baseline: [Tally::default(); 2],
             arms: (0..features).map(|_| Arms::new()).collect(),
+            probes: (0..features).map(|_| Arms::new()).collect(),
             latency: [[0; LATENCY_SLOTS]; 2],
             explored: [0; CELLS],
             traffic: vec![0; ALL_CELLS],
@@ -356,7 +377,7 @@ impl Counts {
     pub fn is_empty(&self) -> bool {
         self.stack.iter().flatten().flatten().all(|t| t.n == 0)
             && self.baseline.iter().all(|t| t.n == 0)
-            && self.arms.iter().all(|a| a.cells.iter().flatten().all(|t| t.n == 0) && a.drawn == [0, 0])
+            && self.arms.iter().chain(&self.probes).all(|a| a.cells.iter().flatten().all(|t| t.n == 0) && a.drawn == [0, 0])
     }
 
     /// Records one response; `slow_ms` is the slow cut in force.
@@ -396,7 +417,7 @@ impl Counts {
                 *t = t.saturating_add(1);
             }
         }
-        if x.randomised == 0 {
+        if x.randomised | x.probed == 0 {
             return;
         }
         if x.explored != 0 {
@@ -406,29 +427,16 @@ impl Counts {
                 }
             }
         }
-        for (f, arms) in self.arms.iter_mut().enumerate().take(64) {
-            if x.randomised & (1 << f) == 0 {
-                continue;
-            }
-            let arm = usize::from(x.enabled & (1 << f) == 0);
-            for c in all.iter().map(|&c| usize::from(c)).chain([OVERALL]) {
-                if let Some(cell) = arms.cells.get_mut(c) {
-                    cell[arm].record(bad);
-                }
-            }
-        }
+        tally_arms(&mut self.arms, x.randomised, x.enabled, &all, bad);
+        tally_arms(&mut self.probes, x.probed, x.enabled, &all, bad);
     }
 
-    /// Records one request's exploration draws, when it is decided: counted on
-    /// the responses instead, a treatment that is slower (or never answers)
-    /// would look like a skewed draw while its requests are in flight.
-    pub fn record_draws(&mut self, explored: u64, drawn_off: u64) {
-        for (f, arms) in self.arms.iter_mut().enumerate().take(64) {
-            if explored & (1 << f) != 0 {
-                let drawn = usize::from(drawn_off & (1 << f) != 0);
-                arms.drawn[drawn] = arms.drawn[drawn].saturating_add(1);
-            }
-        }
+    /// Records one request's exploration and probe draws, when it is decided:
+    /// counted on the responses instead, a treatment that is slower (or never
+    /// answers) would look like a skewed draw while its requests are in flight.
+    pub fn record_draws(&mut self, explored: u64, drawn_off: u64, probed: u64, probe_off: u64) {
+        count_draws(&mut self.arms, explored, drawn_off);
+        count_draws(&mut self.probes, probed, probe_off);
     }
 
     /// Adds `other` (same feature count) into `self`.
@@ -439,7 +447,7 @@ impl Counts {
         for (a, b) in self.baseline.iter_mut().zip(other.baseline.iter()) {
             a.add(*b);
         }
-        for (a, b) in self.arms.iter_mut().zip(other.arms.iter()) {
+        for (a, b) in self.arms.iter_mut().zip(&other.arms).chain(self.probes.iter_mut().zip(&other.probes)) {
             for (x, y) in a.cells.iter_mut().flatten().zip(b.cells.iter().flatten()) {
                 x.add(*y);
             }
@@ -478,6 +486,38 @@ impl Counts {
     }
 }
 
+/// Tallies one response in the arms of the features in `mask` (on = `enabled`),
+/// in each of the request's cells `all` and overall.
+fn tally_arms(arms: &mut [Arms], mask: u64, enabled: u64, all: &[u16], bad: [bool; KPIS]) {
+    if mask == 0 {
+        return;
+    }
+    for (f, arms) in arms.iter_mut().enumerate().take(64) {
+        if mask & (1 << f) == 0 {
+            continue;
+        }
+        let arm = usize::from(enabled & (1 << f) == 0);
+        for c in all.iter().map(|&c| usize::from(c)).chain([OVERALL]) {
+            if let Some(cell) = arms.cells.get_mut(c) {
+                cell[arm].record(bad);
+            }
+        }
+    }
+}
+
+/// Counts the draws of the features in `mask` ([kept on, drawn off]).
+fn count_draws(arms: &mut [Arms], mask: u64, off: u64) {
+    if mask == 0 {
+        return;
+    }
+    for (f, arms) in arms.iter_mut().enumerate().take(64) {
+        if mask & (1 << f) != 0 {
+            let drawn = usize::from(off & (1 << f) != 0);
+            arms.drawn[drawn] = arms.drawn[drawn].saturating_add(1);
+        }
+    }
+}
+
 /// What the filter applies to every request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Blocks {
@@ -491,6 +531,11 @@ pub struct Blocks {
     pub reverted: bool,
     /// Per feature: when (seconds) its first block was set, for probation.
     pub since: Vec<u64>,
+    /// Per feature: when (seconds) its last block was set: the probe waits
+    /// `probe_after_s` from there.
+    pub blocked_at: Vec<u64>,
+    /// Features whose cell blocks are probed now (set at every sync).
+    pub probing: u64,
     /// Features whose exploration split mismatched: no automated decisions.
     pub srm: u64,
     /// The slow cut in force (ms); 0 until learned.
@@ -541,6 +586,7 @@ impl Blocks {
         Blocks {
             cells: vec![[0; MASK_WORDS]; features],
             since: vec![0; features],
+            blocked_at: vec![0; features],
             quiet_until: vec![0; CELLS],
             ..Blocks::default()
         }
@@ -560,6 +606,18 @@ impl Blocks {
         }
         let pairs_blocked = mask[0] >> CELLS != 0 || mask[1..].iter().any(|w| *w != 0);
         pairs_blocked && expand(cells)[GROUPS..].iter().any(|&p| has(mask, usize::from(p)))
+    }
+
+    /// Is feature `f` blocked for a request in `cells` by a cell block that is
+    /// probed now (not killed)?
+    pub fn probes(&self, f: usize, cells: &[u8; GROUPS]) -> bool {
+        f < 64 && self.probing & !self.killed & (1 << f) != 0 && self.blocks(f, cells)
+    }
+
+    /// Is feature `f` blocked for a request in `cells` by a cell block (not
+    /// killed)? A probe of it still belongs to the block's tallies.
+    pub fn probes_cell_block(&self, f: usize, cells: &[u8; GROUPS]) -> bool {
+        f < 64 && self.killed & (1 << f) == 0 && self.blocks(f, cells)
     }
 
     /// Single cells where feature `f` is blocked.
@@ -596,7 +654,12 @@ pub enum Event {
     Killed { feature: usize, kpi: usize, evidence: f64 },
     Reverted { kpi: usize, evidence: f64 },
     Recovered { feature: usize },
-    SampleRatioMismatch { feature: usize, drawn_off: u32, drawn: u32, evidence: f64 },
+    /// The probe shows the harm gone in `cell` (a whole block, or a pair of a
+    /// single block that stays blocked in its other pairs: narrowed).
+    Lifted { feature: usize, cell: usize, evidence: f64, needed: f64 },
+    /// A feature's exploration (or, `probe`, block-probe) draws do not match
+    /// the configured `share` off.
+    SampleRatioMismatch { feature: usize, probe: bool, drawn_off: u32, drawn: u32, share: f64, evidence: f64 },
 }
 
 /// The alarm levels (ln mixture ratio) of one evaluation, from the budget.
@@ -663,6 +726,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
                 blocks.cells[f] = [0; MASK_WORDS];
                 blocks.killed &= !(1 << f);
                 counts.arms[f] = Arms::new();
+                counts.probes[f] = Arms::new();
                 events.push(Event::Recovered { feature: f });
             }
         }
@@ -679,21 +743,27 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     let mut explained: u32 = 0;
     for f in 0..features {
         let bit = 1u64 << f;
-        let arms = &counts.arms[f];
-        let (drawn_on, drawn_off) = (arms.drawn[0], arms.drawn[1]);
-        let drawn = drawn_on.saturating_add(drawn_off);
-        let srm = ln_ratio(u64::from(drawn_off), u64::from(drawn), policy.explore_share);
-        if blocks.srm & bit == 0 && policy.explore_share > 0.0 && srm >= levels.srm {
-            blocks.srm |= bit;
-            events.push(Event::SampleRatioMismatch { feature: f, drawn_off, drawn, evidence: srm });
+        // The sample-ratio checks: exploration draws off at `explore_share`,
+        // probe draws off (blocked) at `1 − probe_share`.
+        let splits = [(false, &counts.arms[f], policy.explore_share), (true, &counts.probes[f], 1.0 - policy.probe_share)];
+        for (probe, arms, share) in splits {
+            let drawn_off = arms.drawn[1];
+            let drawn = arms.drawn[0].saturating_add(drawn_off);
+            let srm = ln_ratio(u64::from(drawn_off), u64::from(drawn), share);
+            if blocks.srm & bit == 0 && share > 0.0 && share < 1.0 && srm >= levels.srm {
+                blocks.srm |= bit;
+                events.push(Event::SampleRatioMismatch { feature: f, probe, drawn_off, drawn, share, evidence: srm });
+            }
         }
         if blocks.killed & bit != 0 || blocks.srm & bit != 0 {
             continue;
         }
+        lift(policy, &levels, counts, blocks, f, &mut events);
         if let Some(c) = choose_block(policy, &levels, &counts.arms[f], &counts.traffic, &blocks.cells[f]) {
             if !blocks.any_block(f) {
                 blocks.since[f] = now_s;
             }
+            blocks.blocked_at[f] = now_s;
             let cell = block_cell(&mut blocks.cells[f], c.cell);
             events.push(Event::Blocked {
                 feature: f,
@@ -705,11 +775,14 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             // Only the blocked traffic leaves the comparison: the rest of the
             // feature's evidence (other cells, other harms) is kept.
             counts.arms[f].forget(cell);
+            // The block's own probe starts with it.
+            counts.probes[f].forget(cell);
             // The screen too: the harm just explained must not keep (or make)
             // cells suspect for as long as it stays in the window.
             explained |= counts.forget_screened(cell);
             if blocks.single_blocks(f).count_ones() >= policy.kill_after_cells {
                 blocks.killed |= bit;
+                counts.probes[f] = Arms::new();
                 events.push(Event::Killed { feature: f, kpi: c.kpi, evidence: c.evidence });
             }
             continue;
@@ -743,12 +816,25 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
                 blocks.since[f] = now_s;
                 events.push(Event::Killed { feature: f, kpi: k, evidence: e });
                 counts.arms[f] = Arms::new();
+                counts.probes[f] = Arms::new();
                 break;
             }
         }
     }
 
     screen(policy, &levels, counts, blocks, now_s, explained, &mut events);
+
+    // The probe runs in blocks whose last block is `probe_after_s` old.
+    blocks.probing = 0;
+    if policy.probe_share > 0.0 {
+        for f in 0..features {
+            let bit = 1u64 << f;
+            let settled = now_s.saturating_sub(blocks.blocked_at[f]) >= policy.probe_after_s;
+            if blocks.any_block(f) && (blocks.killed | blocks.srm) & bit == 0 && settled {
+                blocks.probing |= bit;
+            }
+        }
+    }
 
     let (old, new) = (counts.baseline[0], counts.baseline[1]);
     for k in 0..KPIS {
@@ -759,6 +845,69 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         }
     }
     events
+}
+
+/// The probe's evidence that the harm of feature `f`'s block is gone in cell
+/// `c`: the lowest over the KPIs with events ([`ln_no_harm`], against a harm of
+/// [`PROBE_RHO`]); `None` while an arm is short of `min_samples` or no KPI has
+/// had an event.
+fn gone(policy: &Policy, probe: &Arms, c: usize) -> Option<f64> {
+    let [on, off] = *probe.cells.get(c)?;
+    if !policy.enough(on, off) {
+        return None;
+    }
+    let pi = f64::from(on.n) / (f64::from(on.n) + f64::from(off.n));
+    (0..KPIS)
+        .filter(|&k| on.bad[k] + off.bad[k] > 0)
+        .map(|k| ln_no_harm(u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k]), pi, PROBE_RHO))
+        .reduce(f64::min)
+}
+
+/// Lifts what feature `f`'s probe shows clean, each test at its block's
+/// level: a blocked cell whose harm is gone; in a blocked single cell, the
+/// pairs along one other attribute that are clean (the attribute whose clean
+/// pairs hold the most traffic), the others staying blocked — the block
+/// narrowed to where its harm is. A lifted cell leaves the probe's tallies.
+fn lift(policy: &Policy, levels: &Levels, counts: &mut Counts, blocks: &mut Blocks, f: usize, events: &mut Vec<Event>) {
+    let mut mask = blocks.cells[f];
+    let mut lifted: Vec<(usize, f64, f64)> = Vec::new();
+    let probe = &counts.probes[f];
+    for c in (0..ALL_CELLS).filter(|&c| has(&blocks.cells[f], c)) {
+        if let Some(e) = gone(policy, probe, c).filter(|&e| e >= levels.block(c)) {
+            unset(&mut mask, c);
+            lifted.push((c, e, levels.block(c)));
+            continue;
+        }
+        if c >= CELLS {
+            continue;
+        }
+        let mut best: Option<(u64, Vec<(usize, f64)>, Vec<usize>)> = None;
+        for g in (0..GROUPS).filter(|&g| g != cells::group(c)) {
+            let (mut clean, mut still, mut size) = (Vec::new(), Vec::new(), 0u64);
+            for p in siblings(cells::GROUP_START[g]).filter_map(|o| cells::pair(c, o)) {
+                match gone(policy, probe, p).filter(|&e| e >= levels.pair) {
+                    Some(e) => {
+                        clean.push((p, e));
+                        size += u64::from(counts.traffic.get(p).copied().unwrap_or(0));
+                    }
+                    None => still.push(p),
+                }
+            }
+            if !clean.is_empty() && best.as_ref().is_none_or(|b| size > b.0) {
+                best = Some((size, clean, still));
+            }
+        }
+        if let Some((_, clean, still)) = best {
+            unset(&mut mask, c);
+            still.into_iter().for_each(|p| set(&mut mask, p));
+            lifted.extend(clean.into_iter().map(|(p, e)| (p, e, levels.pair)));
+        }
+    }
+    blocks.cells[f] = mask;
+    for (cell, evidence, needed) in lifted {
+        counts.probes[f].forget(cell);
+        events.push(Event::Lifted { feature: f, cell, evidence, needed });
+    }
 }
 
 /// The cell to block feature `arms` in now, if any: among the significant

@@ -17,7 +17,7 @@
 //! blocks ([`Blocks::encode`]), the counts ([`Counts::encode`]).
 
 use super::cells::MASK_WORDS;
-use super::{evaluate, Blocks, Counts, Event, Exposure, Outcome, Policy, Tally, KPIS};
+use super::{evaluate, Arms, Blocks, Counts, Event, Exposure, Outcome, Policy, Tally, KPIS};
 
 /// Proxy-wide shared memory (proxy-wasm shared data): how workers pool outcomes.
 pub trait SharedStore {
@@ -28,7 +28,7 @@ pub trait SharedStore {
 }
 
 const MAGIC: &[u8; 4] = b"AUGR";
-const FORMAT: u8 = 5;
+const FORMAT: u8 = 6;
 /// The oldest format whose blocks read as today's: a value written by an
 /// older module keeps its blocks in force (its counts start over).
 const BLOCKS_SINCE: u8 = 4;
@@ -148,11 +148,11 @@ impl Pool {
         self.shared.key()
     }
 
-    /// Counts a request's exploration draws when it is decided (the
-    /// sample-ratio check counts draws, not responses).
-    pub fn record_draws(&mut self, explored: u64, drawn_off: u64) {
-        if explored != 0 {
-            self.pending.record_draws(explored, drawn_off);
+    /// Counts a request's exploration and probe draws when it is decided
+    /// (the sample-ratio checks count draws, not responses).
+    pub fn record_draws(&mut self, explored: u64, probed: u64, drawn_off: u64) {
+        if explored | probed != 0 {
+            self.pending.record_draws(explored, drawn_off & explored, probed, drawn_off & probed);
         }
     }
 
@@ -166,6 +166,9 @@ impl Pool {
         let mut screened = true;
         for f in 0..self.features.min(64) {
             let bit = 1 << f;
+            if exposure.probed & bit != 0 && !blocks.probes_cell_block(f, &exposure.cells) {
+                exposure.probed &= !bit; // its block was lifted (or killed) in flight
+            }
             if (exposure.enabled | exposure.randomised) & bit != 0 && blocks.blocks(f, &exposure.cells) {
                 screened &= exposure.enabled & bit == 0;
                 exposure.randomised &= !bit;
@@ -250,7 +253,7 @@ pub fn decode(bytes: &[u8], names: &[String]) -> Option<(Blocks, Counts)> {
         rest = &r[usize::from(len)..];
     }
     let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let blocks = Blocks::decode(rest.get(4..4 + len)?, stored_n)?;
+    let blocks = Blocks::decode_as(rest.get(4..4 + len)?, stored_n, format)?;
     let counts = match format {
         FORMAT => Counts::decode(rest.get(4 + len..)?, stored_n)?,
         _ => Counts::new(stored_n),
@@ -305,16 +308,21 @@ impl Reader<'_> {
 impl Blocks {
     /// The state of stored feature `map[i]` as feature `i` (fresh where `None`).
     pub fn remap(&self, map: &[Option<usize>]) -> Blocks {
-        let mut out = Blocks { cells: Vec::new(), since: Vec::new(), killed: 0, srm: 0, ..self.clone() };
-        out.cells = vec![[0; MASK_WORDS]; map.len()];
-        out.since = vec![0; map.len()];
+        let mut out = Blocks::new(map.len());
+        out.suspect = self.suspect;
+        out.reverted = self.reverted;
+        out.slow_ms = self.slow_ms;
+        out.window_s = self.window_s;
+        out.quiet_until.clone_from(&self.quiet_until);
         for (f, from) in map.iter().enumerate() {
             let Some(s) = *from else { continue };
             out.cells[f] = self.cells.get(s).copied().unwrap_or([0; MASK_WORDS]);
             out.since[f] = self.since.get(s).copied().unwrap_or(0);
+            out.blocked_at[f] = self.blocked_at.get(s).copied().unwrap_or(0);
             if s < 64 && f < 64 {
-                out.killed |= ((self.killed >> s) & 1) << f;
-                out.srm |= ((self.srm >> s) & 1) << f;
+                for (to, from) in [(&mut out.killed, self.killed), (&mut out.srm, self.srm), (&mut out.probing, self.probing)] {
+                    *to |= ((from >> s) & 1) << f;
+                }
             }
         }
         out
@@ -330,19 +338,28 @@ impl Blocks {
         w.u64(self.srm);
         w.u32(self.slow_ms);
         w.u64(self.window_s);
+        w.u64(self.probing);
         for q in &self.quiet_until {
             w.u64(*q);
         }
-        for (mask, since) in self.cells.iter().zip(&self.since) {
+        for ((mask, since), at) in self.cells.iter().zip(&self.since).zip(&self.blocked_at) {
             for word in mask {
                 w.u64(*word);
             }
             w.u64(*since);
+            w.u64(*at);
         }
     }
 
     /// Inverse of [`Blocks::encode`]; `None` when the bytes do not fit `features`.
     pub fn decode(bytes: &[u8], features: usize) -> Option<Blocks> {
+        Blocks::decode_as(bytes, features, FORMAT)
+    }
+
+    /// [`Blocks::decode`] of a value of shared-data `format` (one before 6 has
+    /// no probe fields: a block's probe waits from its first block).
+    fn decode_as(bytes: &[u8], features: usize, format: u8) -> Option<Blocks> {
+        let probed = format >= 6;
         let mut r = Reader(bytes);
         let mut b = Blocks::new(features);
         b.killed = r.u64()?;
@@ -351,6 +368,9 @@ impl Blocks {
         b.srm = r.u64()?;
         b.slow_ms = r.u32()?;
         b.window_s = r.u64()?;
+        if probed {
+            b.probing = r.u64()?;
+        }
         for q in b.quiet_until.iter_mut() {
             *q = r.u64()?;
         }
@@ -359,6 +379,7 @@ impl Blocks {
                 *word = r.u64()?;
             }
             b.since[f] = r.u64()?;
+            b.blocked_at[f] = if probed { r.u64()? } else { b.since[f] };
         }
         r.0.is_empty().then_some(b)
     }
@@ -367,10 +388,10 @@ impl Blocks {
 impl Counts {
     /// The tallies of stored feature `map[i]` as feature `i` (empty where `None`).
     pub fn remap(&self, map: &[Option<usize>]) -> Counts {
-        let mut out = Counts { arms: Vec::new(), ..self.clone() };
-        out.arms =
-            map.iter().map(|from| from.and_then(|s| self.arms.get(s)).cloned().unwrap_or_default()).collect();
-        out
+        let pick = |all: &[Arms]| -> Vec<Arms> {
+            map.iter().map(|from| from.and_then(|s| all.get(s)).cloned().unwrap_or_default()).collect()
+        };
+        Counts { arms: pick(&self.arms), probes: pick(&self.probes), ..self.clone() }
     }
 
     /// Little-endian words, for [`encode`].
@@ -383,7 +404,7 @@ impl Counts {
         for n in self.latency.iter().flatten().chain(&self.explored).chain(&self.traffic) {
             w.u32(*n);
         }
-        for arms in &self.arms {
+        for arms in self.arms.iter().chain(&self.probes) {
             for t in arms.cells.iter().flatten() {
                 w.tally(t);
             }
@@ -402,7 +423,7 @@ impl Counts {
         for n in c.latency.iter_mut().flatten().chain(c.explored.iter_mut()).chain(c.traffic.iter_mut()) {
             *n = r.u32()?;
         }
-        for arms in c.arms.iter_mut() {
+        for arms in c.arms.iter_mut().chain(c.probes.iter_mut()) {
             for t in arms.cells.iter_mut().flatten() {
                 *t = r.tally()?;
             }
@@ -436,6 +457,7 @@ pub(crate) mod tests {
             randomised,
             explored: randomised,
             drawn_off: randomised & !enabled,
+            probed: 0,
         }
     }
 
@@ -455,8 +477,15 @@ pub(crate) mod tests {
         blocks.suspect = 1 << 9;
         blocks.slow_ms = 42;
         blocks.quiet_until[3] = 99;
+        blocks.blocked_at = vec![8, 9, 10];
+        blocks.probing = 0b010;
         let mut counts = Counts::new(3);
         counts.record(&exposure(0b111, 0b111), bad(true), 1000);
+        counts.record(&Exposure { probed: 0b010, ..exposure(0b010, 0) }, bad(true), 1000);
+        counts.record_draws(0, 0, 0b010, 0);
+        let probe_on = counts.probes[1].cells[crate::rollback::OVERALL][0];
+        let arm_on = counts.arms[1].cells[crate::rollback::OVERALL][0];
+        assert_eq!((probe_on.n, counts.probes[1].drawn, arm_on.n), (1, [1, 0], 1), "a probe stays out of the arms");
         counts.record(&Exposure { stack: Some(Stack::Old), ..exposure(0, 0) }, bad(false), 1000);
         let from = names(&["a", "b", "c"]);
         let mut bytes = Vec::new();
@@ -467,11 +496,13 @@ pub(crate) mod tests {
         let (b, c) = decode(&bytes, &names(&["new", "c", "a"])).unwrap();
         assert_eq!(b.cells, vec![[0; MASK_WORDS], blocks.cells[2], blocks.cells[0]]);
         assert_eq!(b.since, vec![0, 7, 5]);
+        assert_eq!((b.blocked_at, b.probing), (vec![0, 10, 8], 0), "b's probe went with b");
         assert_eq!(b.killed, 0b010, "c's kill follows c");
         assert_eq!(b.srm, 0b100, "a's sample-ratio flag follows a");
         assert_eq!((b.suspect, b.slow_ms, b.quiet_until[3]), (blocks.suspect, 42, 99));
         assert_eq!(c.arms[0], Arms::new());
         assert_eq!(c.arms[2], counts.arms[0]);
+        assert_eq!((c.probes[1].clone(), c.probes[2].clone()), (Arms::new(), counts.probes[0].clone()));
         assert_eq!(c.stack, counts.stack);
         assert_eq!(c.latency, counts.latency);
 
@@ -480,11 +511,30 @@ pub(crate) mod tests {
         let mut wrong = bytes.clone();
         wrong[4] = BLOCKS_SINCE - 1;
         assert_eq!(decode(&wrong, &from), None, "an older format is not misread");
-        // Written by the previous module (other counts layout): its blocks stay in force.
-        let mut previous = bytes.clone();
-        previous[4] = BLOCKS_SINCE;
-        previous.truncate(bytes.len() - 100);
-        assert_eq!(decode(&previous, &from), Some((blocks.clone(), Counts::new(3))));
+        // Written by the previous module (format 5: no probe fields, other
+        // counts): its blocks stay in force, each probe waiting from its first block.
+        let mut previous = bytes[..4].to_vec();
+        previous.push(5);
+        let blocks_at = 4 + 1 + 2 + from.iter().map(|n| 1 + n.len()).sum::<usize>();
+        previous.extend_from_slice(&bytes[5..blocks_at]);
+        let mut old = Vec::new();
+        let mut w = Writer(&mut old);
+        w.u64(blocks.killed);
+        w.u32(blocks.suspect);
+        w.u32(u32::from(blocks.reverted));
+        w.u64(blocks.srm);
+        w.u32(blocks.slow_ms);
+        w.u64(blocks.window_s);
+        blocks.quiet_until.iter().for_each(|q| w.u64(*q));
+        for (mask, since) in blocks.cells.iter().zip(&blocks.since) {
+            mask.iter().for_each(|m| w.u64(*m));
+            w.u64(*since);
+        }
+        previous.extend_from_slice(&(old.len() as u32).to_le_bytes());
+        previous.extend_from_slice(&old);
+        previous.extend_from_slice(b"older counts");
+        let want = Blocks { blocked_at: blocks.since.clone(), probing: 0, ..blocks.clone() };
+        assert_eq!(decode(&previous, &from), Some((want, Counts::new(3))));
     }
 
     #[test]

@@ -126,6 +126,24 @@ pub fn ln_harm(bad_on: u64, bad: u64, pi: f64) -> f64 {
     ln_integral - (1.0 - pi).ln() - x * pi.ln() - (k - x) * (1.0 - pi).ln()
 }
 
+/// ln of the evidence that a harm is **gone** (the lift test of a block's
+/// probe): `bad_on` of `bad` events on the probed arm, which holds a share `pi`
+/// of the requests, against a harm that multiplies the arm's bad rate by
+/// `rho` (> 1). The likelihood ratio of "no harm" (each event on the arm with
+/// probability `pi`) to "a harm of `rho`" (probability `rho·pi / (rho·pi + 1 − pi)`)
+/// is a nonnegative supermartingale under any harm of `rho` or more (more
+/// events on the arm only lower it), so by Ville's inequality a harm that
+/// big is lifted with probability at most α however often it is looked at.
+/// 0 without events: nothing tells.
+pub fn ln_no_harm(bad_on: u64, bad: u64, pi: f64, rho: f64) -> f64 {
+    if bad == 0 || !(pi > 0.0 && pi < 1.0) || !(rho > 1.0) {
+        return 0.0;
+    }
+    let (x, k) = (bad_on.min(bad) as f64, bad as f64);
+    let q = rho * pi / (rho * pi + 1.0 - pi);
+    x * (pi / q).ln() + (k - x) * ((1.0 - pi) / (1.0 - q)).ln()
+}
+
 /// ln M of the two-sided sample-ratio test: `x` of `n` drawn where a share
 /// `p0` was configured.
 pub fn ln_ratio(x: u64, n: u64, p0: f64) -> f64 {
@@ -185,6 +203,42 @@ mod tests {
         assert!(ln_ratio(700, 1000, 0.5) > threshold(1e-6));
         // x=1, n=1, p0=0.5: B(2,1)/0.5 = 0.5/0.5 = 1.
         assert!(close(ln_ratio(1, 1, 0.5), 0.0, 1e-12));
+    }
+
+    #[test]
+    fn no_harm_evidence_grows_without_a_harm_and_falls_with_one() {
+        assert_eq!(ln_no_harm(0, 0, 0.05, 2.0), 0.0);
+        assert_eq!(ln_no_harm(3, 10, 0.05, 1.0), 0.0, "rho 1 is no alternative");
+        // Events split as the arms are: evidence for "gone" grows with the count.
+        assert!(ln_no_harm(50, 1000, 0.05, 2.0) > ln_no_harm(5, 100, 0.05, 2.0));
+        assert!(ln_no_harm(50, 1000, 0.05, 2.0) > threshold(1e-4));
+        // Twice the arm's share: the harm is still there.
+        assert!(ln_no_harm(100, 1000, 0.05, 2.0) < -1.0);
+        // A known value: one event off the arm, pi 0.5, rho 3 → q 0.75: ln(0.5 / 0.25).
+        assert!(close(ln_no_harm(0, 1, 0.5, 3.0), 2f64.ln(), 1e-12));
+    }
+
+    #[test]
+    fn a_harm_that_stays_is_lifted_within_alpha_however_often_it_is_looked_at() {
+        // 400 runs of 3,000 events each under a harm of exactly rho (the
+        // hardest case: a bigger one lifts even less), looked at after every event.
+        let (alpha, rho) = (0.05, 2.0);
+        let mut lifts = 0;
+        for run in 0..400u64 {
+            let mut rng = Lcg(run * 104_729 + 3);
+            let pi = [0.05, 0.1, 0.3][run as usize % 3];
+            let q = rho * pi / (rho * pi + 1.0 - pi);
+            let (mut on, mut k) = (0, 0);
+            for _ in 0..3000 {
+                k += 1;
+                on += u64::from(rng.next() < q);
+                if ln_no_harm(on, k, pi, rho) >= threshold(alpha) {
+                    lifts += 1;
+                    break;
+                }
+            }
+        }
+        assert!(lifts <= 400 * 5 / 100 + 6, "{lifts} false lifts in 400 runs at α = {alpha}");
     }
 
     /// Deterministic uniform draws.

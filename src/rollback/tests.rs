@@ -97,7 +97,7 @@ fn simulate(world: &World, policy: &Policy, requests: usize, seed: u64) -> Run {
                 latency += add;
             }
         }
-        counts.record_draws(x.explored, x.drawn_off);
+        counts.record_draws(x.explored, x.drawn_off, 0, 0);
         let outcome = Outcome { error: rng.chance(error_rate), security: false, latency_ms: latency };
         counts.record(&x, outcome, blocks.slow_ms(policy));
         if i % 200 == 199 {
@@ -259,7 +259,7 @@ fn merge_adds_tallies() {
     let mut a = Counts::new(1);
     let mut b = Counts::new(1);
     let x =
-        Exposure { stack: Some(Stack::New), cells: cl, enabled: 1, randomised: 1, explored: 1, drawn_off: 0 };
+        Exposure { stack: Some(Stack::New), cells: cl, enabled: 1, randomised: 1, explored: 1, ..Exposure::default() };
     a.record(&x, Outcome { error: true, ..Outcome::default() }, 1000);
     b.record(&Exposure { enabled: 0, drawn_off: 1, ..x }, Outcome::default(), 1000);
     a.merge(&b);
@@ -268,8 +268,8 @@ fn merge_adds_tallies() {
     assert_eq!(a.stack[0][1][2].n, 2);
     assert_eq!(a.arms[0].drawn, [0, 0], "draws are counted when decided, not on responses");
     let (mut c, mut d) = (Counts::new(1), Counts::new(1));
-    c.record_draws(1, 0);
-    d.record_draws(1, 1);
+    c.record_draws(1, 0, 0, 0);
+    d.record_draws(1, 1, 0, 0);
     c.merge(&d);
     assert_eq!(c.arms[0].drawn, [1, 1]);
 }
@@ -412,6 +412,7 @@ fn a_block_takes_its_requests_out_of_the_screen_and_ends_the_exploration_it_expl
                 randomised: 1,
                 explored: 1,
                 drawn_off: u64::from(off),
+                probed: 0,
             }
         } else {
             Exposure { stack: Some(Stack::Old), cells: cl, ..Exposure::default() }
