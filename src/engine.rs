@@ -278,7 +278,8 @@ pub fn decide(config: &Config, worker: &mut Worker, req: &(impl Headers + ?Sized
         let bit = 1 << i;
         let auto = rule.override_ == Override::Auto;
         // The probe's two arms: left blocked (the rules put it on) or kept on.
-        let probed = probe & bit != 0 && auto && (flag.reason == Reason::RolledBack || flag.reason.is_eligible());
+        let probed =
+            probe & bit != 0 && auto && (flag.reason == Reason::RolledBack || flag.reason.is_eligible());
         let explored = exploring && auto && flag.reason.is_eligible() && !probed;
         // A holdout randomises `override: on` features too (ForcedOn is their on arm).
         let held = rule.holdout > 0
@@ -387,6 +388,49 @@ mod tests {
         w.blocks.suspect = (1 << rollback::CELLS) - 1;
         decide(&off, &mut w, &headers("u1"), &mut d);
         assert_eq!((d.explored, d.randomised, d.p_on(&off, 0)), (0, 0, None));
+    }
+
+    /// A blocked feature is probed only once its blocks are settled
+    /// (`Blocks::probing`): kept on for `probe_share` of the blocked requests,
+    /// both arms randomised with that design, never explored too; a killed
+    /// feature is not probed.
+    #[test]
+    fn a_settled_block_is_probed_at_probe_share_and_not_explored() {
+        let c = TestConfig::rollout(100.0)
+            .permissive("search_v2")
+            .set("rollback.probe_share", 0.25)
+            .compile()
+            .unwrap();
+        let mut w = Worker::with_seed(&c, 9);
+        let mut d = Decision::default();
+        decide(&c, &mut w, &headers("u1"), &mut d);
+        let everywhere = (0..rollback::CELLS).fold([0u64; rollback::cells::MASK_WORDS], |mut m, cell| {
+            m[cell / 64] |= 1 << (cell % 64);
+            m
+        });
+        w.blocks.cells[0] = everywhere;
+        w.blocks.suspect = (1 << rollback::CELLS) - 1; // every cell explores, too
+        let mut reasons = std::collections::BTreeMap::new();
+        for probing in [false, true] {
+            w.blocks.probing = u64::from(probing);
+            for i in 0..2000 {
+                decide(&c, &mut w, &headers(&format!("u{i}")), &mut d);
+                *reasons.entry((probing, d.flags[0].reason.as_str())).or_insert(0) += 1;
+                assert_eq!(d.explored, 0, "a blocked feature is never explored");
+                if probing {
+                    assert_eq!((d.probed, d.p_on(&c, 0)), (1, Some(0.25)), "{d:?}");
+                    assert_eq!(d.drawn_off, u64::from(!d.flags[0].on));
+                } else {
+                    assert_eq!((d.probed, d.randomised, d.p_on(&c, 0)), (0, 0, None));
+                }
+            }
+        }
+        assert_eq!(reasons.get(&(false, "rolled_back")), Some(&2000), "settling: {reasons:?}");
+        let kept = reasons.get(&(true, "probing")).copied().unwrap_or(0);
+        assert!((420..=580).contains(&kept), "kept on {kept} of 2000: {reasons:?}");
+        w.blocks.killed = 1;
+        decide(&c, &mut w, &headers("u1"), &mut d);
+        assert_eq!((d.flags[0].reason, d.probed), (Reason::RolledBack, 0), "killed: not probed");
     }
 
     #[test]

@@ -127,7 +127,10 @@ impl Reason {
     /// The rules put the feature on, and a randomised or automated step may have
     /// turned it off: the request belongs to the feature's on/off comparison.
     pub fn is_eligible(self) -> bool {
-        matches!(self, Reason::Enabled | Reason::FallbackOn | Reason::Holdout | Reason::Exploring | Reason::Probing)
+        matches!(
+            self,
+            Reason::Enabled | Reason::FallbackOn | Reason::Holdout | Reason::Exploring | Reason::Probing
+        )
     }
 }
 

@@ -103,7 +103,10 @@ pub(crate) fn compile(raw: &RawRollback) -> Result<(Policy, u64), ConfigError> {
     if raw.probe_after_s > 30 * 86_400 {
         return Err(ConfigError::new(
             "rollback.probe_after_s",
-            format!("{} is above 30 days (2592000); set rollback.probe_share to 0 to turn the probe off", raw.probe_after_s),
+            format!(
+                "{} is above 30 days (2592000); set rollback.probe_share to 0 to turn the probe off",
+                raw.probe_after_s
+            ),
         ));
     }
     if !(100..=60_000).contains(&raw.sync_ms) {
@@ -149,7 +152,8 @@ mod tests {
         assert_eq!(c.rollback.recovery, super::Recovery::Probation { seconds: 60 });
         assert_eq!(c.rollback_sync_ms, 1000);
         assert!(err("rollback.probe_share", 0.6).starts_with("rollback.probe_share: 0.6 is outside 0-0.5"));
-        assert!(err("rollback.probe_after_s", 3_000_000).starts_with("rollback.probe_after_s: 3000000 is above 30 days"));
+        assert!(err("rollback.probe_after_s", 3_000_000)
+            .starts_with("rollback.probe_after_s: 3000000 is above 30 days"));
         assert_eq!((c.rollback.probe_share, c.rollback.probe_after_s), (0.05, 300));
     }
 }

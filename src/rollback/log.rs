@@ -60,7 +60,18 @@ mod tests {
             e.describe(name),
             "feature new_checkout lifted in device=tablet: its probe shows the harm gone (evidence 12.0 ≥ 11.9)"
         );
-        let e = Event::SampleRatioMismatch { feature: 0, probe: true, drawn_off: 90, drawn: 100, share: 0.95, evidence: 9.0 };
-        assert!(e.describe(name).contains("90 of 100 block-probe draws off, configured 0.95"), "{}", e.describe(name));
+        let e = Event::SampleRatioMismatch {
+            feature: 0,
+            probe: true,
+            drawn_off: 90,
+            drawn: 100,
+            share: 0.95,
+            evidence: 9.0,
+        };
+        assert!(
+            e.describe(name).contains("90 of 100 block-probe draws off, configured 0.95"),
+            "{}",
+            e.describe(name)
+        );
     }
 }

@@ -377,7 +377,11 @@ impl Counts {
     pub fn is_empty(&self) -> bool {
         self.stack.iter().flatten().flatten().all(|t| t.n == 0)
             && self.baseline.iter().all(|t| t.n == 0)
-            && self.arms.iter().chain(&self.probes).all(|a| a.cells.iter().flatten().all(|t| t.n == 0) && a.drawn == [0, 0])
+            && self
+                .arms
+                .iter()
+                .chain(&self.probes)
+                .all(|a| a.cells.iter().flatten().all(|t| t.n == 0) && a.drawn == [0, 0])
     }
 
     /// Records one response; `slow_ms` is the slow cut in force.
@@ -648,18 +652,51 @@ impl Blocks {
 /// the test's ln mixture ratio, `needed` the level it had to reach.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Suspect { cell: usize, kpi: usize, evidence: f64 },
-    Cleared { cell: usize },
-    Blocked { feature: usize, cell: usize, kpi: usize, evidence: f64, needed: f64 },
-    Killed { feature: usize, kpi: usize, evidence: f64 },
-    Reverted { kpi: usize, evidence: f64 },
-    Recovered { feature: usize },
+    Suspect {
+        cell: usize,
+        kpi: usize,
+        evidence: f64,
+    },
+    Cleared {
+        cell: usize,
+    },
+    Blocked {
+        feature: usize,
+        cell: usize,
+        kpi: usize,
+        evidence: f64,
+        needed: f64,
+    },
+    Killed {
+        feature: usize,
+        kpi: usize,
+        evidence: f64,
+    },
+    Reverted {
+        kpi: usize,
+        evidence: f64,
+    },
+    Recovered {
+        feature: usize,
+    },
     /// The probe shows the harm gone in `cell` (a whole block, or a pair of a
     /// single block that stays blocked in its other pairs: narrowed).
-    Lifted { feature: usize, cell: usize, evidence: f64, needed: f64 },
+    Lifted {
+        feature: usize,
+        cell: usize,
+        evidence: f64,
+        needed: f64,
+    },
     /// A feature's exploration (or, `probe`, block-probe) draws do not match
     /// the configured `share` off.
-    SampleRatioMismatch { feature: usize, probe: bool, drawn_off: u32, drawn: u32, share: f64, evidence: f64 },
+    SampleRatioMismatch {
+        feature: usize,
+        probe: bool,
+        drawn_off: u32,
+        drawn: u32,
+        share: f64,
+        evidence: f64,
+    },
 }
 
 /// The alarm levels (ln mixture ratio) of one evaluation, from the budget.
@@ -745,14 +782,24 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         let bit = 1u64 << f;
         // The sample-ratio checks: exploration draws off at `explore_share`,
         // probe draws off (blocked) at `1 − probe_share`.
-        let splits = [(false, &counts.arms[f], policy.explore_share), (true, &counts.probes[f], 1.0 - policy.probe_share)];
+        let splits = [
+            (false, &counts.arms[f], policy.explore_share),
+            (true, &counts.probes[f], 1.0 - policy.probe_share),
+        ];
         for (probe, arms, share) in splits {
             let drawn_off = arms.drawn[1];
             let drawn = arms.drawn[0].saturating_add(drawn_off);
             let srm = ln_ratio(u64::from(drawn_off), u64::from(drawn), share);
             if blocks.srm & bit == 0 && share > 0.0 && share < 1.0 && srm >= levels.srm {
                 blocks.srm |= bit;
-                events.push(Event::SampleRatioMismatch { feature: f, probe, drawn_off, drawn, share, evidence: srm });
+                events.push(Event::SampleRatioMismatch {
+                    feature: f,
+                    probe,
+                    drawn_off,
+                    drawn,
+                    share,
+                    evidence: srm,
+                });
             }
         }
         if blocks.killed & bit != 0 || blocks.srm & bit != 0 {
@@ -859,8 +906,20 @@ fn gone(policy: &Policy, probe: &Arms, c: usize) -> Option<f64> {
     let pi = f64::from(on.n) / (f64::from(on.n) + f64::from(off.n));
     (0..KPIS)
         .filter(|&k| on.bad[k] + off.bad[k] > 0)
-        .map(|k| ln_no_harm(u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k]), pi, PROBE_RHO))
+        .map(|k| {
+            ln_no_harm(u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k]), pi, PROBE_RHO)
+        })
         .reduce(f64::min)
+}
+
+/// A blocked single cell's pairs along one other attribute: the ones its
+/// probe shows clean (with their evidence), the others, and the clean ones'
+/// traffic.
+#[derive(Default)]
+struct Split {
+    clean: Vec<(usize, f64)>,
+    still: Vec<usize>,
+    size: u64,
 }
 
 /// Lifts what feature `f`'s probe shows clean, each test at its block's
@@ -868,7 +927,14 @@ fn gone(policy: &Policy, probe: &Arms, c: usize) -> Option<f64> {
 /// pairs along one other attribute that are clean (the attribute whose clean
 /// pairs hold the most traffic), the others staying blocked — the block
 /// narrowed to where its harm is. A lifted cell leaves the probe's tallies.
-fn lift(policy: &Policy, levels: &Levels, counts: &mut Counts, blocks: &mut Blocks, f: usize, events: &mut Vec<Event>) {
+fn lift(
+    policy: &Policy,
+    levels: &Levels,
+    counts: &mut Counts,
+    blocks: &mut Blocks,
+    f: usize,
+    events: &mut Vec<Event>,
+) {
     let mut mask = blocks.cells[f];
     let mut lifted: Vec<(usize, f64, f64)> = Vec::new();
     let probe = &counts.probes[f];
@@ -881,23 +947,25 @@ fn lift(policy: &Policy, levels: &Levels, counts: &mut Counts, blocks: &mut Bloc
         if c >= CELLS {
             continue;
         }
-        let mut best: Option<(u64, Vec<(usize, f64)>, Vec<usize>)> = None;
-        for g in (0..GROUPS).filter(|&g| g != cells::group(c)) {
-            let (mut clean, mut still, mut size) = (Vec::new(), Vec::new(), 0u64);
+        let split = |g: usize| {
+            let mut out = Split::default();
             for p in siblings(cells::GROUP_START[g]).filter_map(|o| cells::pair(c, o)) {
                 match gone(policy, probe, p).filter(|&e| e >= levels.pair) {
                     Some(e) => {
-                        clean.push((p, e));
-                        size += u64::from(counts.traffic.get(p).copied().unwrap_or(0));
+                        out.clean.push((p, e));
+                        out.size += u64::from(counts.traffic.get(p).copied().unwrap_or(0));
                     }
-                    None => still.push(p),
+                    None => out.still.push(p),
                 }
             }
-            if !clean.is_empty() && best.as_ref().is_none_or(|b| size > b.0) {
-                best = Some((size, clean, still));
-            }
-        }
-        if let Some((_, clean, still)) = best {
+            out
+        };
+        let best = (0..GROUPS)
+            .filter(|&g| g != cells::group(c))
+            .map(split)
+            .filter(|s| !s.clean.is_empty())
+            .reduce(|a, b| if b.size > a.size { b } else { a });
+        if let Some(Split { clean, still, .. }) = best {
             unset(&mut mask, c);
             still.into_iter().for_each(|p| set(&mut mask, p));
             lifted.extend(clean.into_iter().map(|(p, e)| (p, e, levels.pair)));

@@ -320,7 +320,11 @@ impl Blocks {
             out.since[f] = self.since.get(s).copied().unwrap_or(0);
             out.blocked_at[f] = self.blocked_at.get(s).copied().unwrap_or(0);
             if s < 64 && f < 64 {
-                for (to, from) in [(&mut out.killed, self.killed), (&mut out.srm, self.srm), (&mut out.probing, self.probing)] {
+                for (to, from) in [
+                    (&mut out.killed, self.killed),
+                    (&mut out.srm, self.srm),
+                    (&mut out.probing, self.probing),
+                ] {
                     *to |= ((from >> s) & 1) << f;
                 }
             }
@@ -485,7 +489,11 @@ pub(crate) mod tests {
         counts.record_draws(0, 0, 0b010, 0);
         let probe_on = counts.probes[1].cells[crate::rollback::OVERALL][0];
         let arm_on = counts.arms[1].cells[crate::rollback::OVERALL][0];
-        assert_eq!((probe_on.n, counts.probes[1].drawn, arm_on.n), (1, [1, 0], 1), "a probe stays out of the arms");
+        assert_eq!(
+            (probe_on.n, counts.probes[1].drawn, arm_on.n),
+            (1, [1, 0], 1),
+            "a probe stays out of the arms"
+        );
         counts.record(&Exposure { stack: Some(Stack::Old), ..exposure(0, 0) }, bad(false), 1000);
         let from = names(&["a", "b", "c"]);
         let mut bytes = Vec::new();

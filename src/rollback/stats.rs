@@ -136,7 +136,7 @@ pub fn ln_harm(bad_on: u64, bad: u64, pi: f64) -> f64 {
 /// big is lifted with probability at most α however often it is looked at.
 /// 0 without events: nothing tells.
 pub fn ln_no_harm(bad_on: u64, bad: u64, pi: f64, rho: f64) -> f64 {
-    if bad == 0 || !(pi > 0.0 && pi < 1.0) || !(rho > 1.0) {
+    if bad == 0 || !(pi > 0.0 && pi < 1.0) || rho.is_nan() || rho <= 1.0 {
         return 0.0;
     }
     let (x, k) = (bad_on.min(bad) as f64, bad as f64);

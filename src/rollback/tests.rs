@@ -258,8 +258,14 @@ fn merge_adds_tallies() {
     let cl = cells(&profile(2, None, None));
     let mut a = Counts::new(1);
     let mut b = Counts::new(1);
-    let x =
-        Exposure { stack: Some(Stack::New), cells: cl, enabled: 1, randomised: 1, explored: 1, ..Exposure::default() };
+    let x = Exposure {
+        stack: Some(Stack::New),
+        cells: cl,
+        enabled: 1,
+        randomised: 1,
+        explored: 1,
+        ..Exposure::default()
+    };
     a.record(&x, Outcome { error: true, ..Outcome::default() }, 1000);
     b.record(&Exposure { enabled: 0, drawn_off: 1, ..x }, Outcome::default(), 1000);
     a.merge(&b);
