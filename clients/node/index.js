@@ -53,6 +53,7 @@ const REASONS = {
   holdout: R.SPLIT,
   rolled_back: R.DISABLED,
   exploring: R.SPLIT,
+  probing: R.SPLIT,
 };
 
 /** Evaluation context for one request from its headers (object or Headers/Map). */

@@ -8,6 +8,7 @@ which echo what they received.
 
 import json
 import time
+from collections import Counter
 
 import pytest
 
@@ -64,6 +65,12 @@ def slowed_config():
     return c
 
 
+def probed_config():
+    c = rollback_config("probed")
+    c["rollback"].update({"probe_share": 0.2, "probe_after_s": 2})
+    return c
+
+
 LISTENERS = {
     "demo": DEMO,
     "rules": RULES,
@@ -72,6 +79,7 @@ LISTENERS = {
     "harmed": rollback_config("harmed"),
     "steady": rollback_config("steady"),
     "slowed": slowed_config(),
+    "probed": probed_config(),
 }
 
 
@@ -391,6 +399,39 @@ def test_planted_regression_is_rolled_back_in_its_cell_within_seconds(env):
     assert tablets and all(d["features"]["new_checkout"]["reason"] == "rolled_back" for d in tablets)
     assert others and all(d["features"]["new_checkout"]["reason"] != "rolled_back" for d in others)
     assert all(d["features"]["search_v2"]["reason"] != "rolled_back" for d in tail), "the innocent feature stays"
+
+
+def test_a_settled_block_is_probed_at_probe_share_across_workers(env):
+    """rollback.probe_after_s 2, probe_share 0.2: after the block settles, a fifth
+    of the blocked tablets get new_checkout back (reason probing, p_on 0.2 on both
+    arms); the split is the configured one across both workers (no sample-ratio
+    halt) and the harm, which stays, is not lifted."""
+    envoy = env["envoy"]
+    stat = "wasmcustom.augur_rollback_events_total.rollout.probed.kind."
+    c = Client(env["ports"]["probed"])
+    sent, blocked_at = [], None
+    try:
+        for i, h in enumerate(rollback_traffic(20000, harm=True)):
+            c.request(h)
+            sent.append((time.monotonic(), h["x-request-id"]))
+            if blocked_at is None and i % 50 == 0 and envoy.counters().get(stat + "blocked", 0) > 0:
+                blocked_at = time.monotonic()
+            if blocked_at is not None and time.monotonic() > blocked_at + 5:
+                break
+    finally:
+        c.close()
+    assert blocked_at is not None, "no rollback: " + envoy.log()[-2000:]
+    ids = [rid for t, rid in sent if t > blocked_at + 2.6]
+    recs = records_for(env, "probed", [sent[-1][1]])
+    decisions = [recs[r]["decision"] for r in ids if r in recs]
+    tablets = [d["features"]["new_checkout"] for d in decisions if d["device"] == "tablet"]
+    reasons = Counter(f["reason"] for f in tablets)
+    assert len(tablets) > 100 and set(reasons) <= {"rolled_back", "probing"}, reasons
+    kept = reasons["probing"] / len(tablets)
+    assert 0.1 <= kept <= 0.3, reasons
+    assert all(f.get("p_on") == 0.2 for f in tablets), "both arms carry the probe's design"
+    counters = envoy.counters()
+    assert counters.get(stat + "srm", 0) == 0 and counters.get(stat + "lifted", 0) == 0, envoy.log()[-2000:]
 
 
 def test_no_rollback_on_noise(env):

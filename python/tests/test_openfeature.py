@@ -34,6 +34,17 @@ APPS = {
 }
 
 
+def test_both_providers_map_every_reason_the_filter_gives():
+    schema = json.loads(subprocess.run([str(harness.AUGUR_CLI), "schema"], capture_output=True, text=True, check=True).stdout)
+    node = subprocess.run(
+        ["node", "-e", "console.log(JSON.stringify(Object.keys(require(process.argv[1]).REASONS)))", str(ROOT / "clients" / "node")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "probing" in schema["reasons"] and len(schema["reasons"]) >= 19, schema["reasons"]
+    assert sorted(REASONS) == sorted(schema["reasons"]), "Python provider"
+    assert sorted(json.loads(node)) == sorted(schema["reasons"]), "Node provider"
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     work = tmp_path_factory.mktemp("openfeature")

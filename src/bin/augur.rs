@@ -2,7 +2,8 @@
 //! what it encodes, validates and decides is exactly what Envoy will do.
 //!
 //! ```text
-//! augur schema                          the feature-vector encoding, as JSON
+//! augur schema                          the feature-vector encoding, the rollback cells and
+//!                                       the decision reasons, as JSON
 //! augur encode --config C.json          JSONL of header objects on stdin → JSONL vectors
 //! augur decide --config C.json          JSONL of header objects on stdin → decision records
 //! augur check-config C.json [--envoy E.yaml]
@@ -81,8 +82,9 @@ fn run(args: &[String]) -> Result<(), String> {
                 .map(|(i, s)| serde_json::json!({"index": i, "name": s.name, "doc": s.doc}))
                 .collect();
             let cells: Vec<String> = (0..augur::rollback::CELLS).map(augur::rollback::cell_name).collect();
+            let reasons: Vec<&str> = augur::flags::Reason::ALL.iter().map(|r| r.as_str()).collect();
             let v = serde_json::json!({"schema": SCHEMA_ID, "dim": INPUT_DIM, "slots": slots, "cells": cells,
-                "impacts": ["performance_cost", "error_risk", "engagement", "security_risk"]});
+                "impacts": ["performance_cost", "error_risk", "engagement", "security_risk"], "reasons": reasons});
             println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             Ok(())
         }

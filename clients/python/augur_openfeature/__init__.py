@@ -62,6 +62,7 @@ REASONS = {
     "holdout": Reason.SPLIT,
     "rolled_back": Reason.DISABLED,
     "exploring": Reason.SPLIT,
+    "probing": Reason.SPLIT,
 }
 
 

@@ -31,7 +31,7 @@ UAS = {
 REGIONS = ["us", "eu", "apac", "latam"]
 # Not decided by configuration, so proxies may differ on them: an exploration
 # draw (random per request) and an in-proxy block (each proxy's local guard).
-LOCAL_REASONS = {"exploring", "rolled_back"}
+LOCAL_REASONS = {"exploring", "rolled_back", "probing"}
 
 
 class Proxy:
