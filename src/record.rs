@@ -17,8 +17,8 @@
 //! filter (`null` without one), for correlation only.
 //! `x` is the model input vector (see `augur schema`), 4 decimals; `score` is
 //! absent when the model did not score the feature on this request;
-//! `randomised` marks features whose on/off state was random (A/B holdout or
-//! exploration) — the requests an unbiased on/off comparison may use, in the arm
+//! `randomised` marks features whose on/off state was random (A/B holdout,
+//! exploration, or a block's probe) — the requests an unbiased on/off comparison may use, in the arm
 //! `on` says, `p_on` the chance by design that it was on (`Decision::p_on`:
 //! designs differ across requests, so pooled analyses weigh by it); `cells`
 //! are the request's rollback cells, one per attribute group (names: `augur

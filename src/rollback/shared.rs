@@ -525,6 +525,8 @@ pub(crate) mod tests {
         previous.push(5);
         let blocks_at = 4 + 1 + 2 + from.iter().map(|n| 1 + n.len()).sum::<usize>();
         previous.extend_from_slice(&bytes[5..blocks_at]);
+        // The format-5 blocks layout, written out here on purpose: a frozen
+        // copy, not the encoder (which moves on with the format).
         let mut old = Vec::new();
         let mut w = Writer(&mut old);
         w.u64(blocks.killed);
