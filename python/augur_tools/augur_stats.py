@@ -10,6 +10,11 @@ against a uniform prior on the harmful side,
 
 is a supermartingale, so P(M ever ≥ 1/α) ≤ α however often it is looked at.
 
+No-harm test (the block probe's lift): the likelihood ratio of "no harm" (each
+event on the probed arm with probability `pi`) against a harm that multiplies
+its bad rate by `rho` (probability rho·pi / (rho·pi + 1 − pi)), a supermartingale
+under any harm of `rho` or more.
+
 Sample-ratio test (two-sided): `x` of `n` draws where a share `p0` was
 configured; M = B(x+1, n-x+1) / (p0^x (1-p0)^(n-x)).
 
@@ -27,7 +32,8 @@ PAIRS = 265
 SCREEN_ALPHA = 0.05
 SRM_ALPHA = 0.001
 # The filter's rollback defaults (Policy::default(); `augur stat` {"test": "defaults"}).
-DEFAULTS = {"alpha": 0.01, "min_samples": 20, "kill_after_cells": 4, "explore_share": 0.5}
+DEFAULTS = {"alpha": 0.01, "min_samples": 20, "kill_after_cells": 4, "explore_share": 0.5,
+            "probe_share": 0.05, "probe_after_s": 300, "probe_rho": 2.0}
 
 
 def ln_harm(bad_on, bad, pi):
@@ -43,6 +49,15 @@ def ln_harm(bad_on, bad, pi):
         return -math.log1p(-pi) - math.log(slope) if slope > 0 else 0.0
     ln_integral = special.betaln(x + 1, k - x + 1) + tail
     return ln_integral - math.log1p(-pi) - x * math.log(pi) - (k - x) * math.log1p(-pi)
+
+
+def ln_no_harm(bad_on, bad, pi, rho=DEFAULTS["probe_rho"]):
+    """ln of the evidence that a block's harm is gone; 0 without events."""
+    if bad <= 0 or not 0.0 < pi < 1.0 or not rho > 1.0:
+        return 0.0
+    x, k = float(min(bad_on, bad)), float(bad)
+    q = rho * pi / (rho * pi + 1.0 - pi)
+    return x * math.log(pi / q) + (k - x) * math.log((1.0 - pi) / (1.0 - q))
 
 
 def ln_ratio(x, n, p0):

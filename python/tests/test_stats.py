@@ -17,12 +17,14 @@ def ask(queries):
     return [json.loads(line) for line in p.stdout.splitlines()]
 
 
-def test_harm_and_ratio_evidence_agree_with_scipy():
+def test_harm_no_harm_and_ratio_evidence_agree_with_scipy():
     rng = random.Random(11)
     queries = []
     for _ in range(300):
         k = rng.choice([0, 1, 3, 10, 40, 200, 1500, 20000])
         queries.append({"test": "harm", "bad_on": rng.randint(0, k), "bad": k, "pi": rng.choice([0.02, 0.3, 0.5, 0.9])})
+        queries.append({"test": "no_harm", "bad_on": rng.randint(0, k), "bad": k, "pi": rng.choice([0.05, 0.2, 0.5]),
+                        "rho": rng.choice([1.5, 2.0, 3.0])})
         n = rng.choice([0, 1, 25, 400, 10000, 200000])
         queries.append({"test": "ratio", "x": rng.randint(0, n), "n": n, "p0": rng.choice([0.1, 0.5, 0.7])})
     answers = ask(queries)
@@ -30,6 +32,8 @@ def test_harm_and_ratio_evidence_agree_with_scipy():
     for q, a in zip(queries, answers):
         if q["test"] == "harm":
             want = augur_stats.ln_harm(q["bad_on"], q["bad"], q["pi"])
+        elif q["test"] == "no_harm":
+            want = augur_stats.ln_no_harm(q["bad_on"], q["bad"], q["pi"], q["rho"])
         else:
             want = augur_stats.ln_ratio(q["x"], q["n"], q["p0"])
         # Where events sit far below the arm's share (ln M ≪ 0, no evidence of
@@ -50,6 +54,8 @@ def test_alarm_levels_are_the_same_budget_split():
 def test_rollback_defaults_are_the_filters():
     (got,) = ask([{"test": "defaults"}])
     assert got == augur_stats.DEFAULTS
+    (default_rho,) = ask([{"test": "no_harm", "bad_on": 3, "bad": 200, "pi": 0.05}])
+    assert default_rho["ln_m"] == pytest.approx(augur_stats.ln_no_harm(3, 200, 0.05), rel=1e-12)
 
 
 def test_bad_queries_are_refused_with_the_field():

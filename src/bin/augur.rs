@@ -19,7 +19,8 @@
 //!                                       runtime and rollback on a simulated clock
 //! ```
 //!
-//! `augur stat` answers `{"test": "harm", "bad_on": x, "bad": k, "pi": p}`,
+//! `augur stat` answers `{"test": "harm", "bad_on": x, "bad": k, "pi": p}`, the
+//! block probe's lift test `{"test": "no_harm", …, "rho": r}` (`rho` defaults to the filter's),
 //! `{"test": "ratio", "x": x, "n": n, "p0": p}` with `{"ln_m": …}`, and
 //! `{"test": "levels", "alpha": a, "features": f}` with the alarm levels of each
 //! family, and `{"test": "defaults"}` with the rollback defaults the levels and
@@ -200,6 +201,12 @@ fn stat(q: &serde_json::Value) -> Result<serde_json::Value, String> {
         Some("harm") => {
             Ok(serde_json::json!({"ln_m": stats::ln_harm(count("bad_on")?, count("bad")?, num("pi")?)}))
         }
+        Some("no_harm") => {
+            let rho = q.get("rho").and_then(serde_json::Value::as_f64).unwrap_or(augur::rollback::PROBE_RHO);
+            Ok(
+                serde_json::json!({"ln_m": stats::ln_no_harm(count("bad_on")?, count("bad")?, num("pi")?, rho)}),
+            )
+        }
         Some("ratio") => {
             Ok(serde_json::json!({"ln_m": stats::ln_ratio(count("x")?, count("n")?, num("p0")?)}))
         }
@@ -212,9 +219,13 @@ fn stat(q: &serde_json::Value) -> Result<serde_json::Value, String> {
         Some("defaults") => {
             let p = Policy::default();
             Ok(serde_json::json!({"alpha": p.alpha, "min_samples": p.min_samples,
-                "kill_after_cells": p.kill_after_cells, "explore_share": p.explore_share}))
+                "kill_after_cells": p.kill_after_cells, "explore_share": p.explore_share,
+                "probe_share": p.probe_share, "probe_after_s": p.probe_after_s, "probe_rho": augur::rollback::PROBE_RHO}))
         }
-        _ => Err("stat query needs \"test\": \"harm\", \"ratio\", \"levels\" or \"defaults\"".into()),
+        _ => {
+            Err("stat query needs \"test\": \"harm\", \"no_harm\", \"ratio\", \"levels\" or \"defaults\""
+                .into())
+        }
     }
 }
 

@@ -74,7 +74,7 @@ const EXPLORE_MAX: u32 = 3000;
 const QUIET_S: u64 = 120;
 /// The harm a block's lift rules out: the probed arm's bad rate twice the
 /// blocked arm's, on every KPI that has events.
-const PROBE_RHO: f64 = 2.0;
+pub const PROBE_RHO: f64 = 2.0;
 
 /// One response's KPIs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
