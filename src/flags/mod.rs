@@ -19,8 +19,9 @@
 //! order, with reason `rolled_back` when automated rollback blocked it for one
 //! of the request's cells (`auto` features only), `exploring` when it was drawn
 //! for exploration in a suspect cell (`auto` only), or `holdout` when the user is
-//! in the feature's sticky A/B holdout. Features that need it follow
-//! (`prerequisite_off`).
+//! in the feature's sticky A/B holdout. A blocked feature its block's probe
+//! kept on stays on with reason `probing` (unless held out). Features that need
+//! it follow (`prerequisite_off`).
 //!
 //! Flags are decided for every request; on the old stack the engine then turns
 //! every feature off with reason `old_stack` (scores are kept for the record).

@@ -905,10 +905,9 @@ fn gone(policy: &Policy, probe: &Arms, c: usize) -> Option<f64> {
     }
     let pi = f64::from(on.n) / (f64::from(on.n) + f64::from(off.n));
     (0..KPIS)
-        .filter(|&k| on.bad[k] + off.bad[k] > 0)
-        .map(|k| {
-            ln_no_harm(u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k]), pi, PROBE_RHO)
-        })
+        .map(|k| (u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k])))
+        .filter(|&(_, bad)| bad > 0)
+        .map(|(bad_on, bad)| ln_no_harm(bad_on, bad, pi, PROBE_RHO))
         .reduce(f64::min)
 }
 
