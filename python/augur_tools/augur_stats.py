@@ -75,7 +75,8 @@ def threshold(alpha):
 def levels(alpha, features):
     """Alarm levels (ln M) per family: alpha split in four equal parts (single-
     cell blocks, pair-cell blocks, kills, reverts), each Bonferroni over its
-    features × cells × KPIs; screening and sample-ratio levels are fixed."""
+    features × cells × KPIs; screening and sample-ratio levels are fixed (the
+    latter shared by two checks per feature: exploration and probe draws)."""
     f, part = max(features, 1), alpha / 4.0
     return {
         "single": threshold(part / (f * CELLS * KPIS)),
@@ -83,7 +84,7 @@ def levels(alpha, features):
         "kill": threshold(part / (f * KPIS)),
         "revert": threshold(part / KPIS),
         "screen": threshold(SCREEN_ALPHA / (CELLS * KPIS)),
-        "srm": threshold(SRM_ALPHA / f),
+        "srm": threshold(SRM_ALPHA / (2 * f)),
     }
 
 

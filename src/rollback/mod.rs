@@ -281,6 +281,30 @@ impl Arms {
         forget_block(&mut self.cells[..ALL_CELLS], blocked, Some([Tally::default(); 2]), minus);
         self.cells[OVERALL] = [Tally::default(); 2];
     }
+
+    /// Starts over the tallies of `cell` and of the cells inside it (a single
+    /// cell's pairs): a probe's test of a cell newly blocked or lifted. Every
+    /// other cell keeps its tallies — a probed request stays valid evidence for
+    /// the blocks that still hold it.
+    fn clear_inside(&mut self, cell: usize) {
+        for (c, t) in self.cells.iter_mut().enumerate().take(ALL_CELLS) {
+            if c == cell || parents(c).is_some_and(|(a, b)| a == cell || b == cell) {
+                *t = [Tally::default(); 2];
+            }
+        }
+    }
+
+    /// Halves every tally once one nears `u32::MAX` requests: a probe runs for
+    /// as long as its block, and a saturated request count with bad events
+    /// still counting would read as evidence.
+    fn keep_in_range(&mut self) {
+        if self.cells.iter().flatten().any(|t| t.n >= 1 << 31) {
+            for t in self.cells.iter_mut().flatten() {
+                t.n /= 2;
+                t.bad.iter_mut().for_each(|b| *b /= 2);
+            }
+        }
+    }
 }
 
 /// Takes the requests of cell `blocked` out of per-cell tallies `cells`
@@ -540,6 +564,17 @@ pub struct Blocks {
     pub blocked_at: Vec<u64>,
     /// Features whose cell blocks are probed now (set at every sync).
     pub probing: u64,
+    /// Per feature: the KPIs its blocks were raised on (bitmask): a lift must
+    /// show each of them clean.
+    pub kpis: Vec<u8>,
+    /// Features with a lifted block, and those blocked again since: these are
+    /// probed no more until the next epoch (a harm too small for the lift test
+    /// to tell from none would otherwise flap: blocked, lifted, blocked).
+    pub lifted: u64,
+    pub relapsed: u64,
+    /// The `probe_share` (parts per million) the probe tallies were drawn
+    /// with: a push that changes it starts them over (two designs never pool).
+    pub probe_ppm: u32,
     /// Features whose exploration split mismatched: no automated decisions.
     pub srm: u64,
     /// The slow cut in force (ms); 0 until learned.
@@ -591,6 +626,7 @@ impl Blocks {
             cells: vec![[0; MASK_WORDS]; features],
             since: vec![0; features],
             blocked_at: vec![0; features],
+            kpis: vec![0; features],
             quiet_until: vec![0; CELLS],
             ..Blocks::default()
         }
@@ -724,7 +760,8 @@ impl Levels {
             kill: threshold(part / (f * k)),
             revert: threshold(part / k),
             screen: threshold(SCREEN_ALPHA / (CELLS as f64 * k)),
-            srm: threshold(SRM_ALPHA / f),
+            // Two checks per feature: exploration draws and probe draws.
+            srm: threshold(SRM_ALPHA / (2.0 * f)),
         }
     }
 
@@ -753,7 +790,15 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     if !policy.enabled {
         return events;
     }
-    let features = counts.arms.len().min(blocks.cells.len()).min(64);
+    let features = [
+        counts.arms.len(),
+        counts.probes.len(),
+        blocks.cells.len(),
+        blocks.blocked_at.len(),
+        blocks.kpis.len(),
+    ]
+    .into_iter()
+    .fold(64, usize::min);
     let levels = Levels::new(policy, features);
 
     if let Recovery::Probation { seconds } = policy.recovery {
@@ -764,6 +809,9 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
                 blocks.killed &= !(1 << f);
                 counts.arms[f] = Arms::new();
                 counts.probes[f] = Arms::new();
+                blocks.kpis[f] = 0;
+                blocks.lifted &= !(1 << f);
+                blocks.relapsed &= !(1 << f);
                 events.push(Event::Recovered { feature: f });
             }
         }
@@ -774,6 +822,13 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         counts.stack[1] = counts.stack[0];
         counts.stack[0] = [[Tally::default(); ALL_CELLS]; 2];
         blocks.window_s = now_s.max(1);
+    }
+
+    // The probe's design: tallies drawn at another share start over.
+    let ppm = (policy.probe_share * 1e6).round() as u32;
+    if blocks.probe_ppm != ppm {
+        blocks.probe_ppm = ppm;
+        counts.probes.iter_mut().for_each(|p| *p = Arms::new());
     }
 
     // Single cells whose screening tallies a block changed this time.
@@ -805,12 +860,15 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         if blocks.killed & bit != 0 || blocks.srm & bit != 0 {
             continue;
         }
+        counts.probes[f].keep_in_range();
         lift(policy, &levels, counts, blocks, f, &mut events);
         if let Some(c) = choose_block(policy, &levels, &counts.arms[f], &counts.traffic, &blocks.cells[f]) {
             if !blocks.any_block(f) {
                 blocks.since[f] = now_s;
             }
             blocks.blocked_at[f] = now_s;
+            blocks.kpis[f] |= 1 << c.kpi;
+            blocks.relapsed |= blocks.lifted & bit;
             let cell = block_cell(&mut blocks.cells[f], c.cell);
             events.push(Event::Blocked {
                 feature: f,
@@ -823,7 +881,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
             // feature's evidence (other cells, other harms) is kept.
             counts.arms[f].forget(cell);
             // The block's own probe starts with it.
-            counts.probes[f].forget(cell);
+            counts.probes[f].clear_inside(cell);
             // The screen too: the harm just explained must not keep (or make)
             // cells suspect for as long as it stays in the window.
             explained |= counts.forget_screened(cell);
@@ -877,7 +935,7 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
         for f in 0..features {
             let bit = 1u64 << f;
             let settled = now_s.saturating_sub(blocks.blocked_at[f]) >= policy.probe_after_s;
-            if blocks.any_block(f) && (blocks.killed | blocks.srm) & bit == 0 && settled {
+            if blocks.any_block(f) && (blocks.killed | blocks.srm | blocks.relapsed) & bit == 0 && settled {
                 blocks.probing |= bit;
             }
         }
@@ -894,20 +952,24 @@ pub fn evaluate(policy: &Policy, counts: &mut Counts, blocks: &mut Blocks, now_s
     events
 }
 
-/// The probe's evidence that the harm of feature `f`'s block is gone in cell
-/// `c`: the lowest over the KPIs with events ([`ln_no_harm`], against a harm of
-/// [`PROBE_RHO`]); `None` while an arm is short of `min_samples` or no KPI has
-/// had an event.
-fn gone(policy: &Policy, probe: &Arms, c: usize) -> Option<f64> {
+/// The probe's evidence that the harm of a block is gone in cell `c`: the
+/// lowest over the KPIs with events ([`ln_no_harm`], against a harm of
+/// [`PROBE_RHO`]); `None` while an arm is short of `min_samples`, or one of
+/// the KPIs the feature was blocked on (`kpis`) has had no event — a ratio
+/// test cannot tell a harm on it gone from one not seen yet.
+fn gone(policy: &Policy, probe: &Arms, c: usize, kpis: u8) -> Option<f64> {
     let [on, off] = *probe.cells.get(c)?;
     if !policy.enough(on, off) {
         return None;
     }
     let pi = f64::from(on.n) / (f64::from(on.n) + f64::from(off.n));
-    (0..KPIS)
-        .map(|k| (u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k])))
-        .filter(|&(_, bad)| bad > 0)
-        .map(|(bad_on, bad)| ln_no_harm(bad_on, bad, pi, PROBE_RHO))
+    let counts = (0..KPIS).map(|k| (k, u64::from(on.bad[k]), u64::from(on.bad[k]) + u64::from(off.bad[k])));
+    if counts.clone().any(|(k, _, bad)| bad == 0 && kpis & (1 << k) != 0) {
+        return None;
+    }
+    counts
+        .filter(|&(_, _, bad)| bad > 0)
+        .map(|(_, bad_on, bad)| ln_no_harm(bad_on, bad, pi, PROBE_RHO))
         .reduce(f64::min)
 }
 
@@ -925,7 +987,9 @@ struct Split {
 /// level: a blocked cell whose harm is gone; in a blocked single cell, the
 /// pairs along one other attribute that are clean (the attribute whose clean
 /// pairs hold the most traffic), the others staying blocked — the block
-/// narrowed to where its harm is. A lifted cell leaves the probe's tallies.
+/// narrowed to where its harm is. A lifted cell's probe tallies start over.
+/// Nothing is lifted without a running probe, nor for a feature blocked again
+/// after a lift (`Blocks::relapsed`).
 fn lift(
     policy: &Policy,
     levels: &Levels,
@@ -934,11 +998,15 @@ fn lift(
     f: usize,
     events: &mut Vec<Event>,
 ) {
-    let mut mask = blocks.cells[f];
+    let bit = 1u64 << f;
+    if policy.probe_share <= 0.0 || blocks.relapsed & bit != 0 {
+        return; // no probe running: blocks stay as they are
+    }
+    let (mut mask, kpis) = (blocks.cells[f], blocks.kpis[f]);
     let mut lifted: Vec<(usize, f64, f64)> = Vec::new();
     let probe = &counts.probes[f];
     for c in (0..ALL_CELLS).filter(|&c| has(&blocks.cells[f], c)) {
-        if let Some(e) = gone(policy, probe, c).filter(|&e| e >= levels.block(c)) {
+        if let Some(e) = gone(policy, probe, c, kpis).filter(|&e| e >= levels.block(c)) {
             unset(&mut mask, c);
             lifted.push((c, e, levels.block(c)));
             continue;
@@ -946,10 +1014,15 @@ fn lift(
         if c >= CELLS {
             continue;
         }
+        // A pair another block also covers (its other parent, or itself) stays.
+        let covered = |p: usize| {
+            has(&blocks.cells[f], p)
+                || parents(p).is_some_and(|(a, b)| has(&blocks.cells[f], if a == c { b } else { a }))
+        };
         let split = |g: usize| {
             let mut out = Split::default();
             for p in siblings(cells::GROUP_START[g]).filter_map(|o| cells::pair(c, o)) {
-                match gone(policy, probe, p).filter(|&e| e >= levels.pair) {
+                match gone(policy, probe, p, kpis).filter(|&e| e >= levels.pair && !covered(p)) {
                     Some(e) => {
                         out.clean.push((p, e));
                         out.size += u64::from(counts.traffic.get(p).copied().unwrap_or(0));
@@ -971,8 +1044,11 @@ fn lift(
         }
     }
     blocks.cells[f] = mask;
+    if !lifted.is_empty() {
+        blocks.lifted |= bit;
+    }
     for (cell, evidence, needed) in lifted {
-        counts.probes[f].forget(cell);
+        counts.probes[f].clear_inside(cell);
         events.push(Event::Lifted { feature: f, cell, evidence, needed });
     }
 }

@@ -281,6 +281,22 @@ impl Writer<'_> {
     }
 }
 
+fn write_arms(w: &mut Writer<'_>, arms: &Arms) {
+    for t in arms.cells.iter().flatten() {
+        w.tally(t);
+    }
+    w.u32(arms.drawn[0]);
+    w.u32(arms.drawn[1]);
+}
+
+fn read_arms(r: &mut Reader<'_>, arms: &mut Arms) -> Option<()> {
+    for t in arms.cells.iter_mut().flatten() {
+        *t = r.tally()?;
+    }
+    arms.drawn = [r.u32()?, r.u32()?];
+    Some(())
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
@@ -313,17 +329,21 @@ impl Blocks {
         out.reverted = self.reverted;
         out.slow_ms = self.slow_ms;
         out.window_s = self.window_s;
+        out.probe_ppm = self.probe_ppm;
         out.quiet_until.clone_from(&self.quiet_until);
         for (f, from) in map.iter().enumerate() {
             let Some(s) = *from else { continue };
             out.cells[f] = self.cells.get(s).copied().unwrap_or([0; MASK_WORDS]);
             out.since[f] = self.since.get(s).copied().unwrap_or(0);
             out.blocked_at[f] = self.blocked_at.get(s).copied().unwrap_or(0);
+            out.kpis[f] = self.kpis.get(s).copied().unwrap_or(0);
             if s < 64 && f < 64 {
                 for (to, from) in [
                     (&mut out.killed, self.killed),
                     (&mut out.srm, self.srm),
                     (&mut out.probing, self.probing),
+                    (&mut out.lifted, self.lifted),
+                    (&mut out.relapsed, self.relapsed),
                 ] {
                     *to |= ((from >> s) & 1) << f;
                 }
@@ -343,15 +363,19 @@ impl Blocks {
         w.u32(self.slow_ms);
         w.u64(self.window_s);
         w.u64(self.probing);
+        w.u64(self.lifted);
+        w.u64(self.relapsed);
+        w.u32(self.probe_ppm);
         for q in &self.quiet_until {
             w.u64(*q);
         }
-        for ((mask, since), at) in self.cells.iter().zip(&self.since).zip(&self.blocked_at) {
+        for (f, mask) in self.cells.iter().enumerate() {
             for word in mask {
                 w.u64(*word);
             }
-            w.u64(*since);
-            w.u64(*at);
+            w.u64(self.since.get(f).copied().unwrap_or(0));
+            w.u64(self.blocked_at.get(f).copied().unwrap_or(0));
+            w.u32(u32::from(self.kpis.get(f).copied().unwrap_or(0)));
         }
     }
 
@@ -374,6 +398,9 @@ impl Blocks {
         b.window_s = r.u64()?;
         if probed {
             b.probing = r.u64()?;
+            b.lifted = r.u64()?;
+            b.relapsed = r.u64()?;
+            b.probe_ppm = r.u32()?;
         }
         for q in b.quiet_until.iter_mut() {
             *q = r.u64()?;
@@ -384,6 +411,9 @@ impl Blocks {
             }
             b.since[f] = r.u64()?;
             b.blocked_at[f] = if probed { r.u64()? } else { b.since[f] };
+            // Before format 6 the block's KPI was not kept: a lift then has to
+            // show every KPI that has events clean.
+            b.kpis[f] = if probed { u8::try_from(r.u32()?).ok()? } else { 0 };
         }
         r.0.is_empty().then_some(b)
     }
@@ -408,12 +438,16 @@ impl Counts {
         for n in self.latency.iter().flatten().chain(&self.explored).chain(&self.traffic) {
             w.u32(*n);
         }
-        for arms in self.arms.iter().chain(&self.probes) {
-            for t in arms.cells.iter().flatten() {
-                w.tally(t);
+        for arms in &self.arms {
+            write_arms(&mut w, arms);
+        }
+        // Probes only where a feature has one (most have none): a presence word each.
+        for probe in &self.probes {
+            let present = probe.drawn != [0, 0] || probe.cells.iter().flatten().any(|t| t.n != 0);
+            w.u32(u32::from(present));
+            if present {
+                write_arms(&mut w, probe);
             }
-            w.u32(arms.drawn[0]);
-            w.u32(arms.drawn[1]);
         }
     }
 
@@ -427,11 +461,15 @@ impl Counts {
         for n in c.latency.iter_mut().flatten().chain(c.explored.iter_mut()).chain(c.traffic.iter_mut()) {
             *n = r.u32()?;
         }
-        for arms in c.arms.iter_mut().chain(c.probes.iter_mut()) {
-            for t in arms.cells.iter_mut().flatten() {
-                *t = r.tally()?;
+        for arms in c.arms.iter_mut() {
+            read_arms(&mut r, arms)?;
+        }
+        for probe in c.probes.iter_mut() {
+            match r.u32()? {
+                0 => {}
+                1 => read_arms(&mut r, probe)?,
+                _ => return None,
             }
-            arms.drawn = [r.u32()?, r.u32()?];
         }
         r.0.is_empty().then_some(c)
     }
@@ -483,6 +521,8 @@ pub(crate) mod tests {
         blocks.quiet_until[3] = 99;
         blocks.blocked_at = vec![8, 9, 10];
         blocks.probing = 0b010;
+        blocks.kpis = vec![0b001, 0b100, 0b011];
+        (blocks.lifted, blocks.relapsed, blocks.probe_ppm) = (0b011, 0b001, 50_000);
         let mut counts = Counts::new(3);
         counts.record(&exposure(0b111, 0b111), bad(true), 1000);
         counts.record(&Exposure { probed: 0b010, ..exposure(0b010, 0) }, bad(true), 1000);
@@ -505,6 +545,10 @@ pub(crate) mod tests {
         assert_eq!(b.cells, vec![[0; MASK_WORDS], blocks.cells[2], blocks.cells[0]]);
         assert_eq!(b.since, vec![0, 7, 5]);
         assert_eq!((b.blocked_at, b.probing), (vec![0, 10, 8], 0), "b's probe went with b");
+        assert_eq!(
+            (b.kpis, b.lifted, b.relapsed, b.probe_ppm),
+            (vec![0, 0b011, 0b001], 0b100, 0b100, 50_000)
+        );
         assert_eq!(b.killed, 0b010, "c's kill follows c");
         assert_eq!(b.srm, 0b100, "a's sample-ratio flag follows a");
         assert_eq!((b.suspect, b.slow_ms, b.quiet_until[3]), (blocks.suspect, 42, 99));
@@ -543,7 +587,15 @@ pub(crate) mod tests {
         previous.extend_from_slice(&(old.len() as u32).to_le_bytes());
         previous.extend_from_slice(&old);
         previous.extend_from_slice(b"older counts");
-        let want = Blocks { blocked_at: blocks.since.clone(), probing: 0, ..blocks.clone() };
+        let want = Blocks {
+            blocked_at: blocks.since.clone(),
+            probing: 0,
+            kpis: vec![0; 3],
+            lifted: 0,
+            relapsed: 0,
+            probe_ppm: 0,
+            ..blocks.clone()
+        };
         assert_eq!(decode(&previous, &from), Some((want, Counts::new(3))));
     }
 
