@@ -558,3 +558,20 @@ fn with_exploration_off_no_cell_becomes_suspect() {
         assert_eq!(blocks.suspect, want, "explore_share {share}: {events:?}");
     }
 }
+
+#[test]
+fn a_lift_needs_events_on_every_kpi_its_feature_was_blocked_on() {
+    let policy = Policy::default();
+    let mut probe = Arms::new();
+    // A probe at 5%: errors split as the arms are (no harm), no security events at all.
+    probe.cells[1] = [Tally { n: 2_000, bad: [100, 0, 0] }, Tally { n: 38_000, bad: [1_900, 0, 0] }];
+    let errors = gone(&policy, &probe, 1, 0b001).expect("errors have events");
+    assert!(errors > Levels::new(&policy, 5).single, "{errors}");
+    assert_eq!(gone(&policy, &probe, 1, 0b011), None, "blocked on security too: no event tells it gone");
+    assert_eq!(gone(&policy, &probe, 1, 0), Some(errors), "old state without KPIs: every KPI with events");
+    // Twice the bad rate on the probed arm: evidence against a lift.
+    probe.cells[1][0].bad[0] = 200;
+    assert!(gone(&policy, &probe, 1, 0b001).is_some_and(|e| e < 0.0));
+    probe.cells[1][0].n = 10; // below min_samples
+    assert_eq!(gone(&policy, &probe, 1, 0b001), None);
+}
