@@ -18,6 +18,8 @@ const DEMO: &[u8] = include_bytes!("../envoy/augur-demo.json");
 #[path = "support/request.rs"]
 mod request;
 use request::request;
+#[path = "support/worker.rs"]
+mod worker;
 
 fn stages(c: &mut Criterion) {
     let config = compile(DEMO).expect("demo config");
@@ -64,6 +66,19 @@ fn stages(c: &mut Criterion) {
     c.bench_function("decide/whole", |b| {
         b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
     });
+    let new = compile(&worker::all_new(DEMO)).expect("demo config, all new");
+    let mut states = [Worker::new(&new), Worker::new(&new), Worker::new(&new)];
+    worker::exploring(&mut states[1]);
+    worker::probing(&mut states[2]);
+    for (name, w) in ["quiet", "exploring", "probing"].into_iter().zip(&mut states) {
+        eprintln!(
+            "decide/new_stack/{name}: flag reasons of 1,000: {}",
+            worker::reasons(&new, w, req.as_slice())
+        );
+        c.bench_function(&format!("decide/new_stack/{name}"), |b| {
+            b.iter(|| decide(&new, w, black_box(req.as_slice()), &mut d))
+        });
+    }
 }
 
 /// `config` with `model.engine: "tract"` (the dense kernel off).

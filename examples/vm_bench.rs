@@ -16,6 +16,8 @@ const DEMO: &[u8] = include_bytes!("../envoy/augur-demo.json");
 #[path = "../benches/support/request.rs"]
 mod request;
 use request::request;
+#[path = "../benches/support/worker.rs"]
+mod worker;
 
 /// Mean time per call over `n` calls after `n / 10` warm-up calls; the best of 5 runs.
 fn time(name: &str, n: u32, mut f: impl FnMut()) {
@@ -64,6 +66,14 @@ fn main() {
         augur::record::write(&config, &d, Some("0b6c5f4e-2f2a-4d8e-9a59-5c1e7d2b8f10"), &mut rec)
     });
     time("decide/whole (dense)", n, || decide(&config, &mut worker, black_box(&headers), &mut d));
+    let new = compile(&worker::all_new(DEMO)).unwrap();
+    let mut states = [Worker::new(&new), Worker::new(&new), Worker::new(&new)];
+    worker::exploring(&mut states[1]);
+    worker::probing(&mut states[2]);
+    for (name, w) in ["quiet", "exploring", "probing"].into_iter().zip(&mut states) {
+        time(&format!("decide/new stack {name}"), n, || decide(&new, w, black_box(&headers), &mut d));
+        println!("  (flag reasons of 1,000 such decisions: {})", worker::reasons(&new, w, &headers));
+    }
     let mut tw = Worker::new(&tract);
     time("decide/whole (tract)", n, || decide(&tract, &mut tw, black_box(&headers), &mut d));
 
