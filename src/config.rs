@@ -32,6 +32,10 @@ use crate::{flags, metrics, model, profile, rollback, routing, segments};
 /// Largest accepted plugin configuration, in bytes (JSON, inline model included).
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
+/// Largest `revision`: 2^53 - 1, the largest integer every JSON reader (and
+/// Prometheus's float samples) holds exactly.
+pub const MAX_REVISION: u64 = (1 << 53) - 1;
+
 /// Header names and values the filter emits must be plain lowercase tokens.
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -56,6 +60,11 @@ pub enum GlobalOverride {
 struct RawConfig {
     #[serde(default = "default_name")]
     name: String,
+    /// Set by whoever versions the configuration (the fleet controller: its
+    /// action number); exported as a gauge so a proxy shows which one it serves
+    /// whatever the config plane calls it.
+    #[serde(default)]
+    revision: u64,
     #[serde(rename = "override", default)]
     global_override: GlobalOverride,
     rollout: RawRollout,
@@ -94,6 +103,8 @@ fn default_name() -> String {
 pub struct Config {
     /// The rollout's name: the `rollout` label of every stat and record.
     pub name: String,
+    /// The configuration's revision (`augur_config_revision`), 0 when unset.
+    pub revision: u64,
     pub global_off: bool,
     pub rollout: Rollout,
     pub percentage: f64,
@@ -185,6 +196,12 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
             format!("\"{}\" must be lowercase letters, digits, '-' or '_' (it labels every stat)", raw.name),
         ));
     }
+    if raw.revision > MAX_REVISION {
+        return Err(ConfigError::new(
+            "revision",
+            format!("{} is above {MAX_REVISION} (2^53 - 1, exact in every JSON reader and gauge); count revisions from 1", raw.revision),
+        ));
+    }
     let mut headers =
         ControlHeaders::compile(&raw.control_header_prefix, &raw.previous_control_header_prefixes)?;
     headers.send = control::compile_upstream(&raw.upstream_headers)?;
@@ -200,6 +217,7 @@ pub fn compile_with_model(json: &[u8], default_model: &[u8]) -> Result<Config, C
     let rollout_by_segment = routing::compile_by_segment(&raw.rollout, &segments)?;
     Ok(Config {
         name: raw.name,
+        revision: raw.revision,
         global_off: raw.global_override == GlobalOverride::Off,
         rollout,
         percentage: raw.rollout.percentage,
@@ -248,6 +266,18 @@ mod tests {
         assert!(e.starts_with("features[0].min_scor: unknown field `min_scor`"), "{e}");
         let e = err(TestConfig::rollout(25.0).feature("a", serde_json::json!({"min_score": "high"})));
         assert!(e.starts_with("features[0].min_score: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn the_revision_is_optional_and_bounded() {
+        let base = || TestConfig::rollout(5.0).on("a");
+        assert_eq!(base().compile().unwrap().revision, 0);
+        assert_eq!(base().set("revision", 41).compile().unwrap().revision, 41);
+        assert_eq!(base().set("revision", MAX_REVISION).compile().unwrap().revision, MAX_REVISION);
+        let e = base().set("revision", MAX_REVISION + 1).compile().unwrap_err().to_string();
+        assert!(e.starts_with("revision: 9007199254740992 is above 9007199254740991"), "{e}");
+        let e = base().set("revision", -1).compile().unwrap_err().to_string();
+        assert!(e.starts_with("revision: invalid value: integer `-1`"), "{e}");
     }
 
     #[test]

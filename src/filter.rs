@@ -188,7 +188,7 @@ impl RootContext for AugurRoot {
                     cfg.new_stack
                 );
                 let mut runtime = Runtime::new(cfg, &mut ProxyMetrics);
-                runtime.model_loaded(ProxyHost.now_nanos() / 1_000_000_000, &mut ProxyMetrics);
+                runtime.loaded(ProxyHost.now_nanos() / 1_000_000_000, &mut ProxyMetrics);
                 // Before the first request: the rollout's blocks stay in force.
                 runtime.adopt_shared(&ProxyShared);
                 self.set_tick_period(Duration::from_millis(runtime.tick_period_ms().unwrap_or(0)));

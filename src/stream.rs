@@ -260,10 +260,11 @@ impl Runtime {
         }
     }
 
-    /// Records that this configuration's model is loaded, at `now_secs` (Unix
-    /// time): the `augur_model_loaded_timestamp_seconds` gauge.
-    pub fn model_loaded(&self, now_secs: u64, sink: &mut impl MetricSink) {
-        self.metrics.model_loaded(now_secs, sink);
+    /// Records that this configuration is loaded, at `now_secs` (Unix time):
+    /// the `augur_model_loaded_timestamp_seconds` and `augur_config_revision`
+    /// gauges.
+    pub fn loaded(&self, now_secs: u64, sink: &mut impl MetricSink) {
+        self.metrics.loaded(self.config.revision, now_secs, sink);
     }
 
     /// Hands the batched counter increments to the proxy.

@@ -68,6 +68,8 @@ pub struct Metrics {
     unkeyed: [Option<Counter>; 2],
     /// Gauge: when this configuration's model was loaded (Unix seconds).
     model_loaded: Option<u32>,
+    /// Gauge: the configuration's `revision`.
+    revision: Option<u32>,
     model_errors: Option<Counter>,
     spoofed: Option<Counter>,
     /// Per feature × reason (the reason implies the on/off state).
@@ -170,6 +172,7 @@ impl Metrics {
                 config.model_version
             ),
         );
+        let revision = sink.define(MetricKind::Gauge, &format!("augur_config_revision.rollout.{r}"));
         let exploring_cells = sink.define(MetricKind::Gauge, &format!("augur_exploring_cells.rollout.{r}"));
         let rollback_events = ROLLBACK_EVENTS.map(|k| {
             sink.define(MetricKind::Counter, &format!("augur_rollback_events_total.rollout.{r}.kind.{k}"))
@@ -220,6 +223,7 @@ impl Metrics {
             requests,
             unkeyed,
             model_loaded,
+            revision,
             model_errors,
             spoofed,
             feature_decisions,
@@ -237,10 +241,14 @@ impl Metrics {
         }
     }
 
-    /// Sets the model-loaded gauge to `now_secs` (Unix time).
-    pub fn model_loaded(&self, now_secs: u64, sink: &mut impl MetricSink) {
+    /// Sets the gauges of a configuration just accepted: when its model was
+    /// loaded (`now_secs`, Unix time) and its revision.
+    pub fn loaded(&self, revision: u64, now_secs: u64, sink: &mut impl MetricSink) {
         if let Some(id) = self.model_loaded {
             sink.record(id, now_secs);
+        }
+        if let Some(id) = self.revision {
+            sink.record(id, revision);
         }
     }
 
@@ -419,9 +427,12 @@ mod tests {
         let unkeyed = sink.counter("augur_unkeyed_requests_total.rollout.default.stack.old")
             + sink.counter("augur_unkeyed_requests_total.rollout.default.stack.new");
         assert_eq!(unkeyed, n / 8, "requests without a user id");
-        m.model_loaded(1_700_000_000, &mut sink);
+        m.loaded(7, 1_700_000_000, &mut sink);
         let gauge = "augur_model_loaded_timestamp_seconds.rollout.default.model_version.default-v1";
         assert_eq!(sink.histograms[gauge], vec![1_700_000_000], "the gauge is set (record) once");
+        assert!(sink.names.iter().any(|(k, n)| *k == MetricKind::Gauge && n == gauge));
+        let gauge = "augur_config_revision.rollout.default";
+        assert_eq!(sink.histograms[gauge], vec![7], "the revision gauge is set once");
         assert!(sink.names.iter().any(|(k, n)| *k == MetricKind::Gauge && n == gauge));
         assert_eq!(sink.counter("augur_model_errors_total.rollout.default"), 0);
         let errors = sink.counter("augur_responses_total.rollout.default.stack.old.class.5xx")
