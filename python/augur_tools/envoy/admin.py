@@ -50,3 +50,14 @@ def serving_version(address, name="augur") -> str | None:
     except (OSError, ValueError):
         return None
     return v if isinstance(v, str) else None
+
+
+def serving_revision(address, rollout) -> int | None:
+    """The `revision` of the augur configuration Envoy last accepted for
+    `rollout` (its `augur_config_revision` gauge); None when unreachable or
+    no augur configuration of that rollout was loaded."""
+    try:
+        v = stat(address, f"wasmcustom.augur_config_revision.rollout.{rollout}")
+    except (OSError, ValueError):
+        return None
+    return int(v) if isinstance(v, (int, float)) else None

@@ -21,12 +21,14 @@ most one fleet-wide action:
             `augur inspect-model` and `augur check-config` first)
 
 Each action becomes a new plugin configuration — the rollout's own file plus
-every action taken so far — delivered through Envoy's config plane: the ECDS
-file of every proxy rewritten atomically (temp + rename, what a watched
-`path_config_source` needs). It then reads each proxy's admin
-`extension_config_discovery.http_filter.augur.version_text` until every proxy
-serves the new version, rewrites the file of a proxy that missed it, and writes
-one audit line (JSON: when, what, why, the evidence, which proxies applied).
+every action taken so far, its `revision` the action's number + 1 — delivered
+through Envoy's config plane (`delivery`, see `delivery.py`): the ECDS file of
+every proxy rewritten atomically (temp + rename, what a watched
+`path_config_source` needs), or the mesh's own object (Istio `WasmPlugin`,
+Envoy Gateway `EnvoyExtensionPolicy`) rendered and applied. It then reads each
+proxy's admin `augur_config_revision` gauge until every proxy serves the new
+revision, delivers again to a proxy that missed it, and writes one audit line
+(JSON: when, what, why, the evidence, which proxies applied).
 
 It never acts on data it cannot trust: Prometheus unreachable, a proxy's scrape
 failing or its samples older than `max_scrape_age_s` (e.g. the samples from
@@ -60,15 +62,21 @@ import urllib.request
 from pathlib import Path
 
 from augur_tools import augur_stats
-from augur_tools.envoy import envoyconf
-from augur_tools.loop import retrain, train
+from augur_tools.envoy import admin, envoyconf
+from augur_tools.loop import delivery, retrain, train
 from augur_tools.paths import ROOT
 
 # Settings: name -> (default, meaning). `--print-config` prints them.
 SETTINGS = {
     "rollout": (None, "the rollout's plugin configuration (JSON file); required"),
-    "wasm": (None, "the filter module the proxies load (path written into the ECDS resource); required"),
-    "proxies": (None, "[{name, admin: host:port (also the Prometheus instance), ecds: watched file}]; required"),
+    "wasm": (None, ("the filter module the proxies load (path written into the ECDS resource); required for "
+                    "delivery kind ecds")),
+    "proxies": (None, ("[{name, admin: host:port (also the Prometheus instance), ecds: watched file (delivery "
+                       "kind ecds)}]; required")),
+    "delivery": ({"kind": "ecds"}, ("how actions reach the proxies: {kind: ecds} rewrites each proxy's ECDS file; "
+                                    "{kind: manifest, manifest: Istio WasmPlugin or Envoy Gateway "
+                                    "EnvoyExtensionPolicy YAML, out: the rendered file, apply: command naming "
+                                    "{file}, e.g. [kubectl, apply, -f, {file}]}")),
     "prometheus": ("http://127.0.0.1:9090", "Prometheus base URL"),
     "job": ("augur", "Prometheus job that scrapes the proxies' /stats/prometheus"),
     "interval_s": (1.0, "evaluation period"),
@@ -116,7 +124,12 @@ def load_settings(path) -> dict:
         raise ConfigError(f"{unknown[0]}: unknown setting; known: {', '.join(SETTINGS)}")
     cfg = {k: copy.deepcopy(raw.get(k, d)) for k, (d, _) in SETTINGS.items()}
     base = Path(path).resolve().parent
-    for k in ("rollout", "wasm", "proxies"):
+    try:
+        cfg["delivery"] = delivery.load(cfg["delivery"], base)
+    except delivery.DeliveryError as e:
+        raise ConfigError(str(e)) from None
+    ecds = cfg["delivery"]["kind"] == "ecds"
+    for k in ("rollout", "wasm", "proxies") if ecds else ("rollout", "proxies"):
         if cfg[k] in (None, "", []):
             raise ConfigError(f"{k}: required ({SETTINGS[k][1]})")
     for k in ("rollout", "wasm", "state", "audit", "model_dir", "augur"):
@@ -124,12 +137,13 @@ def load_settings(path) -> dict:
             cfg[k] = str((base / cfg[k]).resolve()) if not Path(cfg[k]).is_absolute() else cfg[k]
     if not Path(cfg["rollout"]).is_file():
         raise ConfigError(f"rollout: {cfg['rollout']} is not a file; give the rollout's plugin configuration (JSON)")
+    need = {"admin", "ecds"} if ecds else {"admin"}
     for i, p in enumerate(cfg["proxies"]):
-        if not isinstance(p, dict) or set(p) - {"name", "admin", "ecds"} or not {"admin", "ecds"} <= set(p):
-            raise ConfigError(f"proxies[{i}]: needs admin (host:port) and ecds (the proxy's watched ECDS file), "
-                              "optional name")
+        if not isinstance(p, dict) or set(p) - {"name", "admin", "ecds"} or not need <= set(p):
+            raise ConfigError(f"proxies[{i}]: needs admin (host:port)"
+                              + (" and ecds (the proxy's watched ECDS file)" if ecds else "") + ", optional name")
         p.setdefault("name", p["admin"])
-        if not Path(p["ecds"]).is_absolute():
+        if "ecds" in p and not Path(p["ecds"]).is_absolute():
             p["ecds"] = str((base / p["ecds"]).resolve())
     for k in ("interval_s", "max_scrape_age_s", "revert_after_s", "verify_timeout_s"):
         if not isinstance(cfg[k], (int, float)) or cfg[k] <= 0:
@@ -421,6 +435,7 @@ def plugin_for(base: dict, state: dict, settings: dict) -> dict:
             f["override"] = "off"
     if state["reverted"]:
         p["override"] = "off"
+    p["revision"] = revision_of(state)
     if state.get("model"):
         p = retrain.candidate_plugin(p, Path(state["model"]["path"]).read_bytes(), state["model"]["version"], {})
     return p
@@ -428,6 +443,12 @@ def plugin_for(base: dict, state: dict, settings: dict) -> dict:
 
 def version_of(facts: dict, state: dict) -> str:
     return f"{facts['name']}.{state['seq']}"
+
+
+def revision_of(state: dict) -> int:
+    """The configuration's `revision` after action `seq` (from 1: 0 is a
+    configuration nobody versioned)."""
+    return state["seq"] + 1
 
 
 def new_state(now: float) -> dict:
@@ -551,32 +572,32 @@ class Controller:
 
     # -- the config plane ---------------------------------------------------
     def serving(self):
-        out = {}
-        for p in self.s["proxies"]:
-            out[p["name"]] = retrain.serving_version(p["admin"])
-        return out
+        """{proxy: the revision it serves} (None: unreachable or not loaded)."""
+        return {p["name"]: admin.serving_revision(p["admin"], self.facts["name"]) for p in self.s["proxies"]}
 
     def deliver(self, version, only=None):
-        """Writes the current configuration into the ECDS file of every proxy
-        (or those in `only`) and waits for them to serve it; returns the proxies
-        serving `version`, after up to `push_attempts` writes each."""
+        """Hands the current configuration to the config plane for every proxy
+        (or those in `only`) and waits for them to serve its revision; returns
+        the proxies serving it, after up to `push_attempts` deliveries."""
         plugin = plugin_for(self.base, self.state, self.s)
+        revision = revision_of(self.state)
         todo = [p for p in self.s["proxies"] if only is None or p["name"] in only]
         for attempt in range(int(self.s["push_attempts"])):
             if attempt:
                 self.metrics.retries += len(todo)
                 self.log("retry", version=version, proxies=[p["name"] for p in todo], attempt=attempt + 1)
-            for p in todo:
-                envoyconf.push_ecds(p["ecds"], plugin, self.s["wasm"], version)
+            failed = delivery.push(self.s["delivery"], plugin, self.s["wasm"], version, todo)
+            if failed:
+                self.log("delivery_failed", version=version, why=failed)
+                continue
             deadline = time.monotonic() + self.s["verify_timeout_s"]
             while todo and time.monotonic() < deadline and not self.stop.is_set():
-                todo = [p for p in todo if retrain.serving_version(p["admin"]) != version]
+                todo = [p for p in todo if admin.serving_revision(p["admin"], self.facts["name"]) != revision]
                 if todo:
                     time.sleep(0.05)
             if not todo:
                 break
-        serving = self.serving()
-        return sorted(n for n, v in serving.items() if v == version)
+        return sorted(n for n, v in self.serving().items() if v == revision)
 
     # -- one evaluation -------------------------------------------------------
     def hold(self, reason, detail, now):
@@ -675,7 +696,7 @@ class Controller:
             return self.hold(*why, now=now)
         version = version_of(self.facts, self.state)
         serving = self.serving()
-        behind = [n for n, v in serving.items() if v != version]
+        behind = [n for n, v in serving.items() if v != revision_of(self.state)]
         if behind:
             applied = self.deliver(version, only=set(behind))
             behind = [n for n in behind if n not in applied]

@@ -1,0 +1,110 @@
+"""How the controller's configurations reach the proxies: Envoy's config plane,
+never a channel of our own.
+
+    ecds      every proxy's watched ECDS file rewritten in one rename (plain
+              Envoy; `proxies[].ecds`)
+    manifest  the mesh's own object rendered with the configuration and handed
+              to the mesh: Istio's `WasmPlugin` (`spec.pluginConfig`) or Envoy
+              Gateway's `EnvoyExtensionPolicy` (`spec.wasm[].config`), written
+              to `out` and applied by the `apply` command (e.g.
+              `["kubectl", "apply", "-f", "{file}"]`); istiod / Envoy Gateway
+              then distribute it to every proxy over xDS.
+
+Either way the controller verifies the same fact afterwards: each proxy's
+`augur_config_revision` gauge (the filter exports the configuration's
+`revision`), since a mesh versions its xDS resources in its own words.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+from augur_tools.envoy import envoyconf
+
+KINDS = ("ecds", "manifest")
+# The mesh objects a manifest may carry the filter in, and where its configuration goes.
+PLUGIN_KINDS = {"WasmPlugin": "spec.pluginConfig", "EnvoyExtensionPolicy": "spec.wasm[].config"}
+APPLY_TIMEOUT_S = 60
+
+
+class DeliveryError(ValueError):
+    """A bad `delivery` setting: names the field and the fix."""
+
+
+def load(raw, base: Path) -> dict:
+    """The validated `delivery` setting, paths resolved against `base`."""
+    if not isinstance(raw, dict) or raw.get("kind") not in KINDS:
+        raise DeliveryError(f"delivery.kind: must be one of {', '.join(KINDS)} (got {raw!r})")
+    fields = {"ecds": {"kind"}, "manifest": {"kind", "manifest", "out", "apply"}}[raw["kind"]]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise DeliveryError(f"delivery.{unknown[0]}: unknown for kind {raw['kind']}; it has {', '.join(sorted(fields))}")
+    d = dict(raw)
+    if d["kind"] == "ecds":
+        return d
+    for k in ("manifest", "out"):
+        if not isinstance(d.get(k), str) or not d[k]:
+            raise DeliveryError(f"delivery.{k}: required for kind manifest (a file path)")
+        d[k] = str(Path(d[k]) if Path(d[k]).is_absolute() else (base / d[k]).resolve())
+    apply = d.get("apply")
+    if not isinstance(apply, list) or not apply or not all(isinstance(a, str) for a in apply) \
+            or not any("{file}" in a for a in apply):
+        raise DeliveryError('delivery.apply: a command as a list of strings naming "{file}", '
+                            'e.g. ["kubectl", "apply", "-f", "{file}"]')
+    try:
+        template = Path(d["manifest"]).read_text()
+    except OSError as e:
+        raise DeliveryError(f"delivery.manifest: {e}") from None
+    render(template, {})  # refuses a manifest without exactly one plugin object, now rather than at the first action
+    return d
+
+
+def render(template: str, plugin: dict) -> str:
+    """The one plugin object of the YAML manifest `template` (a `WasmPlugin` or
+    an `EnvoyExtensionPolicy` with one wasm entry rooted `augur`) with `plugin`
+    as its configuration, as YAML. The manifest's other objects (routes,
+    services) are not the controller's to apply."""
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(template) if isinstance(d, dict)]
+    except yaml.YAMLError as e:
+        raise DeliveryError(f"delivery.manifest: not YAML: {e}") from None
+    found = [d for d in docs if d.get("kind") in PLUGIN_KINDS]
+    if len(found) != 1:
+        raise DeliveryError(f"delivery.manifest: needs exactly one {' or '.join(PLUGIN_KINDS)} object, "
+                            f"found {len(found)} (deploy/istio/wasmplugin.yaml, deploy/envoy-gateway/augur.yaml)")
+    doc = copy.deepcopy(found[0])
+    spec = doc.setdefault("spec", {})
+    if doc["kind"] == "WasmPlugin":
+        spec["pluginConfig"] = plugin
+    else:
+        entries = [w for w in spec.get("wasm") or [] if isinstance(w, dict)]
+        ours = [w for w in entries if w.get("rootID") == "augur"] or (entries if len(entries) == 1 else [])
+        if len(ours) != 1:
+            raise DeliveryError("delivery.manifest: the EnvoyExtensionPolicy needs one spec.wasm entry with "
+                                "rootID augur (the filter's root_id)")
+        ours[0]["config"] = plugin
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def push(delivery: dict, plugin: dict, wasm: str | None, version: str, proxies: list) -> str | None:
+    """Hands `plugin` to the config plane for `proxies` (ecds: their files;
+    manifest: the mesh, for all of them). Returns why it failed, or None."""
+    if delivery["kind"] == "ecds":
+        for p in proxies:
+            envoyconf.push_ecds(p["ecds"], plugin, wasm, version)
+        return None
+    out = Path(delivery["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    envoyconf.write_atomically(out, render(Path(delivery["manifest"]).read_text(), plugin))
+    argv = [a.replace("{file}", str(out)) for a in delivery["apply"]]
+    try:
+        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=APPLY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{argv[0]}: {e}"[:400]
+    if r.returncode != 0:
+        return f"{' '.join(argv)} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-300:]}"
+    return None
