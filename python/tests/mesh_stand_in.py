@@ -26,7 +26,10 @@ def main(argv):
     text = Path(manifest).read_bytes()
     doc = yaml.safe_load(text)
     config = doc["spec"]["pluginConfig"] if doc["kind"] == "WasmPlugin" else doc["spec"]["wasm"][0]["config"]
-    envoyconf.push_ecds(ecds, config, wasm, "mesh-" + hashlib.sha256(text).hexdigest()[:8])
+    version = "mesh-" + hashlib.sha256(text).hexdigest()[:8]
+    envoyconf.push_ecds(ecds, config, wasm, version)
+    with open(f"{ecds}.applied", "a") as log:  # one line per apply, for the test to count
+        log.write(version + "\n")
     return 0
 
 

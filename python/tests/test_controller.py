@@ -11,7 +11,7 @@ import pytest
 
 from augur_tools import augur_stats
 from augur_tools.envoy import harness
-from augur_tools.loop import controller
+from augur_tools.loop import controller, retrain
 
 ROLLOUT = json.loads((harness.ROOT / "deploy" / "fleet" / "rollout.json").read_text())
 FACTS = controller.rollout_facts(ROLLOUT)
@@ -296,6 +296,8 @@ def test_a_crash_around_an_action_neither_repeats_nor_loses_it(tmp_path):
     assert ctl.state["pending"] is None and ctl.state["audited"] == 1
     pushed = json.loads((tmp_path / "ecds" / "augur.json").read_text())
     assert "fleet.1" in json.dumps(pushed), "the ECDS file carries the action's version"
+    _, plugin = retrain.read_ecds(tmp_path / "ecds" / "augur.json")
+    assert plugin["revision"] == 2, "and the configuration its revision (seq + 1)"
     assert ctl.metrics.holds["prometheus_down"] == 3, "then holds: nothing else decided"
 
     (tmp_path / "state.json").write_text(json.dumps(decided))  # the audit line made it, the state did not

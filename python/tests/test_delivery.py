@@ -30,12 +30,18 @@ STAND_IN = Path(__file__).with_name("mesh_stand_in.py")
 def test_the_shipped_manifests_render_with_the_configuration():
     plugin = {"name": "fleet", "revision": 3, "features": [{"name": "a"}]}
     istio = yaml.safe_load(delivery.render(ISTIO.read_text(), plugin))
-    assert istio["kind"] == "WasmPlugin" and istio["spec"]["pluginConfig"] == plugin
-    assert istio["spec"]["url"].startswith("oci://"), "the rest of the object is the template's"
+    assert istio == {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                     "metadata": {"name": "augur", "namespace": "istio-system"}, "spec": {"pluginConfig": plugin}}, \
+        "only what the controller owns: a server-side apply leaves the image, selector and routes alone"
     gateway = yaml.safe_load(delivery.render(GATEWAY.read_text(), plugin))
-    assert gateway["kind"] == "EnvoyExtensionPolicy" and gateway["spec"]["wasm"][0]["config"] == plugin
-    assert gateway["spec"]["wasm"][0]["rootID"] == "augur"
-    assert "VirtualService" not in delivery.render(ISTIO.read_text(), plugin), "routes are not the controller's"
+    assert gateway["kind"] == "EnvoyExtensionPolicy" and gateway["metadata"] == {"name": "augur", "namespace": "shop"}
+    (entry,) = gateway["spec"]["wasm"]
+    assert entry["config"] == plugin and entry["rootID"] == "augur" and entry["code"]["type"] == "Image", \
+        "the wasm entry whole (a list item is applied whole)"
+    assert set(gateway["spec"]) == {"wasm"}, "targetRefs are the operator's"
+    other = GATEWAY.read_text().replace("rootID: augur", "rootID: ratelimit")
+    with pytest.raises(delivery.DeliveryError, match="one spec.wasm entry with rootID augur"):
+        delivery.render(other, plugin)
 
 
 def settings(tmp_path, **kw):
@@ -67,6 +73,11 @@ def test_delivery_errors_name_the_field(tmp_path):
     e = error(delivery=dict(manifest, manifest=str(routes), apply=["x", "{file}"]))
     assert e.startswith("delivery.manifest: needs exactly one WasmPlugin or EnvoyExtensionPolicy object, found 0"), e
     assert error(delivery={"kind": "ecds", "out": "o"}).startswith("delivery.out: unknown for kind ecds")
+    assert error(delivery=dict(manifest, out=str(ISTIO), apply=["x", "{file}"])).startswith(
+        "delivery.out: must not be the manifest itself")
+    assert error(proxies=[{"name": "p", "admin": "127.0.0.1:1", "ecds": "e.json"}]).startswith(
+        "proxies[0]: needs admin (host:port) or instance"), "no ECDS file when the mesh delivers"
+    assert error(push_attempts=0).startswith("push_attempts: 0 must be a whole number ≥ 1")
     assert error(delivery={"kind": "ecds"}).startswith("wasm: required"), "ECDS files name the module"
     e = error(delivery={"kind": "ecds"}, wasm="augur.wasm")
     assert e.startswith("proxies[0]: needs admin (host:port) and ecds (the proxy's watched ECDS file)"), e
@@ -115,4 +126,32 @@ def test_a_manifest_delivery_is_verified_by_the_proxys_revision(proxy, tmp_path)
     assert (last["kind"], last["proxies_applied"]) == ("kill", []), last
     failures = [json.loads(x) for x in log.getvalue().splitlines() if '"delivery_failed"' in x]
     assert len(failures) == 2 and "exited 1" in failures[0]["why"] and ctl.metrics.retries == 1
-    assert admin.serving_revision(proxy["admin"], "fleet") == 2
+
+
+def test_a_proxy_without_a_reachable_admin_is_verified_through_prometheus(proxy, work, tmp_path):
+    """A mesh binds each proxy's admin to the pod's loopback (Istio 15000,
+    Envoy Gateway 19000): such a proxy is named by its Prometheus `instance`
+    and verified by its scraped `augur_config_revision`. An unchanged object
+    is not applied again (the mesh would push nothing new)."""
+    prom = harness.Prometheus(work / "prometheus", {"augur": [proxy["admin"]]}, scrape_s=1)
+    try:
+        prom.wait_scraped(1)
+        apply = [sys.executable, str(STAND_IN), "{file}", str(proxy["watched"]), str(harness.WASM.resolve())]
+        path = settings(tmp_path, proxies=[{"name": "p", "instance": proxy["admin"]}], prometheus=prom.url,
+                        verify_timeout_s=15,
+                        delivery={"kind": "manifest", "manifest": str(GATEWAY), "out": "out/eep.yaml", "apply": apply})
+        cfg = controller.load_settings(path)
+        assert "admin" not in cfg["proxies"][0] and cfg["proxies"][0]["instance"] == proxy["admin"]
+        log = io.StringIO()
+        ctl = controller.Controller(cfg, out=log)
+        ctl.state.update(seq=6)  # a revision no earlier test delivered
+        ctl.finish_pending()
+        audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert [(a["revision"], a["proxies_applied"]) for a in audit] == [(7, ["p"])], log.getvalue()
+        assert admin.serving_revision(proxy["admin"], "fleet") == 7
+        applies = Path(f"{proxy['watched']}.applied")
+        before = len(applies.read_text().splitlines())
+        assert ctl.deliver("fleet.6") == ["p"], "verified again"
+        assert len(applies.read_text().splitlines()) == before, "the same object is not applied twice"
+    finally:
+        prom.close()

@@ -33,7 +33,7 @@ revision, delivers again to a proxy that missed it, and writes one audit line
 It never acts on data it cannot trust: Prometheus unreachable, a proxy's scrape
 failing or its samples older than `max_scrape_age_s` (e.g. the samples from
 before a Prometheus restart), a proxy's series missing, a proxy not serving the
-current version. It then *holds* (logged, counted by reason).
+current revision. It then *holds* (logged, counted by reason).
 Its state (`state`) is written atomically before every push, so a controller
 killed at any point resumes where it stopped: a decided action is delivered
 and audited exactly once.
@@ -71,12 +71,14 @@ SETTINGS = {
     "rollout": (None, "the rollout's plugin configuration (JSON file); required"),
     "wasm": (None, ("the filter module the proxies load (path written into the ECDS resource); required for "
                     "delivery kind ecds")),
-    "proxies": (None, ("[{name, admin: host:port (also the Prometheus instance), ecds: watched file (delivery "
-                       "kind ecds)}]; required")),
+    "proxies": (None, ("[{name, admin: host:port, instance: its Prometheus instance label (default: admin), "
+                       "ecds: watched file (delivery kind ecds)}]; required. A proxy without admin (delivery kind "
+                       "manifest: a mesh binds the admin to the pod's loopback) is verified through Prometheus")),
     "delivery": ({"kind": "ecds"}, ("how actions reach the proxies: {kind: ecds} rewrites each proxy's ECDS file; "
                                     "{kind: manifest, manifest: Istio WasmPlugin or Envoy Gateway "
                                     "EnvoyExtensionPolicy YAML, out: the rendered file, apply: command naming "
-                                    "{file}, e.g. [kubectl, apply, -f, {file}]}")),
+                                    "{file}, e.g. [kubectl, apply, --server-side, --field-manager=augur-controller, "
+                                    "--force-conflicts, -f, {file}]}")),
     "prometheus": ("http://127.0.0.1:9090", "Prometheus base URL"),
     "job": ("augur", "Prometheus job that scrapes the proxies' /stats/prometheus"),
     "interval_s": (1.0, "evaluation period"),
@@ -88,8 +90,9 @@ SETTINGS = {
              "progressive ramp: percentages, minimum seconds and new-stack requests per step; null: no ramp"),
     "revert_after_s": (60.0, "the new stack worse than the old this long without a block or kill: revert"),
     "model_dir": (None, "watched directory: a new *.onnx there is validated and adopted"),
-    "verify_timeout_s": (5.0, "how long to wait for a proxy to serve a pushed version, per attempt"),
-    "push_attempts": (3, "pushes per proxy per action before holding (retried every interval after that)"),
+    "verify_timeout_s": (5.0, ("how long to wait for the proxies to serve a delivered revision, per attempt "
+                               "(more than the scrape interval when proxies are verified through Prometheus)")),
+    "push_attempts": (3, "deliveries per action before holding (retried every interval after that)"),
     "augur": (str(ROOT / "target" / "release" / "augur"), "the augur CLI (check-config, inspect-model)"),
 }
 # The filter's three KPIs (src/rollback: errors, security, latency) and the
@@ -137,14 +140,21 @@ def load_settings(path) -> dict:
             cfg[k] = str((base / cfg[k]).resolve()) if not Path(cfg[k]).is_absolute() else cfg[k]
     if not Path(cfg["rollout"]).is_file():
         raise ConfigError(f"rollout: {cfg['rollout']} is not a file; give the rollout's plugin configuration (JSON)")
-    need = {"admin", "ecds"} if ecds else {"admin"}
     for i, p in enumerate(cfg["proxies"]):
-        if not isinstance(p, dict) or set(p) - {"name", "admin", "ecds"} or not need <= set(p):
-            raise ConfigError(f"proxies[{i}]: needs admin (host:port)"
-                              + (" and ecds (the proxy's watched ECDS file)" if ecds else "") + ", optional name")
-        p.setdefault("name", p["admin"])
+        fields = {"name", "admin", "instance", "ecds"} if ecds else {"name", "admin", "instance"}
+        if not isinstance(p, dict) or set(p) - fields or (ecds and not {"admin", "ecds"} <= set(p)) \
+                or not ({"admin", "instance"} & set(p)):
+            raise ConfigError(
+                f"proxies[{i}]: needs admin (host:port) and ecds (the proxy's watched ECDS file), optional name and "
+                "instance" if ecds else
+                f"proxies[{i}]: needs admin (host:port) or instance (its Prometheus instance label), optional name "
+                "(no ecds: the mesh delivers)")
+        p.setdefault("instance", p.get("admin"))
+        p.setdefault("name", p["instance"])
         if "ecds" in p and not Path(p["ecds"]).is_absolute():
             p["ecds"] = str((base / p["ecds"]).resolve())
+    if not isinstance(cfg["push_attempts"], int) or cfg["push_attempts"] < 1:
+        raise ConfigError(f"push_attempts: {cfg['push_attempts']!r} must be a whole number ≥ 1")
     for k in ("interval_s", "max_scrape_age_s", "revert_after_s", "verify_timeout_s"):
         if not isinstance(cfg[k], (int, float)) or cfg[k] <= 0:
             raise ConfigError(f"{k}: {cfg[k]!r} must be a positive number of seconds")
@@ -229,7 +239,7 @@ def subset(snapshot: dict, prefixes) -> dict:
 
 def distrust(instances, up, scraped, series, now, max_age, job, rollout):
     """Why the fleet's data cannot be trusted now — (hold reason, detail) — or
-    None. Per proxy (its admin is its Prometheus `instance`): `up` its `up`
+    None. Per proxy (by its Prometheus `instance`): `up` its `up`
     value, `scraped` the time of its last scrape, `series` the newest sample
     time of each of the REQUIRED series for the rollout. A proxy Prometheus does
     not scrape, or that exports no such series, is missing (its counts would be
@@ -470,6 +480,7 @@ class Metrics:
         self.last_eval = 0.0
         self.applied = 0
         self.version = 0
+        self.revision = 0
         self.percentage = 0.0
 
     def text(self) -> str:
@@ -490,6 +501,10 @@ class Metrics:
                       f"augur_controller_proxies_applied {self.applied}",
                       "# TYPE augur_controller_config_version gauge",
                       f"augur_controller_config_version {self.version}",
+                      ("# HELP augur_controller_config_revision The revision every proxy must serve "
+                       "(compare augur_config_revision)."),
+                      "# TYPE augur_controller_config_revision gauge",
+                      f"augur_controller_config_revision {self.revision}",
                       "# TYPE augur_controller_ramp_percentage gauge",
                       f"augur_controller_ramp_percentage {self.percentage}"]
             return "\n".join(lines) + "\n"
@@ -532,6 +547,7 @@ class Controller:
 
     def audit(self, action, applied, seconds):
         line = {"ts": round(time.time(), 3), "seq": self.state["seq"], "version": version_of(self.facts, self.state),
+                "revision": revision_of(self.state),
                 "kind": action["kind"], **{k: v for k, v in action.items() if k not in ("kind",)},
                 "proxies_applied": applied, "proxies": len(self.s["proxies"]), "push_s": round(seconds, 3)}
         Path(self.s["audit"]).parent.mkdir(parents=True, exist_ok=True)
@@ -566,14 +582,26 @@ class Controller:
                         float(r["value"][1])
         except (OSError, ValueError, urllib.error.URLError) as e:
             return None, ("prometheus_down", str(e)[:200])
-        why = distrust([p["admin"] for p in self.s["proxies"]], up, scraped, series, time.time(),
+        why = distrust([p["instance"] for p in self.s["proxies"]], up, scraped, series, time.time(),
                        self.s["max_scrape_age_s"], job, rollout)
         return (None, why) if why else (snap, None)
 
     # -- the config plane ---------------------------------------------------
-    def serving(self):
-        """{proxy: the revision it serves} (None: unreachable or not loaded)."""
-        return {p["name"]: admin.serving_revision(p["admin"], self.facts["name"]) for p in self.s["proxies"]}
+    def serving(self, proxies=None):
+        """{proxy name: the revision it serves} (None: unreachable, or no
+        configuration of the rollout loaded) for `proxies` (default: all). Read
+        from each proxy's admin; a proxy without one from Prometheus (its newest
+        `augur_config_revision` sample, as fresh as the scrape)."""
+        proxies = self.s["proxies"] if proxies is None else proxies
+        scraped = {}
+        if any(not p.get("admin") for p in proxies):
+            try:
+                expr = f'max by (instance) (augur_config_revision{{rollout="{self.facts["name"]}"}})'
+                scraped = {r["metric"].get("instance"): int(float(r["value"][1])) for r in self.query(expr)}
+            except (OSError, ValueError, urllib.error.URLError):
+                pass
+        return {p["name"]: admin.serving_revision(p["admin"], self.facts["name"]) if p.get("admin")
+                else scraped.get(p["instance"]) for p in proxies}
 
     def deliver(self, version, only=None):
         """Hands the current configuration to the config plane for every proxy
@@ -588,13 +616,16 @@ class Controller:
                 self.log("retry", version=version, proxies=[p["name"] for p in todo], attempt=attempt + 1)
             failed = delivery.push(self.s["delivery"], plugin, self.s["wasm"], version, todo)
             if failed:
-                self.log("delivery_failed", version=version, why=failed)
+                self.log("delivery_failed", version=version, revision=revision, why=failed)
+                if self.stop.wait(min(1.0, self.s["verify_timeout_s"])):
+                    break
                 continue
             deadline = time.monotonic() + self.s["verify_timeout_s"]
             while todo and time.monotonic() < deadline and not self.stop.is_set():
-                todo = [p for p in todo if admin.serving_revision(p["admin"], self.facts["name"]) != revision]
+                serving = self.serving(todo)
+                todo = [p for p in todo if serving[p["name"]] != revision]
                 if todo:
-                    time.sleep(0.05)
+                    time.sleep(0.05 if all(p.get("admin") for p in todo) else 0.5)
             if not todo:
                 break
         return sorted(n for n, v in self.serving().items() if v == revision)
@@ -634,7 +665,7 @@ class Controller:
         self.save()
         with self.metrics.lock:
             self.metrics.actions[action["kind"]] = self.metrics.actions.get(action["kind"], 0) + 1
-        self.log("action", seq=self.state["seq"], version=version, applied=applied,
+        self.log("action", seq=self.state["seq"], version=version, revision=revision_of(self.state), applied=applied,
                  **{k: v for k, v in action.items() if k != "evidence"})
 
     def new_model(self):
@@ -704,9 +735,13 @@ class Controller:
         with self.metrics.lock:
             self.metrics.applied = len(self.s["proxies"]) - len(behind)
             self.metrics.version = self.state["seq"]
+            self.metrics.revision = revision_of(self.state)
             self.metrics.percentage = plugin_for(self.base, self.state, self.s).get("rollout", {}).get("percentage", 0)
         if behind:
-            return self.hold("proxy_behind", f"proxies {behind} do not serve {version}", now=now)
+            detail = {n: serving[n] for n in behind}
+            return self.hold("proxy_behind", f"proxies {behind} do not serve revision {revision_of(self.state)} "
+                             f"({version}); they serve {detail} (None: unreachable, or no configuration of the "
+                             "rollout accepted — a filter older than the revision field refuses every one)", now=now)
         if self.last_hold is not None or self.state.get("held_since") is not None:
             self.resume(now)
         w = self.windows(snap)

@@ -314,6 +314,10 @@ def push(plugin, ecds_path, admin, envoy_log=None, version_info=None, timeout=15
     ecds_path = Path(ecds_path)
     previous = ecds_path.read_text()
     doc, _ = read_ecds(ecds_path)
+    if isinstance(plugin, dict) and "revision" in plugin:
+        # The revision belongs to whoever versions the configuration (the fleet
+        # controller): this one is no longer that, so it must not say so.
+        plugin = {k: v for k, v in plugin.items() if k != "revision"}
     if version_info is None:
         version_info = (plugin.get("model") or {}).get("version") if isinstance(plugin, dict) else None
         version_info = version_info or f"push-{int(time.time())}"
