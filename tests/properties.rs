@@ -25,6 +25,7 @@ fn cases(n: u32) -> ProptestConfig {
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let keys = prop::sample::select(vec![
         "name",
+        "revision",
         "rollout",
         "percentage",
         "salt",

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from augur_tools.demos import fleet as fleetmod
-from augur_tools.envoy import harness
+from augur_tools.envoy import admin, harness
 from augur_tools.loop import retrain
 
 HARM = "new_checkout:0.6"
@@ -253,6 +253,7 @@ def test_a_restarted_proxy_comes_back_on_the_current_configuration(fleet):
     finally:
         proxy.start()
     assert retrain.serving_version(proxy.admin) == version, "read from its ECDS file at start"
+    assert admin.serving_revision(proxy.admin, "fleet") == fleet.audit()[-1]["revision"], "the revision verified"
     harness.wait_until(lambda: fleet.controller_events("resume") and
                        harness.prom_sum(fleet.controller_metrics(), "augur_controller_proxies_applied") == 3,
                        60, "all three proxies applied again")
