@@ -201,8 +201,14 @@ impl Runtime {
                 stack: Some(d.stack),
                 cells: d.cells,
                 enabled,
-                // The probe's arms are a design of their own, tallied apart.
-                randomised: d.randomised & !d.probed,
+                // The sequential tests need each request's arm drawn for that
+                // request: exploration's draw. A holdout is drawn once per user
+                // (all of a user's requests in one arm: a few users who fail on
+                // their own make a feature with no effect look harmful), so its
+                // requests, and those of users in the holdout, are left to the
+                // A/B report (the record has them, with `p_on`). The probe's
+                // arms are a design of their own, tallied apart.
+                randomised: d.explored & !d.holdout,
                 explored: d.explored,
                 drawn_off: d.drawn_off,
                 probed: d.probed,

@@ -87,11 +87,14 @@ def test_a_latency_only_harm_blocks_on_the_filters_slow_counts():
     errors = [t for t in report["segments"] if t["feature"] == "search_v2" and t["segment"] == "phones"
               and t["kpi"] == "errors"]
     assert errors[0]["ln_m"] < FACTS["levels"]["screen"], "no error signal: latency alone"
-    # The holdout (kill) and stack (revert) tests read slow too.
+    # The holdout screen and the stack (revert) test read slow too. A holdout is
+    # drawn per user: its evidence pauses the ramp but never kills.
     hold = {"feat|recommendations|on|requests": 4000, "feat|recommendations|on|slow": 500,
             "feat|recommendations|holdout|requests": 4000, "feat|recommendations|holdout|slow": 300}
-    action, _ = controller.decide(state(), FACTS, dict(QUIET, recommendations=hold), NO_RAMP, now=2000)
-    assert (action["kind"], action["feature"], action["evidence"]["kpi"]) == ("kill", "recommendations", "latency")
+    action, report = controller.decide(state(), FACTS, dict(QUIET, recommendations=hold), SETTINGS, now=2000)
+    assert action is None and report["ramp"] == "alarm", action
+    (worst,) = [t for t in report["holdout"] if t["feature"] == "recommendations" and t["kpi"] == "latency"]
+    assert worst["ln_m"] >= FACTS["levels"]["kill"], "evidence a request-level test would have killed on"
     slow_stack = dict(QUIET, stack={**stack((5000, 10), (5000, 10)), "stack|new|slow": 700, "stack|old|slow": 500})
     report = controller.decide(state(), FACTS, slow_stack, NO_RAMP, now=2000)[1]
     assert report["stack_alarm"] and max(report["stack"], key=lambda t: t["ln_m"])["kpi"] == "latency"

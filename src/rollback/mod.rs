@@ -11,8 +11,12 @@
 //!   group, which also works at 100%) becomes **suspect** — a screening step
 //!   that only starts exploration; a block takes its requests out of the
 //!   window, which ends the exploration it explains;
-//! - per feature, cell and arm (on / off), counting only *randomised* requests
-//!   (A/B holdout or exploration), so on and off are comparable groups.
+//! - per feature, cell and arm (on / off), counting only requests whose state
+//!   was their own random draw (exploration), so on and off are comparable
+//!   groups of independent requests. An A/B holdout is drawn per user: its
+//!   requests are not counted here (one user's requests share one arm, so a
+//!   few users who fail on their own would pass for a harm); the A/B report
+//!   judges holdouts from the records.
 //!
 //! In a suspect cell augur **explores**: each `auto` feature that would be on is
 //! turned off for `explore_share` of the requests (reason `exploring`). The
@@ -374,7 +378,8 @@ pub struct Exposure {
     pub cells: [u8; GROUPS],
     /// Features on.
     pub enabled: u64,
-    /// Features whose on/off state was random (holdout or exploration).
+    /// Features whose on/off state was this request's own random draw
+    /// (exploration, not a per-user holdout): the arms' requests.
     pub randomised: u64,
     /// Of those, features drawn by exploration…
     pub explored: u64,

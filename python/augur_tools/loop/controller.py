@@ -11,8 +11,7 @@ most one fleet-wide action:
     block   a feature in a monitored segment (`segments[].monitor`): the segment
             is added to the feature's `deny_segments`
     kill    a feature everywhere (`override: "off"`): blocked in
-            `rollback.kill_after_cells` segments, or its randomised on arm worse
-            than its A/B holdout
+            `rollback.kill_after_cells` segments
     revert  the rollout (global `override: "off"`): the new stack worse than the
             old for `revert_after_s` without a block or kill explaining it
     ramp    the next `ramp.steps` percentage, after `ramp.min_dwell_s` and
@@ -313,8 +312,11 @@ def arm_tests(n, control: str, min_samples: int):
 
 
 def holdout_tests(windows: dict, facts: dict, state: dict) -> list:
-    """Evidence that a feature's on arm is worse than its A/B holdout (both
-    randomised, sticky per user), per KPI, over the feature's window."""
+    """Evidence that a feature's on arm is worse than its A/B holdout, per KPI,
+    over the feature's window. A screen only (it pauses the ramp, it never
+    kills): a holdout is drawn per user, so these request counts put all of a
+    user's requests in one arm, and a few users who fail on their own would
+    pass for a harm; the A/B report judges holdouts per user, from records."""
     out = []
     for f in facts["features"]:
         if f in state["kills"]:
@@ -358,7 +360,7 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
     worst_stack = max(stack, key=lambda t: t["ln_m"])
     stack_alarm = worst_stack["ln_m"] >= lv["revert"]
     report["stack_alarm"] = stack_alarm
-    # kill: blocked in kill_after_cells segments, or worse than its holdout
+    # kill: blocked in kill_after_cells segments
     for f in facts["features"]:
         if f in state["kills"]:
             continue
@@ -366,10 +368,6 @@ def decide(state: dict, facts: dict, windows: dict, settings: dict, now: float):
         if len(cells) >= facts["kill_after_cells"]:
             return {"kind": "kill", "feature": f, "why": f"blocked in {len(cells)} segments "
                     f"(kill_after_cells {facts['kill_after_cells']})", "evidence": {"blocked_in": cells}}, report
-    for t in sorted(hold, key=lambda t: -t["ln_m"]):
-        if t["ln_m"] >= lv["kill"]:
-            return {"kind": "kill", "feature": t["feature"], "why": f"on arm worse than holdout on {t['kpi']} "
-                    f"(evidence {t['ln_m']:.1f} ≥ {lv['kill']:.1f})", "evidence": t}, report
     for t in sorted(seg, key=lambda t: -t["ln_m"]):
         if t["ln_m"] >= lv["single"]:
             return {"kind": "block", "feature": t["feature"], "segment": t["segment"],
