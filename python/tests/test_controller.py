@@ -333,3 +333,8 @@ def test_a_hold_does_not_run_the_revert_clock(tmp_path):
     ctl.hold("prometheus_down", "test", now=1200.0)
     again = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=log)
     assert again.state["held_since"] == 1200.0
+
+
+def test_prometheus_durations():
+    assert [controller.duration_s(x) for x in ("15s", "1m30s", "500ms", "2h", "1s")] == [15, 90, 0.5, 7200, 1]
+    assert [controller.duration_s(x) for x in ("", "15", "s", "1m x")] == [None] * 4

@@ -144,6 +144,7 @@ def test_a_proxy_without_a_reachable_admin_is_verified_through_prometheus(proxy,
         assert "admin" not in cfg["proxies"][0] and cfg["proxies"][0]["instance"] == proxy["admin"]
         log = io.StringIO()
         ctl = controller.Controller(cfg, out=log)
+        assert ctl.check_scrape_interval() is None, "15 s of verification for a 1 s scrape"
         ctl.state.update(seq=6)  # a revision no earlier test delivered
         ctl.finish_pending()
         audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
@@ -153,5 +154,10 @@ def test_a_proxy_without_a_reachable_admin_is_verified_through_prometheus(proxy,
         before = len(applies.read_text().splitlines())
         assert ctl.deliver("fleet.6") == ["p"], "verified again"
         assert len(applies.read_text().splitlines()) == before, "the same object is not applied twice"
+        ctl.s["verify_timeout_s"] = 0.5
+        warning = ctl.check_scrape_interval()
+        assert warning.startswith("verify_timeout_s 0.5 is not above the scrape interval of the proxies verified "
+                                  "through Prometheus (1 s)"), warning
+        assert '"event": "warning"' in log.getvalue()
     finally:
         prom.close()

@@ -50,6 +50,7 @@ import copy
 import hashlib
 import http.server
 import json
+import re
 import shutil
 import signal
 import sys
@@ -788,6 +789,29 @@ class Controller:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return server
 
+    def check_scrape_interval(self):
+        """Warns (once, at start) when proxies verified through Prometheus are
+        scraped less often than `verify_timeout_s`: every delivery would look
+        missed and be retried. Returns the warning, or None."""
+        instances = {p["instance"] for p in self.s["proxies"] if not p.get("admin")}
+        if not instances:
+            return None
+        url = self.s["prometheus"].rstrip("/") + "/api/v1/targets?state=active"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                targets = json.loads(r.read())["data"]["activeTargets"]
+        except (OSError, ValueError, KeyError, urllib.error.URLError):
+            return None  # Prometheus down: the evaluations hold and say so
+        seconds = [duration_s(t.get("scrapeInterval", "")) for t in targets
+                   if t.get("labels", {}).get("job") == self.s["job"] and t.get("labels", {}).get("instance") in instances]
+        slowest = max((x for x in seconds if x is not None), default=None)
+        if slowest is None or self.s["verify_timeout_s"] > slowest:
+            return None
+        why = (f"verify_timeout_s {self.s['verify_timeout_s']} is not above the scrape interval of the proxies "
+               f"verified through Prometheus ({slowest:g} s): raise it (e.g. to {2 * slowest:g})")
+        self.log("warning", setting="verify_timeout_s", why=why)
+        return why
+
     def run(self, max_seconds=None):
         server = self.serve_metrics()
         self.log("start", rollout=self.facts["name"], proxies=[p["name"] for p in self.s["proxies"]],
@@ -795,6 +819,7 @@ class Controller:
                  levels={k: round(v, 2) for k, v in self.facts["levels"].items()})
         if self.log_resume is None:
             self.save()
+        self.check_scrape_interval()
         started = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -809,6 +834,15 @@ class Controller:
         finally:
             server.shutdown()
             self.log("stop", seq=self.state["seq"])
+
+
+def duration_s(text):
+    """Seconds in a Prometheus duration ("15s", "1m30s", "500ms"); None if not one."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)", text or "")
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+    return sum(float(n) * unit[u] for n, u in parts)
 
 
 def last_audit(path):
