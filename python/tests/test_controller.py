@@ -338,3 +338,31 @@ def test_a_hold_does_not_run_the_revert_clock(tmp_path):
 def test_prometheus_durations():
     assert [controller.duration_s(x) for x in ("15s", "1m30s", "500ms", "2h", "1s")] == [15, 90, 0.5, 7200, 1]
     assert [controller.duration_s(x) for x in ("", "15", "s", "1m x")] == [None] * 4
+
+
+def test_the_quorum_leaves_out_untrusted_proxies_and_counts_a_returning_one_from_its_return(tmp_path):
+    assert [controller.may_leave_out(n, q) for n, q in ((3, 1.0), (3, 0.6), (3, 0.67), (1000, 0.99), (1, 0.5))] \
+        == [0, 1, 0, 10, 0]
+    now, fresh = 1000.0, {"augur_requests_total": 999.5, "augur_slow_responses_total": 999.5}
+    bad = controller.untrusted(["a", "b", "c"], {"a": "1", "b": "0"}, {"a": 999.0, "b": 999.0},
+                               {"a": fresh, "b": fresh}, now, 10, "augur", "fleet")
+    assert {i: r for i, (r, _) in bad.items()} == {"b": "scrape_failed", "c": "series_missing"}, "every one, named"
+
+    settings = {"rollout": str(harness.ROOT / "deploy" / "fleet" / "rollout.json"), "wasm": "augur.wasm",
+                "proxies": [{"name": n, "admin": n, "ecds": f"{n}.json"} for n in ("a", "b")],
+                "state": str(tmp_path / "state.json"), "ramp": None, "quorum": 0.5}
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    ctl = controller.Controller(controller.load_settings(tmp_path / "c.json"), out=io.StringIO())
+    snap = {"stack|new|requests": {"a": 100.0}}  # b left out (not scraped) when the baselines are taken
+    ctl.left_out = {"b": "series_missing"}
+    assert ctl.windows(snap)["stack"]["stack|new|requests"] == 0
+    snap = {"stack|new|requests": {"a": 150.0, "b": 5000.0}}  # b scraped again but still left out
+    assert ctl.windows(snap)["stack"]["stack|new|requests"] == 50, "a left-out proxy is not summed"
+    ctl.left_out = {}
+    assert ctl.windows(snap, rejoined=frozenset({"b"}))["stack"]["stack|new|requests"] == 50, \
+        "back in the quorum: counted from now, not its 5,000 from before"
+    snap = {"stack|new|requests": {"a": 160.0, "b": 5020.0}}
+    assert ctl.windows(snap)["stack"]["stack|new|requests"] == 60 + 20
+    with pytest.raises(controller.ConfigError, match=r"quorum: 0 must be a share in \(0, 1\]"):
+        (tmp_path / "c.json").write_text(json.dumps(dict(settings, quorum=0)))
+        controller.load_settings(tmp_path / "c.json")

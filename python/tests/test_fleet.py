@@ -244,6 +244,34 @@ def test_a_proxy_missing_from_the_scrape_holds(fleet):
     harness.wait_until(lambda: len(fleet.controller_events("resume")) > resumed, 30, "resumed")
 
 
+def test_with_a_quorum_a_proxy_missing_from_the_scrape_is_left_out(fleet):
+    """quorum 0.6 of three proxies: envoy-2 dropped from Prometheus's targets is
+    left out of the sums (logged `left_out`) and the controller goes on deciding
+    instead of holding; back in the targets it rejoins, counted from its return."""
+    settings = json.loads(fleet.controller_config.read_text())
+    fleet.stop_controller()
+    fleet.controller_config.write_text(json.dumps(dict(settings, quorum=0.6)))
+    fleet.start_controller()
+    missing = fleet.proxies[2].admin
+    try:
+        before = len(fleet.controller_events("left_out"))
+        fleet.prometheus_reload(targets=[p.admin for p in fleet.proxies[:2]])
+        try:
+            harness.wait_until(lambda: any(e["proxies"] == {missing: "series_missing"}
+                                           for e in fleet.controller_events("left_out")[before:]),
+                               30, lambda: "left out\n" + fleet.diagnosis())
+        finally:
+            fleet.prometheus_reload()
+        harness.wait_until(lambda: any(e["rejoined"] == [missing] and e["proxies"] == {}
+                                       for e in fleet.controller_events("left_out")[before:]),
+                           30, lambda: "rejoined\n" + fleet.diagnosis())
+    finally:
+        fleet.stop_controller()
+        fleet.controller_config.write_text(json.dumps(settings))
+        fleet.start_controller()
+    no_repeats(fleet.audit())
+
+
 def test_a_restarted_proxy_comes_back_on_the_current_configuration(fleet):
     version = fleet.audit()[-1]["version"]
     proxy = fleet.proxies[1]

@@ -50,6 +50,7 @@ import copy
 import hashlib
 import http.server
 import json
+import math
 import re
 import shutil
 import signal
@@ -93,6 +94,9 @@ SETTINGS = {
     "verify_timeout_s": (5.0, ("how long to wait for the proxies to serve a delivered revision, per attempt "
                                "(more than the scrape interval when proxies are verified through Prometheus)")),
     "push_attempts": (3, "deliveries per action before holding (retried every interval after that)"),
+    "quorum": (1.0, ("share of the proxies that must be trusted (fresh, scraped, series present) and current "
+                     "for the controller to act; the others are left out of the sums until they are. 1.0: every "
+                     "proxy (at 1,000 proxies some are always restarting: e.g. 0.99)")),
     "augur": (str(ROOT / "target" / "release" / "augur"), "the augur CLI (check-config, inspect-model)"),
 }
 # The filter's three KPIs (src/rollback: errors, security, latency) and the
@@ -153,6 +157,8 @@ def load_settings(path) -> dict:
         p.setdefault("name", p["instance"])
         if "ecds" in p and not Path(p["ecds"]).is_absolute():
             p["ecds"] = str((base / p["ecds"]).resolve())
+    if not isinstance(cfg["quorum"], (int, float)) or not 0 < cfg["quorum"] <= 1:
+        raise ConfigError(f"quorum: {cfg['quorum']!r} must be a share in (0, 1], e.g. 0.99")
     if not isinstance(cfg["push_attempts"], int) or cfg["push_attempts"] < 1:
         raise ConfigError(f"push_attempts: {cfg['push_attempts']!r} must be a whole number ≥ 1")
     for k in ("interval_s", "max_scrape_age_s", "revert_after_s", "verify_timeout_s"):
@@ -221,15 +227,16 @@ def series_key(family: str, m: dict) -> str:
     return f"stack|{m.get('stack')}|{kind}"
 
 
-def window(now: dict, base: dict, prefix: str = "") -> dict:
-    """Counts since `base` (both {key: {instance: value}}), summed over instances.
-    A counter below its baseline was reset (the proxy restarted): counted from 0."""
+def window(now: dict, base: dict, prefix: str = "", skip=frozenset()) -> dict:
+    """Counts since `base` (both {key: {instance: value}}), summed over the
+    instances not in `skip` (left out of the quorum). A counter below its
+    baseline was reset (the proxy restarted): counted from 0."""
     out = {}
     for key, per in now.items():
         if not key.startswith(prefix):
             continue
         b = base.get(key, {})
-        out[key] = sum(v - b.get(i, 0.0) if v >= b.get(i, 0.0) else v for i, v in per.items())
+        out[key] = sum(v - b.get(i, 0.0) if v >= b.get(i, 0.0) else v for i, v in per.items() if i not in skip)
     return out
 
 
@@ -238,15 +245,21 @@ def subset(snapshot: dict, prefixes) -> dict:
 
 
 def distrust(instances, up, scraped, series, now, max_age, job, rollout):
-    """Why the fleet's data cannot be trusted now — (hold reason, detail) — or
-    None. Per proxy (by its Prometheus `instance`): `up` its `up`
+    """The first of `untrusted`'s reasons — (hold reason, detail) — or None."""
+    bad = untrusted(instances, up, scraped, series, now, max_age, job, rollout)
+    return next(iter(bad.values()), None)
+
+
+def untrusted(instances, up, scraped, series, now, max_age, job, rollout) -> dict:
+    """{instance: (hold reason, detail)} of the proxies whose data cannot be
+    trusted now, in `instances` order. Per proxy (by its Prometheus `instance`): `up` its `up`
     value, `scraped` the time of its last scrape, `series` the newest sample
     time of each of the REQUIRED series for the rollout. A proxy Prometheus does
     not scrape, or that exports no such series, is missing (its counts would be
     absent from the sums); a failed scrape fails; a sample older than `max_age`
     seconds is stale (Prometheus stopped scraping it, or just restarted and
     still shows the samples from before)."""
-    for i in instances:
+    def why(i):
         if i not in up:
             return "series_missing", f"proxy {i}: no up series for job {job} (not a target of the job?)"
         if up[i] != "1":
@@ -263,7 +276,14 @@ def distrust(instances, up, scraped, series, now, max_age, job, rollout):
             if age > max_age:
                 return "stale_scrape", (f"proxy {i}: {name} last sampled {age:.1f} s ago "
                                         f"(max_scrape_age_s {max_age})")
-    return None
+        return None
+
+    return {i: w for i in instances if (w := why(i)) is not None}
+
+
+def may_leave_out(proxies: int, quorum: float) -> int:
+    """How many of `proxies` may be left out while the rest still make the quorum."""
+    return proxies - math.ceil(quorum * proxies - 1e-9)
 
 
 # ---------------------------------------------------------------------------
@@ -521,6 +541,10 @@ class Controller:
         self.state = self.load_state()
         self.last_hold = None
         self.last_status = 0.0
+        # Instances (Prometheus `instance`) the quorum lets the controller act
+        # without this evaluation, with why: untrusted data or an older revision.
+        self.left_out = {}
+        self.logged_left_out = dict(self.state.get("left_out", {}))  # persisted: a restart still knows who rejoins
 
     # -- log, state, audit --------------------------------------------------
     def log(self, event, **kw):
@@ -581,9 +605,12 @@ class Controller:
                         float(r["value"][1])
         except (OSError, ValueError, urllib.error.URLError) as e:
             return None, ("prometheus_down", str(e)[:200])
-        why = distrust([p["instance"] for p in self.s["proxies"]], up, scraped, series, time.time(),
-                       self.s["max_scrape_age_s"], job, rollout)
-        return (None, why) if why else (snap, None)
+        bad = untrusted([p["instance"] for p in self.s["proxies"]], up, scraped, series, time.time(),
+                        self.s["max_scrape_age_s"], job, rollout)
+        if len(bad) > may_leave_out(len(self.s["proxies"]), self.s["quorum"]):
+            return None, next(iter(bad.values()))
+        self.left_out = {i: reason for i, (reason, _) in bad.items()}
+        return snap, None
 
     # -- the config plane ---------------------------------------------------
     def serving(self, proxies=None):
@@ -696,16 +723,32 @@ class Controller:
             return self.state["model_candidate"]
         return None
 
-    def windows(self, snap):
+    def windows(self, snap, rejoined=frozenset()):
+        """Counts since each scope's baseline over the proxies in the quorum. A
+        proxy back in the quorum (`rejoined`), or counted for the first time
+        since a baseline (it was left out when the baseline was taken), is
+        counted from now: what it served while left out (an older revision,
+        say) is not the regime under test."""
         base = self.state["baselines"]
-        missing = [s for s in ["stack", "step", *self.facts["features"]] if s not in base]
-        for scope in missing:
-            base[scope] = self.baseline(scope, snap)
-        if missing:
+        skip = frozenset(self.left_out)
+        changed = False
+        for scope in ["stack", "step", *self.facts["features"]]:
+            if scope not in base:
+                base[scope] = self.baseline(scope, snap)
+                changed = True
+                continue
+            for key, per in self.baseline(scope, snap).items():
+                have = base[scope].setdefault(key, {})
+                for i, v in per.items():
+                    if (i not in have or i in rejoined) and i not in skip:
+                        have[i] = v
+                        changed = True
+        if changed:
             self.save()
-        w = {"stack": window(snap, base["stack"], "stack|"), "step": window(snap, base["step"], "stack|new|")}
+        w = {"stack": window(snap, base["stack"], "stack|", skip),
+             "step": window(snap, base["step"], "stack|new|", skip)}
         for f in self.facts["features"]:
-            w[f] = {k: v for p in scopes_of(f) for k, v in window(snap, base[f], p).items()}
+            w[f] = {k: v for p in scopes_of(f) for k, v in window(snap, base[f], p, skip).items()}
         return w
 
     def baseline(self, scope, snap):
@@ -736,14 +779,23 @@ class Controller:
             self.metrics.version = self.state["seq"]
             self.metrics.revision = revision_of(self.state)
             self.metrics.percentage = plugin_for(self.base, self.state, self.s).get("rollout", {}).get("percentage", 0)
-        if behind:
+        instance = {p["name"]: p["instance"] for p in self.s["proxies"]}
+        left_out = dict(self.left_out, **{instance[n]: "proxy_behind" for n in behind})
+        if behind and len(left_out) > may_leave_out(len(self.s["proxies"]), self.s["quorum"]):
             detail = {n: serving[n] for n in behind}
             return self.hold("proxy_behind", f"proxies {behind} do not serve revision {revision_of(self.state)} "
                              f"({version}); they serve {detail} (None: unreachable, or no configuration of the "
                              "rollout accepted — a filter older than the revision field refuses every one)", now=now)
         if self.last_hold is not None or self.state.get("held_since") is not None:
             self.resume(now)
-        w = self.windows(snap)
+        rejoined = frozenset(self.logged_left_out) - set(left_out)
+        self.left_out = left_out
+        if left_out != self.logged_left_out:
+            self.log("left_out", proxies=left_out, quorum=self.s["quorum"], rejoined=sorted(rejoined))
+            self.logged_left_out = left_out
+            self.state["left_out"] = left_out
+            self.save()
+        w = self.windows(snap, rejoined)
         self.new_model()
         action, report = decide(self.state, self.facts, w, self.s, now)
         if report.get("stack_alarm") and self.state.get("alarm_since") is None:
@@ -754,7 +806,7 @@ class Controller:
             self.save()
         if now - self.last_status >= 10:
             self.last_status = now
-            self.log("status", version=version, ramp=report.get("ramp"),
+            self.log("status", version=version, ramp=report.get("ramp"), left_out=sorted(self.left_out),
                      percentage=self.metrics.percentage, blocks=self.state["blocks"], kills=self.state["kills"],
                      max_ln_m=round(max((t["ln_m"] for t in report["stack"] + report["segments"]), default=0), 2),
                      worst_segment=worst(report["segments"]))
