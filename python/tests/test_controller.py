@@ -363,6 +363,9 @@ def test_the_quorum_leaves_out_untrusted_proxies_and_counts_a_returning_one_from
         "back in the quorum: counted from now, not its 5,000 from before"
     snap = {"stack|new|requests": {"a": 160.0, "b": 5020.0}}
     assert ctl.windows(snap)["stack"]["stack|new|requests"] == 60 + 20
-    with pytest.raises(controller.ConfigError, match=r"quorum: 0 must be a share in \(0, 1\]"):
-        (tmp_path / "c.json").write_text(json.dumps(dict(settings, quorum=0)))
-        controller.load_settings(tmp_path / "c.json")
+    snap = {"stack|new|requests": {"a": 160.0, "b": 5020.0}, "stack|new|errors": {"a": 3.0}}
+    assert ctl.windows(snap)["stack"]["stack|new|errors"] == 3, "a counter new since the baseline counts from 0"
+    for bad in (0, 1.5, True):
+        with pytest.raises(controller.ConfigError, match=r"quorum: .* must be a share in \(0, 1\]"):
+            (tmp_path / "c.json").write_text(json.dumps(dict(settings, quorum=bad)))
+            controller.load_settings(tmp_path / "c.json")

@@ -157,7 +157,7 @@ def load_settings(path) -> dict:
         p.setdefault("name", p["instance"])
         if "ecds" in p and not Path(p["ecds"]).is_absolute():
             p["ecds"] = str((base / p["ecds"]).resolve())
-    if not isinstance(cfg["quorum"], (int, float)) or not 0 < cfg["quorum"] <= 1:
+    if isinstance(cfg["quorum"], bool) or not isinstance(cfg["quorum"], (int, float)) or not 0 < cfg["quorum"] <= 1:
         raise ConfigError(f"quorum: {cfg['quorum']!r} must be a share in (0, 1], e.g. 0.99")
     if not isinstance(cfg["push_attempts"], int) or cfg["push_attempts"] < 1:
         raise ConfigError(f"push_attempts: {cfg['push_attempts']!r} must be a whole number ≥ 1")
@@ -500,6 +500,7 @@ class Metrics:
         self.applied = 0
         self.version = 0
         self.revision = 0
+        self.left_out = 0
         self.percentage = 0.0
 
     def text(self) -> str:
@@ -524,6 +525,10 @@ class Metrics:
                        "(compare augur_config_revision)."),
                       "# TYPE augur_controller_config_revision gauge",
                       f"augur_controller_config_revision {self.revision}",
+                      ("# HELP augur_controller_proxies_left_out Proxies the quorum left out of the last "
+                       "evaluation's sums (untrusted data or behind)."),
+                      "# TYPE augur_controller_proxies_left_out gauge",
+                      f"augur_controller_proxies_left_out {self.left_out}",
                       "# TYPE augur_controller_ramp_percentage gauge",
                       f"augur_controller_ramp_percentage {self.percentage}"]
             return "\n".join(lines) + "\n"
@@ -629,13 +634,21 @@ class Controller:
         return {p["name"]: admin.serving_revision(p["admin"], self.facts["name"]) if p.get("admin")
                 else scraped.get(p["instance"]) for p in proxies}
 
-    def deliver(self, version, only=None):
+    def deliver(self, version, only=None, wait=True):
         """Hands the current configuration to the config plane for every proxy
         (or those in `only`) and waits for them to serve its revision; returns
-        the proxies serving it, after up to `push_attempts` deliveries."""
+        the proxies serving it, after up to `push_attempts` deliveries (one,
+        and no wait, when not `wait`)."""
         plugin = plugin_for(self.base, self.state, self.s)
         revision = revision_of(self.state)
         todo = [p for p in self.s["proxies"] if only is None or p["name"] in only]
+        if not todo:
+            return []
+        if not wait:
+            failed = delivery.push(self.s["delivery"], plugin, self.s["wasm"], version, todo)
+            if failed:
+                self.log("delivery_failed", version=version, revision=revision, why=failed)
+            return []
         for attempt in range(int(self.s["push_attempts"])):
             if attempt:
                 self.metrics.retries += len(todo)
@@ -725,10 +738,10 @@ class Controller:
 
     def windows(self, snap, rejoined=frozenset()):
         """Counts since each scope's baseline over the proxies in the quorum. A
-        proxy back in the quorum (`rejoined`), or counted for the first time
-        since a baseline (it was left out when the baseline was taken), is
-        counted from now: what it served while left out (an older revision,
-        say) is not the regime under test."""
+        proxy back in the quorum (`rejoined`) is counted from now: what it
+        served while left out (an older revision, say) is not the regime under
+        test, and data it could not be trusted with is not evidence. (Its
+        counts from before it left are dropped too: conservative, never wrong.)"""
         base = self.state["baselines"]
         skip = frozenset(self.left_out)
         changed = False
@@ -740,7 +753,7 @@ class Controller:
             for key, per in self.baseline(scope, snap).items():
                 have = base[scope].setdefault(key, {})
                 for i, v in per.items():
-                    if (i not in have or i in rejoined) and i not in skip:
+                    if i in rejoined and i not in skip:
                         have[i] = v
                         changed = True
         if changed:
@@ -770,8 +783,14 @@ class Controller:
         version = version_of(self.facts, self.state)
         serving = self.serving()
         behind = [n for n, v in serving.items() if v != revision_of(self.state)]
+        instance = {p["name"]: p["instance"] for p in self.s["proxies"]}
         if behind:
-            applied = self.deliver(version, only=set(behind))
+            # One already left out for being behind (dead, say) gets one push and
+            # no wait: the next evaluation verifies it, and the others go on.
+            was_behind = {n for n in behind if self.logged_left_out.get(instance[n]) == "proxy_behind"}
+            applied = self.deliver(version, only=set(behind) - was_behind)
+            if was_behind:
+                self.deliver(version, only=was_behind, wait=False)
             behind = [n for n in behind if n not in applied]
             self.log("repushed", version=version, proxies=sorted(set(serving) - set(behind)), behind=behind)
         with self.metrics.lock:
@@ -779,7 +798,6 @@ class Controller:
             self.metrics.version = self.state["seq"]
             self.metrics.revision = revision_of(self.state)
             self.metrics.percentage = plugin_for(self.base, self.state, self.s).get("rollout", {}).get("percentage", 0)
-        instance = {p["name"]: p["instance"] for p in self.s["proxies"]}
         left_out = dict(self.left_out, **{instance[n]: "proxy_behind" for n in behind})
         if behind and len(left_out) > may_leave_out(len(self.s["proxies"]), self.s["quorum"]):
             detail = {n: serving[n] for n in behind}
@@ -790,12 +808,14 @@ class Controller:
             self.resume(now)
         rejoined = frozenset(self.logged_left_out) - set(left_out)
         self.left_out = left_out
+        with self.metrics.lock:
+            self.metrics.left_out = len(left_out)
+        w = self.windows(snap, rejoined)  # resets the rejoined first, then (below) the state says they are back
         if left_out != self.logged_left_out:
             self.log("left_out", proxies=left_out, quorum=self.s["quorum"], rejoined=sorted(rejoined))
             self.logged_left_out = left_out
             self.state["left_out"] = left_out
             self.save()
-        w = self.windows(snap, rejoined)
         self.new_model()
         action, report = decide(self.state, self.facts, w, self.s, now)
         if report.get("stack_alarm") and self.state.get("alarm_since") is None:
