@@ -67,10 +67,8 @@ fn stages(c: &mut Criterion) {
         b.iter(|| decide(&config, &mut worker, black_box(req.as_slice()), &mut d))
     });
     let new = compile(&worker::all_new(DEMO)).expect("demo config, all new");
-    let mut states = [Worker::new(&new), Worker::new(&new), Worker::new(&new)];
-    worker::exploring(&mut states[1]);
-    worker::probing(&mut states[2]);
-    for (name, w) in ["quiet", "exploring", "probing"].into_iter().zip(&mut states) {
+    for (name, mut w) in worker::states(&new) {
+        let w = &mut w;
         eprintln!(
             "decide/new_stack/{name}: flag reasons of 1,000: {}",
             worker::reasons(&new, w, req.as_slice())

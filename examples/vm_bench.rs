@@ -67,10 +67,8 @@ fn main() {
     });
     time("decide/whole (dense)", n, || decide(&config, &mut worker, black_box(&headers), &mut d));
     let new = compile(&worker::all_new(DEMO)).unwrap();
-    let mut states = [Worker::new(&new), Worker::new(&new), Worker::new(&new)];
-    worker::exploring(&mut states[1]);
-    worker::probing(&mut states[2]);
-    for (name, w) in ["quiet", "exploring", "probing"].into_iter().zip(&mut states) {
+    for (name, mut w) in worker::states(&new) {
+        let w = &mut w;
         time(&format!("decide/new stack {name}"), n, || decide(&new, w, black_box(&headers), &mut d));
         println!("  (flag reasons of 1,000 such decisions: {})", worker::reasons(&new, w, &headers));
     }

@@ -14,6 +14,15 @@ pub fn all_new(config: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&json).unwrap()
 }
 
+/// The timed states on `config`, each with its name: quiet, every cell
+/// exploring, every feature blocked and probed.
+pub fn states(config: &augur::config::Config) -> [(&'static str, Worker); 3] {
+    let (mut explores, mut probes) = (Worker::new(config), Worker::new(config));
+    exploring(&mut explores);
+    probing(&mut probes);
+    [("quiet", Worker::new(config)), ("exploring", explores), ("probing", probes)]
+}
+
 /// Every feature blocked in every cell, its blocks settled and probed
 /// (`probe_share` of the blocked requests drawn back on).
 pub fn probing(worker: &mut Worker) {

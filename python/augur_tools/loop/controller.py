@@ -584,13 +584,17 @@ class Controller:
             f.flush()
 
     # -- Prometheus ---------------------------------------------------------
-    def query(self, expr):
-        url = self.s["prometheus"].rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    def api(self, path, **params):
+        """The `data` of a Prometheus HTTP API call (`/api/v1/<path>`)."""
+        url = self.s["prometheus"].rstrip("/") + f"/api/v1/{path}?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=max(2.0, self.s["interval_s"])) as r:
             body = json.loads(r.read())
         if body.get("status") != "success":
             raise OSError(f"prometheus: {body.get('error')}")
-        return body["data"]["result"]
+        return body["data"]
+
+    def query(self, expr):
+        return self.api("query", query=expr)["result"]
 
     def snapshot(self):
         """(snapshot, hold reason or None)."""
@@ -642,20 +646,23 @@ class Controller:
         plugin = plugin_for(self.base, self.state, self.s)
         revision = revision_of(self.state)
         todo = [p for p in self.s["proxies"] if only is None or p["name"] in only]
-        if not todo:
-            return []
-        if not wait:
+
+        def push():
             failed = delivery.push(self.s["delivery"], plugin, self.s["wasm"], version, todo)
             if failed:
                 self.log("delivery_failed", version=version, revision=revision, why=failed)
+            return not failed
+
+        if not todo:
+            return []
+        if not wait:
+            push()
             return []
         for attempt in range(int(self.s["push_attempts"])):
             if attempt:
                 self.metrics.retries += len(todo)
                 self.log("retry", version=version, proxies=[p["name"] for p in todo], attempt=attempt + 1)
-            failed = delivery.push(self.s["delivery"], plugin, self.s["wasm"], version, todo)
-            if failed:
-                self.log("delivery_failed", version=version, revision=revision, why=failed)
+            if not push():
                 if self.stop.wait(min(1.0, self.s["verify_timeout_s"])):
                     break
                 continue
@@ -749,13 +756,10 @@ class Controller:
             if scope not in base:
                 base[scope] = self.baseline(scope, snap)
                 changed = True
-                continue
-            for key, per in self.baseline(scope, snap).items():
-                have = base[scope].setdefault(key, {})
-                for i, v in per.items():
-                    if i in rejoined and i not in skip:
-                        have[i] = v
-                        changed = True
+            elif rejoined:
+                for key, per in self.baseline(scope, snap).items():
+                    base[scope].setdefault(key, {}).update({i: v for i, v in per.items() if i in rejoined})
+                changed = True
         if changed:
             self.save()
         w = {"stack": window(snap, base["stack"], "stack|", skip),
@@ -868,10 +872,8 @@ class Controller:
         instances = {p["instance"] for p in self.s["proxies"] if not p.get("admin")}
         if not instances:
             return None
-        url = self.s["prometheus"].rstrip("/") + "/api/v1/targets?state=active"
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                targets = json.loads(r.read())["data"]["activeTargets"]
+            targets = self.api("targets", state="active")["activeTargets"]
         except (OSError, ValueError, KeyError, urllib.error.URLError):
             return None  # Prometheus down: the evaluations hold and say so
         seconds = [duration_s(t.get("scrapeInterval", "")) for t in targets

@@ -30,8 +30,9 @@ from pathlib import Path
 from augur_tools.envoy import envoyconf
 
 KINDS = ("ecds", "manifest")
-# The mesh objects a manifest may carry the filter in, and where its configuration goes.
-PLUGIN_KINDS = {"WasmPlugin": "spec.pluginConfig", "EnvoyExtensionPolicy": "spec.wasm[].config"}
+# The mesh objects a manifest may carry the filter in (its configuration goes
+# to `spec.pluginConfig` and to the augur `spec.wasm[]` entry's `config`).
+PLUGIN_KINDS = ("WasmPlugin", "EnvoyExtensionPolicy")
 APPLY_TIMEOUT_S = 60
 # Kubernetes stores an object in etcd (≤ 1.5 MiB per object): a configuration
 # with a big inline model must not be half-delivered.
@@ -83,7 +84,7 @@ def render(template: str, plugin: dict) -> str:
     import yaml
 
     try:
-            docs = [d for d in yaml.safe_load_all(template) if isinstance(d, dict)]
+        docs = [d for d in yaml.safe_load_all(template) if isinstance(d, dict)]
     except yaml.YAMLError as e:
         raise DeliveryError(f"delivery.manifest: not YAML: {e}") from None
     found = [d for d in docs if d.get("kind") in PLUGIN_KINDS]
