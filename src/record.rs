@@ -200,7 +200,9 @@ fn push_unit(out: &mut String, x: f32) {
         let _ = write!(out, "{x}");
         return;
     }
-    let n = (x * 10_000.0).round() as u32;
+    // In f64: the product is exact there, so a value just under a half-step
+    // (0.68604999…) rounds down; f32's product rounds it to 6860.5 first.
+    let n = (f64::from(x) * 10_000.0).round() as u32;
     match n {
         0 => out.push('0'),
         10_000 => out.push('1'),
@@ -323,10 +325,20 @@ mod tests {
         assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\u{1}b\\");
     }
 
+    /// Rounded as the value is: f32's 0.00005 is 4.99999987e-5 and its 0.68605
+    /// is 0.686049997…, both under the half-step.
     #[test]
     fn vector_values_are_written_with_four_decimals() {
-        let cases =
-            [(0.0, "0"), (1.0, "1"), (0.5, "0.5"), (0.12344, "0.1234"), (0.00005, "0.0001"), (0.99999, "1")];
+        let cases = [
+            (0.0, "0"),
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (0.12344, "0.1234"),
+            (0.00006, "0.0001"),
+            (0.00005, "0"),
+            (0.99999, "1"),
+            (0.68605, "0.686"),
+        ];
         for (x, want) in cases {
             let mut s = String::new();
             push_unit(&mut s, x);
