@@ -48,3 +48,35 @@ def test_offline_static_baseline_equals_a_live_static_run(tmp_path):
     assert all(0 <= loop_demo.record_time(r, live["t_start"]) < 60 for r in live["records"])
     mech = loop_demo.mechanics(live, reqs, planted.effects("tangled"))
     assert mech["blocked_share"] == {} and all(t is None for t in mech["time_to_block"].values())
+
+
+def test_the_ceiling_is_the_best_exact_policy():
+    effects = (("harm", "a", "s1", "status:503", 0.5), ("benefit", "a", "s2", "engage", 0.3),
+               ("harm", "b", "all", "status:503", 0.03))
+    truths = [
+        {"harms": ["a@s1", "b@all"], "benefits": ["a@s2"]},  # a's harm and benefit overlap here
+        {"harms": ["b@all"], "benefits": []},
+        {"harms": ["b@all"], "benefits": ["a@s2"]},
+        {"harms": ["a@s1", "b@all"], "benefits": []},
+    ]
+    c = loop_demo.ceiling(truths, effects)
+    # Every harm blocked: nothing harmed, the benefit in the overlap lost.
+    assert c["all"] == (100.0, 50.0)
+    # Keeping the overlap is the only way to 95% of the benefit: it leaves one request harmed.
+    assert c["best"] == (75.0, 100.0, ["a@s1 & s2"])
+    assert loop_demo.ceiling(truths, effects, min_benefit=40)["best"] == (100.0, 50.0, [])
+    assert loop_demo.ceiling([{"harms": [], "benefits": []}], effects) is None
+
+
+def test_the_ceiling_of_the_shipped_worlds(tmp_path):
+    # What `make loop-demo` prints under each run: the demo world leaves a perfect policy every benefit;
+    # in the tangled one, harms overlap benefits, so blocking them all gives up more than 5% of it.
+    reqs = loop_demo.build_requests(4000, 7, 4000)
+    plugin = loop_demo.static_plugin(50, "ceiling-test")
+    demo = loop_demo.static_baseline(plugin, reqs, range(len(reqs)), planted.effects("demo"), tmp_path)["ceiling"]
+    assert demo["all"] == (100.0, 100.0)
+    tangled = loop_demo.static_baseline(plugin, reqs, range(len(reqs)), planted.effects("tangled"), tmp_path)
+    c = tangled["ceiling"]
+    assert c["all"][0] == 100.0 and c["all"][1] < 95
+    bx, by, kept = c["best"]
+    assert 85 < bx < 95 and by >= 95 and any(k.startswith("recommendations@eu") for k in kept)

@@ -45,6 +45,7 @@ import argparse
 import collections
 import datetime
 import http.client
+import itertools
 import json
 import random
 import re
@@ -325,7 +326,43 @@ def static_baseline(plugin, reqs, sent, effects, work):
         up = dict(h, **{"x-augur-features": ",".join(f for f, v in d["features"].items() if v["on"]),
                         "x-augur-decision": d["id"]})
         truths.append(planted.outcome(up, h.get(":path", "/"), "new", h.get(":method", "GET"), effects)[4])
-    return exposure(truths)
+    return dict(exposure(truths), ceiling=ceiling(truths, effects))
+
+
+def ceiling(truths, effects, min_benefit=95.0):
+    """What a policy that knows the hidden world from the first request could
+    reach on these static exposures: every harm blocked exactly in its own
+    segment, nothing explored, and where a harm and a benefit of one feature
+    overlap, the overlap either blocked or kept (each choice tried). Bounds any
+    rollback's (harm reduction, beneficial kept) on this traffic: a real one also
+    pays for detection delay and exploration.
+
+    Returns {"all": (x, y) with every harm blocked, "best": (x, y, kept) the
+    highest harm reduction with beneficial kept >= min_benefit (None if no
+    choice reaches it), "min_benefit"}; None without harms or benefits."""
+    harm_pairs = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "harm"}
+    benefit_pairs = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "benefit"}
+    overlaps = sorted({(h, b) for t in truths for h in t["harms"] for b in t["benefits"]
+                       if harm_pairs.get(h) == benefit_pairs.get(b)})
+    static_harmed = sum(1 for t in truths if t["harms"])
+    static_benefit = sum(len(t["benefits"]) for t in truths)
+    if not static_harmed or not static_benefit:
+        return None
+    results = []
+    for keep in itertools.product((False, True), repeat=len(overlaps)):
+        kept = {o for o, k in zip(overlaps, keep) if k}
+        harmed = benefit = 0
+        for t in truths:
+            # A feature is off where one of its harms is, unless that harm's overlap with a benefit here is kept.
+            off = {harm_pairs[h] for h in t["harms"] if not any((h, b) in kept for b in t["benefits"])}
+            harmed += any(harm_pairs[h] not in off for h in t["harms"])
+            benefit += sum(1 for b in t["benefits"] if benefit_pairs[b] not in off)
+        results.append((100.0 * (1 - harmed / static_harmed), 100.0 * benefit / static_benefit,
+                        sorted(f"{h} & {b.split('@')[1]}" for h, b in kept)))
+    every = next(r for r in results if not r[2])
+    good = [r for r in results if r[1] >= min_benefit]
+    return {"all": every[:2], "best": max(good, key=lambda r: (r[0], r[1])) if good else None,
+            "min_benefit": min_benefit}
 
 
 def tally(res):
@@ -494,7 +531,7 @@ def one_world(world, seed, args, work, seconds):
     if args.static_live:
         st = run("static", static_plugin_, [reqs[i] for i in sent], args, work / f"{world}-{seed}" / "static",
                  world, seconds)
-        static = tally(st)
+        static = dict(tally(st), ceiling=ceiling(st["truth"], effects))
     else:
         static = static_baseline(static_plugin_, reqs, sent, effects, work / f"{world}-{seed}")
     describe(loop)
@@ -524,9 +561,12 @@ def judge(world, seed, loop, static, reqs, effects, sent):
               f"{100 * mech['overblocking'][f]:5.1f}%, of which in a benefit segment {mech['blocked_benefit'][f]}")
     for m in mech["false_blocks"] + mech["reverts"] + mech["srm"]:
         print(f"    false action: {m}")
+    c = static.get("ceiling")
+    if c:
+        print(f"  ceiling on this traffic: {describe_ceiling(c)}")
     expl = exploration_by_quarter(loop)
     summary = {
-        "world": world, "seed": seed, "x": x, "y": y, "mech": mech, "exploration": expl,
+        "world": world, "seed": seed, "x": x, "y": y, "mech": mech, "exploration": expl, "ceiling": c,
         "lost": l["lost"], "sent": sent, "requests": len(reqs),
         "pushes": [r.get("first_decision_ms") for r in loop["retrain"]],
     }
@@ -537,6 +577,18 @@ def judge(world, seed, loop, static, reqs, effects, sent):
           f"sent {sent}/{len(reqs)}; exploration by quarter "
           + "/".join(f"{100 * e:.0f}%" for e in expl) + f"; time to block: {ttb}", flush=True)
     return summary
+
+
+def describe_ceiling(c):
+    """One line for `ceiling`'s result."""
+    x, y = c["all"]
+    text = (f"every harm blocked exactly from the first request keeps {y:.1f}% of the benefit (harm reduction "
+            f"{x:.1f}%); ")
+    if c["best"] is None:
+        return text + f"no exact policy keeps {c['min_benefit']:.0f}% of it"
+    bx, by, kept = c["best"]
+    return text + (f"the most harm reduction that keeps {c['min_benefit']:.0f}% of it is {bx:.1f}% (beneficial kept "
+                   f"{by:.1f}%" + (f", leaving on {'; '.join(kept)}" if kept else "") + ")")
 
 
 def main(argv=None):
@@ -652,6 +704,15 @@ def final(runs, elapsed, planned, prefix=""):
                 ttb[name].append("never" if t is None else f"{t:.1f}s")
         for name, ts in ttb.items():
             print(f"    time to block {name:<34} " + ", ".join(ts))
+        ceilings = [r["ceiling"] for r in rs if r.get("ceiling")]
+        if ceilings:
+            best = [c["best"][0] for c in ceilings if c["best"]]
+            ally = [c["all"][1] for c in ceilings]
+            print(f"    ceiling (the hidden world known from the first request): every harm blocked exactly keeps "
+                  f"{min(ally):.1f}-{max(ally):.1f}% of the benefit; the most harm reduction keeping "
+                  f"{ceilings[0]['min_benefit']:.0f}% is "
+                  + (f"{min(best):.1f}-{max(best):.1f}%" if best else "none")
+                  + (f" ({len(ceilings) - len(best)} runs: none)" if best and len(best) < len(ceilings) else ""))
     false_blocks = sum(len(r["mech"]["false_blocks"]) for r in runs)
     reverts = sum(len(r["mech"]["reverts"]) for r in runs)
     short = [f"{r['world']}/{r['seed']} {r['sent']}/{r['requests']}" for r in runs if r["sent"] < r["requests"]]
