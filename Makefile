@@ -13,6 +13,7 @@ WASM_TARGET  := wasm32-wasip1
 WASM_RAW     := target/$(WASM_TARGET)/wasm/augur.wasm
 WASM         := target/augur.wasm
 EMPTY_WASM   := target/empty_filter.wasm
+FLOOR_WASMS  := $(EMPTY_WASM) target/host_calls_filter.wasm
 CLI          := target/release/augur
 RUST_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/config.toml models/default.onnx
 # wasm-opt flags: the module's own features only (Envoy refuses --all-features).
@@ -82,12 +83,13 @@ wasm: $(WASM)
 wasm-opt-flags:
 	@echo $(WASM_OPT_FLAGS)
 
-# The bench-e2e floor: a proxy-wasm filter that does nothing, same profile and flags.
-$(EMPTY_WASM): examples/empty_filter.rs Cargo.toml .rustup-target.stamp
-	cargo build --profile wasm --target $(WASM_TARGET) --example empty_filter
+# The bench-e2e floors, same profile and flags as augur: a proxy-wasm filter that does
+# nothing (empty_filter) and one that makes augur's host calls only (host_calls_filter).
+target/%_filter.wasm: examples/%_filter.rs Cargo.toml .rustup-target.stamp
+	cargo build --profile wasm --target $(WASM_TARGET) --example $*_filter
 	@if command -v wasm-opt >/dev/null 2>&1; then \
-		wasm-opt $(WASM_OPT_FLAGS) target/$(WASM_TARGET)/wasm/examples/empty_filter.wasm -o $@; \
-	else cp target/$(WASM_TARGET)/wasm/examples/empty_filter.wasm $@; fi
+		wasm-opt $(WASM_OPT_FLAGS) target/$(WASM_TARGET)/wasm/examples/$*_filter.wasm -o $@; \
+	else cp target/$(WASM_TARGET)/wasm/examples/$*_filter.wasm $@; fi
 
 $(CLI): $(RUST_SOURCES)
 	cargo build --release --bin augur
@@ -150,7 +152,7 @@ FUZZ_SECONDS ?= 2
 unit:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) cargo test
 
-integration: $(WASM) $(EMPTY_WASM) $(CLI) venv .deploy-tools.stamp node-deps rules-check
+integration: $(WASM) $(FLOOR_WASMS) $(CLI) venv .deploy-tools.stamp node-deps rules-check
 	node --test tests/wasm_host/
 	cd clients/node && node --test test/
 	$(VPY) -m pytest -q python/tests clients/python
@@ -187,7 +189,7 @@ bench-vm: .rustup-target.stamp
 # Load generators from package registries: wrk (Debian) and oha (crates.io; first build ~5-7 min).
 OHA_VERSION := 1.16.0
 
-bench-e2e: $(WASM) $(EMPTY_WASM) $(CLI) venv
+bench-e2e: $(WASM) $(FLOOR_WASMS) $(CLI) venv
 	@command -v wrk >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; \
 		else echo "bench-e2e needs wrk: sudo apt-get install wrk"; exit 2; fi; }

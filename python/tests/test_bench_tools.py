@@ -5,6 +5,7 @@ real model push through a watched file."""
 import base64
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -194,6 +195,66 @@ def test_a_variants_own_plugin_reaches_envoy_and_upstream_headers_drops_the_rest
         assert seen.get("x-augur-stack") == "new"
         assert seen.get("x-augur-flags", "").startswith("@model=")
         assert "x-augur-features" not in seen and "x-augur-decision" not in seen, seen
+    finally:
+        if envoy is not None:
+            envoy.close()
+        ups.close()
+
+
+def test_the_host_call_floor_writes_what_augur_writes(tmp_path):
+    """bench-e2e's `host_calls` row (examples/host_calls_filter.rs) repeats augur's
+    writes: on a new-stack request the app sees the stack, decision, features and
+    flags headers augur's native library decides for it, on an old-stack one only
+    the stack, in the share of new-stack requests, and the access log gets the
+    record augur writes."""
+    if not workload.HOST_CALLS_WASM.exists():
+        pytest.fail(f"{workload.HOST_CALLS_WASM} missing: `make {workload.HOST_CALLS_WASM.relative_to(ROOT)}`")
+    from augur_tools.paths import DEMO_PLUGIN
+
+    plugin = DEMO_PLUGIN.read_text()
+    decided = harness.cli_decide(DEMO_PLUGIN, [dict(workload.fixed_request_headers(f"floor-{i}"), **{
+        ":method": "GET", ":path": workload.FIXED_PATH}) for i in range(40)])
+    new_user = next(f"floor-{i}" for i, d in enumerate(decided) if d["stack"] == "new")
+    old_user = next(f"floor-{i}" for i, d in enumerate(decided) if d["stack"] == "old")
+    reqs = [dict(workload.fixed_request_headers(u), **{":method": "GET", ":path": workload.FIXED_PATH})
+            for u in (new_user, old_user)]
+    floor = json.loads(workload.host_calls_plugin(plugin, reqs))
+    assert floor["new_share"] == 0.5
+    new_rec = decided[int(new_user.split("-")[1])]
+    on = [f for f, v in new_rec["features"].items() if v["on"]]
+    new_headers = dict(floor["new"]["headers"])
+    # The decision id is each decision's own (16 hex digits); the rest is this user's decision.
+    assert re.fullmatch("[0-9a-f]{16}", new_headers.pop("x-augur-decision"))
+    assert new_headers == {"x-augur-stack": "new", "x-augur-features": ",".join(on),
+                           "x-augur-flags": workload.flags_header(new_rec)}
+    assert floor["old"]["headers"] == [["x-augur-stack", "old"]]
+    workload.copy_floors(tmp_path)
+    ups = Upstreams()
+    envoy = None
+    try:
+        port = harness.free_port()
+        log = tmp_path / "a.log"
+        cfg = workload.under_test_config("host_calls", port, harness.free_port(), ups.ports["new"], log, plugin,
+                                         tmp_path / "augur.wasm", floor_requests=reqs)
+        envoy = Envoy(cfg, workdir=tmp_path)
+        c = Client(port)
+        try:
+            seen = [json.loads(c.request(workload.fixed_request_headers("anyone"))[2])["headers"] for _ in range(4)]
+        finally:
+            c.close()
+        stacks = [s.get("x-augur-stack") for s in seen]
+        assert stacks == ["old", "new", "old", "new"], stacks
+        # The filter-state record reaches the access log as augur's does, with the decision id sent upstream.
+        records = harness.wait_for_records(log, 4)
+        assert [r["decision"]["stack"] for r in records] == stacks
+        for s, r in zip(seen, records, strict=True):
+            got = {k: v for k, v in s.items() if k.startswith("x-augur-")}
+            want = dict(floor["new" if s["x-augur-stack"] == "new" else "old"]["headers"])
+            if "x-augur-decision" in want:  # each decision (and so each run of the library) has its own id
+                assert got.pop("x-augur-decision") == r["decision"]["id"]
+                want.pop("x-augur-decision")
+            assert got == want
+            assert r["decision"]["features"] == json.loads(floor[s["x-augur-stack"]]["record"])["features"]
     finally:
         if envoy is not None:
             envoy.close()

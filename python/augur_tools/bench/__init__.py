@@ -15,6 +15,12 @@ Envoy under test (`--concurrency 1`, one Envoy process per configuration):
   empty_filter       an empty proxy-wasm filter (examples/empty_filter.rs, the
                      same wasm profile, target, SIMD and wasm-opt flags as augur)
                      in the same V8: the floor any wasm filter pays here
+  host_calls         a proxy-wasm filter making only augur's host calls
+                     (examples/host_calls_filter.rs: reads both header maps,
+                     writes the headers and the record augur writes for a
+                     typical new- or old-stack request of the saturation set, in
+                     the same share): what Envoy and V8 spend on the calls any
+                     filter doing augur's job must make
   augur              the augur filter (target/augur.wasm, default model) with
                      envoy/augur-demo.json, routing on the header it writes
   augur_tiny_model   (--breakdown) augur with a 20→32→4 model and no model

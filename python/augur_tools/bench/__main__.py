@@ -5,6 +5,7 @@ see augur_tools.bench for what it measures and how.
 """
 
 import argparse
+import json
 import shutil
 import signal
 import sys
@@ -29,10 +30,12 @@ from augur_tools.bench.measure import (
 from augur_tools.bench.report import report
 from augur_tools.bench.workload import (
     CONFIGS,
-    EMPTY_WASM,
     TINY_MODEL,
+    copy_floors,
     fixed_request_headers,
+    host_calls_plugin,
     pick_new_stack_user,
+    saturation_requests,
     tiny_model_plugin,
     wrk_script,
 )
@@ -100,7 +103,7 @@ def main(argv=None):
     # A snapshot: a concurrent `make wasm` must not swap the module mid-run.
     wasm = work / "augur.wasm"
     shutil.copyfile(WASM, wasm)
-    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
+    copy_floors(work)
     import hashlib
 
     configs = list(CONFIGS)
@@ -123,6 +126,7 @@ def main(argv=None):
         "gen_cpus": gen_cpus,
         "plugin_text": plugin_text,
         "headers": fixed_request_headers(pick_new_stack_user(DEMO_PLUGIN)),
+        "host_calls_new_share": json.loads(host_calls_plugin(plugin_text, saturation_requests()))["new_share"],
         "wrk_requests": wrk_script(script),
         "oha": Oha(tools["oha"], gen_cpus),
         "wrk": Wrk(tools["wrk"], gen_cpus, script),

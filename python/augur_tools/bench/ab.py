@@ -12,8 +12,9 @@ request and the median of its per-round differences to the first variant.
         augur:wasm=/tmp/candidate.wasm augur:log=plain
 
 A variant is `kind[:key=value]...`: `kind` is a bench-e2e configuration
-(passthrough, sticky_split, empty_filter, augur); `wasm=` another module for
-augur; `plugin=` another plugin configuration (a JSON file) for augur;
+(passthrough, sticky_split, empty_filter, host_calls, augur); `wasm=` another
+module for augur; `plugin=` another plugin configuration (a JSON file) for augur
+(for host_calls: the augur configuration whose writes it repeats);
 `log=plain` the access log without augur's fields (Envoy's own fields
 only); `name=` a label.
 """
@@ -33,7 +34,7 @@ from augur_tools.bench.measure import (
     median,
 )
 from augur_tools.bench.workload import (
-    EMPTY_WASM,
+    copy_floors,
     fixed_request_headers,
     under_test_config,
     wrk_script,
@@ -59,7 +60,8 @@ def parse_variant(text):
 
 
 def start(v, i, work, cpus, upstream_port, plugin_text, headers, wrapper=(), ready_timeout=90):
-    """Variant `v` as Envoy `v{i}` in `work`, ready to serve (`wrapper`: a command it runs under)."""
+    """Variant `v` as Envoy `v{i}` in `work`, ready to serve (`wrapper`: a command it runs under).
+    A host_calls variant repeats what augur with `plugin_text` writes on the saturation requests."""
     port, admin_port = free_port(), free_port()
     wasm = work / f"v{i}.wasm"
     shutil.copyfile(v["wasm"] or WASM, wasm)
@@ -89,8 +91,7 @@ def main(argv=None):
     work = ROOT / ".run" / "bench-ab"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    # under_test_config finds the empty filter beside the module under test.
-    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
+    copy_floors(work)
     script = work / "requests.lua"
     wrk_script(script)
     wrk = Wrk(tools["wrk"], gen_cpus, script)

@@ -42,7 +42,7 @@ from pathlib import Path
 from augur_tools import cli
 from augur_tools.bench.ab import parse_variant, start
 from augur_tools.bench.measure import BenchError, EnvoyProc
-from augur_tools.bench.workload import EMPTY_WASM, fixed_request_headers
+from augur_tools.bench.workload import copy_floors, fixed_request_headers
 from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import ROOT, WASM, free_port
 from augur_tools.paths import DEMO_PLUGIN
@@ -272,7 +272,7 @@ def main(argv=None):
     work = ROOT / ".run" / "bench-instr"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    shutil.copyfile(EMPTY_WASM, work / "empty_filter.wasm")
+    copy_floors(work)
     up_port, up_admin = free_port(), free_port()
     upstream = EnvoyProc("upstream", envoyconf.direct_response_bootstrap(up_admin, up_port, body="ok"), work,
                          None, up_port)

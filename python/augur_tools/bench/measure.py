@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from augur_tools.bench.workload import (
-    EMPTY_WASM,
     FIXED_PATH,
+    FLOORS,
     under_test_config,
 )
 from augur_tools.envoy import admin, envoyconf, harness
@@ -62,8 +62,9 @@ def check_tools(need_taskset, names=("wrk", "oha")):
         problems.append(f"Envoy not found at {ENVOY}: run `make venv`")
     if not WASM.exists():
         problems.append(f"{WASM} not found: run `make wasm`")
-    if not EMPTY_WASM.exists():
-        problems.append(f"{EMPTY_WASM} not found: run `make {EMPTY_WASM.relative_to(ROOT)}`")
+    for floor in FLOORS:
+        if not floor.exists():
+            problems.append(f"{floor} not found: run `make {floor.relative_to(ROOT)}`")
     if missing or problems:
         print("bench-e2e: cannot run:", file=sys.stderr)
         for p in problems:

@@ -27,7 +27,7 @@ def verdict(ok):
 
 
 def report(results, push, ready_all, ctx, args, started):
-    P, W, S, E, A = (results[k] for k in CONFIGS)
+    P, W, S, E, H, A = (results[k] for k in CONFIGS)
     print()
     print(f"== augur end-to-end benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, "
           f"layout {args.layout}: envoy under test on CPU {ctx['envoy_cpus'] or 'any'}, "
@@ -92,8 +92,13 @@ def report(results, push, ready_all, ctx, args, started):
           f"implies (independent of what else limited throughput): {up_ / ua:.3f} vs passthrough, "
           f"{uw / ua:.3f} vs weighted_clusters")
     ue, us_ = E["saturation"]["envoy_us_per_req"], S["saturation"]["envoy_us_per_req"]
+    uh = H["saturation"]["envoy_us_per_req"]
     print(f"the V8 floor: an empty proxy-wasm filter costs {ue - up_:.1f} us of Envoy CPU per request over "
           f"passthrough; Envoy's sticky split (use_hash_policy) {us_ - up_:.1f} us")
+    print(f"the I/O floor: a filter making only augur's host calls (examples/host_calls_filter.rs: both header "
+          f"maps read, augur's headers and record written, {100 * ctx['host_calls_new_share']:.0f}% of requests "
+          f"with the new-stack writes as augur) costs {uh - ue:.1f} us over the empty filter; augur's own work "
+          f"in the VM and what it adds to the calls: {ua - uh:.1f} us")
     print(f"first request after ready (fresh connection): augur {A['first_request_us']:.0f} us, "
           f"passthrough {P['first_request_us']:.0f} us")
     if "augur_tiny_model" in results:
@@ -136,6 +141,8 @@ def report(results, push, ready_all, ctx, args, started):
     print(f"vs weighted_clusters rps ratio: {w_ratio:.3f}")
     print(f"empty filter over passthrough us: {ue - up_:.1f}")
     print(f"augur over empty filter us: {ua - ue:.1f}")
+    print(f"host calls over empty filter us: {uh - ue:.1f}")
+    print(f"augur over host calls us: {ua - uh:.1f}")
     print(f"augur over sticky split us: {ua - us_:.1f}")
     print(f"vs empty filter added p50 us: {A['latency']['p50'] - E['latency']['p50']:.0f}")
     print(f"vs empty filter added p99 us: {A['latency']['p99'] - E['latency']['p99']:.0f}")

@@ -6,14 +6,25 @@ synthetic users for saturation.
 
 import base64
 import json
+import shutil
 import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 from augur_tools.envoy import envoyconf, harness
 from augur_tools.envoy.harness import AUGUR_CLI, ROOT
 
-CONFIGS = ("passthrough", "weighted_clusters", "sticky_split", "empty_filter", "augur")
+CONFIGS = ("passthrough", "weighted_clusters", "sticky_split", "empty_filter", "host_calls", "augur")
 EMPTY_WASM = ROOT / "target" / "empty_filter.wasm"
+HOST_CALLS_WASM = ROOT / "target" / "host_calls_filter.wasm"
+FLOORS = (EMPTY_WASM, HOST_CALLS_WASM)
+
+
+def copy_floors(work):
+    """The floor modules beside the module under test, where under_test_config finds them."""
+    for path in FLOORS:
+        shutil.copyfile(path, Path(work) / path.name)
 
 
 # ---- requests --------------------------------------------------------------------
@@ -58,11 +69,16 @@ def lua_str(s):
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
+def saturation_requests(n=2000, seed=2026):
+    """The requests the saturation runs cycle through (wrk_script), as header dicts."""
+    return harness.synthetic_requests(n, seed=seed, prefix="wrk")
+
+
 def wrk_script(path, n=2000, seed=2026, max_body=1024):
     """A wrk Lua script cycling through `n` synthetic requests (python/augur_tools/sim/synthetic.py:
     many users, devices, regions, tiers, history headers, ~20% POST with a body
     of at most `max_body` bytes), and printing a JSON summary (latency in us)."""
-    reqs = harness.synthetic_requests(n, seed=seed, prefix="wrk")
+    reqs = saturation_requests(n, seed)
     lines = ["local reqs = {}"]
     for i, h in enumerate(reqs):
         h = dict(h)
@@ -96,6 +112,54 @@ def wrk_script(path, n=2000, seed=2026, max_body=1024):
 
 
 # ---- configurations -----------------------------------------------------------------
+
+
+def flags_header(record):
+    """The flags header augur writes for the decision `record` (record::write_flags)."""
+    out = "@model=" + record["model"] + ("" if record["model_ok"] else ";error")
+    for name, f in record["features"].items():
+        out += f",{name}={'on' if f['on'] else 'off'};{f['reason']}" + (f";{f['score']}" if "score" in f else "")
+    return out
+
+
+def host_calls_plugin(plugin_text, requests):
+    """The configuration of the host-call floor (examples/host_calls_filter.rs)
+    for `requests` under augur's `plugin_text`: what augur writes on a typical
+    new-stack and a typical old-stack request of them (the one whose record has
+    the median length; header names, values and the record as the native library
+    decides and writes them) and the share of new-stack requests. Envoy makes
+    the request id at the edge, so each request gets a UUID here."""
+    c = json.loads(plugin_text)
+    prefix = c.get("control_header_prefix", "x-augur-")
+    send = c.get("upstream_headers", ["features", "flags", "decision"])
+    stacks = {"old": "old", "new": "new", **c.get("stacks", {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plugin.json"
+        path.write_text(plugin_text)
+        reqs = [dict(h, **{"x-request-id": str(uuid.UUID(int=i + 1))}) for i, h in enumerate(requests)]
+        lines = harness.cli_decide(path, reqs, raw=True)
+    by_stack = {"new": [], "old": []}
+    for line in lines:
+        by_stack["new" if json.loads(line)["stack"] == stacks["new"] else "old"].append(line)
+
+    def writes(stack):
+        if not by_stack[stack]:
+            return {"headers": [], "record": ""}
+        line = sorted(by_stack[stack], key=len)[len(by_stack[stack]) // 2]
+        r = json.loads(line)
+        headers = [(prefix + "stack", stacks[stack])]
+        if stack == "new":  # in the order the filter writes them (stream.rs)
+            if "decision" in send:
+                headers.append((prefix + "decision", r["id"]))
+            if "features" in send:
+                headers.append((prefix + "features", ",".join(f for f, v in r["features"].items() if v["on"])))
+            if "flags" in send:
+                headers.append((prefix + "flags", flags_header(r)))
+        return {"headers": headers, "record": line}
+
+    return json.dumps({"new": writes("new"), "old": writes("old"),
+                       "new_share": len(by_stack["new"]) / max(len(lines), 1)})
+
 
 TINY_MODEL = ROOT / "benches" / "models" / "mlp_f1_h32.onnx"
 MODEL_THRESHOLDS = ("min_score", "max_performance_cost", "max_error_risk", "min_engagement", "max_security_risk")
@@ -155,7 +219,10 @@ def sticky_split_route_config(new_weight=30, user_header="x-user-id", stack_head
     return {"name": "sticky", "virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]}
 
 
-def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text, wasm):
+def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_text, wasm, floor_requests=None):
+    """The Envoy under test for `kind` (CONFIGS, or augur*), the floors' modules
+    beside `wasm`; `host_calls` writes what augur with `plugin_text` writes on
+    `floor_requests` (default: the saturation requests)."""
     if kind == "passthrough":
         lst = envoyconf.http_listener(kind, port, envoyconf.single_cluster_route_config(),
                                       [envoyconf.router_filter()], access_log)
@@ -168,6 +235,11 @@ def under_test_config(kind, port, admin_port, upstream_port, access_log, plugin_
     elif kind == "empty_filter":
         lst = envoyconf.http_listener(kind, port, envoyconf.route_config(),
                                       [envoyconf.wasm_filter("{}", wasm.parent / "empty_filter.wasm"),
+                                       envoyconf.router_filter()], access_log)
+    elif kind == "host_calls":
+        floor = host_calls_plugin(plugin_text, floor_requests or saturation_requests())
+        lst = envoyconf.http_listener(kind, port, envoyconf.route_config(),
+                                      [envoyconf.wasm_filter(floor, wasm.parent / "host_calls_filter.wasm"),
                                        envoyconf.router_filter()], access_log)
     elif kind.startswith("augur"):
         lst = envoyconf.listener(kind, port, plugin_text, wasm, access_log)

@@ -196,14 +196,16 @@ def wait_for_records(path, count, timeout=15):
     return read_records(path)
 
 
-def cli_decide(config_path, header_dicts):
-    """The native library's decision for each request (same code as the filter)."""
+def cli_decide(config_path, header_dicts, raw=False):
+    """The native library's decision record for each request (same code as the
+    filter), parsed, or (`raw`) as the text the filter would store."""
     lines = "\n".join(json.dumps(h) for h in header_dicts) + "\n"
     r = subprocess.run(
         [str(AUGUR_CLI), "decide", "--config", str(config_path)],
         input=lines, capture_output=True, text=True, timeout=120, check=True,
     )
-    return [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+    out = [x for x in r.stdout.splitlines() if x.strip()]
+    return out if raw else [json.loads(x) for x in out]
 
 
 def prom_sum(text, name, **labels):
