@@ -78,7 +78,11 @@ mod filter {
     // wrappers allocate and copy on their own, which augur does not pay).
     #[link(wasm_import_module = "env")]
     extern "C" {
-        fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_data: *mut *mut u8,
+            return_size: *mut usize,
+        ) -> u32;
         fn proxy_replace_header_map_value(
             map_type: u32,
             key_data: *const u8,
@@ -86,8 +90,12 @@ mod filter {
             value_data: *const u8,
             value_size: usize,
         ) -> u32;
-        fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize)
-            -> u32;
+        fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
         fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     }
 
@@ -156,7 +164,9 @@ mod filter {
             let writes = self.shared.next();
             for (k, v) in &writes.headers {
                 // SAFETY: pointers and lengths of live strings; the host copies them.
-                unsafe { proxy_replace_header_map_value(REQUEST_HEADERS, k.as_ptr(), k.len(), v.as_ptr(), v.len()) };
+                unsafe {
+                    proxy_replace_header_map_value(REQUEST_HEADERS, k.as_ptr(), k.len(), v.as_ptr(), v.len())
+                };
             }
             let (name, record) = ("augur_decision", &writes.record);
             // SAFETY: as above.
