@@ -9,6 +9,10 @@
 //! so Envoy copies the same bytes as often. Built with the filter's own
 //! profile, target and SIMD flags, as the empty filter.
 //!
+//! Not repeated: augur's periodic calls (the stats flush and the rollback sync,
+//! on its tick: a few per second, not per request) and the response-side
+//! writes the bench never triggers (no control or signal headers come back).
+//!
 //! Why: "augur over empty filter" mixes what Envoy's V8 host spends on the
 //! calls any such filter must make (a decision has to reach the route table and
 //! the app as headers, the record the access log) with augur's own work in the

@@ -128,7 +128,8 @@ def host_calls_plugin(plugin_text, requests):
     new-stack and a typical old-stack request of them (the one whose record has
     the median length; header names, values and the record as the native library
     decides and writes them) and the share of new-stack requests. Envoy makes
-    the request id at the edge, so each request gets a UUID here."""
+    the request id at the edge, so each request gets a UUID here. (A prefix
+    migration's extra stack headers are not repeated: the shipped plugins have none.)"""
     c = json.loads(plugin_text)
     prefix = c.get("control_header_prefix", "x-augur-")
     send = c.get("upstream_headers", ["features", "flags", "decision"])
@@ -139,8 +140,8 @@ def host_calls_plugin(plugin_text, requests):
         reqs = [dict(h, **{"x-request-id": str(uuid.UUID(int=i + 1))}) for i, h in enumerate(requests)]
         lines = harness.cli_decide(path, reqs, raw=True)
     by_stack = {"new": [], "old": []}
-    for line in lines:
-        by_stack["new" if json.loads(line)["stack"] == stacks["new"] else "old"].append(line)
+    for line in lines:  # the record's `stack` is old/new, its `route` the configured name
+        by_stack[json.loads(line)["stack"]].append(line)
 
     def writes(stack):
         if not by_stack[stack]:

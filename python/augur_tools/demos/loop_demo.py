@@ -45,7 +45,6 @@ import argparse
 import collections
 import datetime
 import http.client
-import itertools
 import json
 import random
 import re
@@ -330,39 +329,47 @@ def static_baseline(plugin, reqs, sent, effects, work):
 
 
 def ceiling(truths, effects, min_benefit=95.0):
-    """What a policy that knows the hidden world from the first request could
-    reach on these static exposures: every harm blocked exactly in its own
-    segment, nothing explored, and where a harm and a benefit of one feature
-    overlap, the overlap either blocked or kept (each choice tried). Bounds any
-    rollback's (harm reduction, beneficial kept) on this traffic: a real one also
-    pays for detection delay and exploration.
+    """The best (harm reduction, beneficial kept) any policy could reach on these
+    static exposures, knowing the hidden world from the first request: every
+    harm blocked exactly in its own segment, nothing explored — which keeps
+    every benefit except where a harm and a benefit of one feature meet — then
+    features left on in such overlaps, the requests that regain the most benefit
+    first, until `min_benefit`% is kept (a share of the last group: a policy can
+    split a group by user). Exposure counting makes this exact: leaving anything
+    on in a request makes it harmed once, whatever else is on; nothing gains by
+    turning off more, or on more than the static rollout. A real loop pays on top
+    for detection delay and exploration.
 
     Returns {"all": (x, y) with every harm blocked, "best": (x, y, kept) the
-    highest harm reduction with beneficial kept >= min_benefit (None if no
-    choice reaches it), "min_benefit"}; None without harms or benefits."""
-    harm_pairs = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "harm"}
-    benefit_pairs = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "benefit"}
-    overlaps = sorted({(h, b) for t in truths for h in t["harms"] for b in t["benefits"]
-                       if harm_pairs.get(h) == benefit_pairs.get(b)})
+    highest harm reduction with beneficial kept >= min_benefit and the overlaps
+    left on with the share of each, "min_benefit"}; None without harms or
+    benefits."""
+    harm_of = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "harm"}
+    benefit_of = {planted.pair(f, s): f for k, f, s, _, _ in effects if k == "benefit"}
     static_harmed = sum(1 for t in truths if t["harms"])
     static_benefit = sum(len(t["benefits"]) for t in truths)
     if not static_harmed or not static_benefit:
         return None
-    results = []
-    for keep in itertools.product((False, True), repeat=len(overlaps)):
-        kept = {o for o, k in zip(overlaps, keep) if k}
-        harmed = benefit = 0
-        for t in truths:
-            # A feature is off where one of its harms is, unless that harm's overlap with a benefit here is kept.
-            off = {harm_pairs[h] for h in t["harms"] if not any((h, b) in kept for b in t["benefits"])}
-            harmed += any(harm_pairs[h] not in off for h in t["harms"])
-            benefit += sum(1 for b in t["benefits"] if benefit_pairs[b] not in off)
-        results.append((100.0 * (1 - harmed / static_harmed), 100.0 * benefit / static_benefit,
-                        sorted(f"{h} & {b.split('@')[1]}" for h, b in kept)))
-    every = next(r for r in results if not r[2])
-    good = [r for r in results if r[1] >= min_benefit]
-    return {"all": every[:2], "best": max(good, key=lambda r: (r[0], r[1])) if good else None,
-            "min_benefit": min_benefit}
+    groups = collections.Counter()  # (benefits regained per request, overlaps) -> requests
+    for t in truths:
+        harmed_features = {harm_of[h] for h in t["harms"]}
+        lost = [b for b in t["benefits"] if benefit_of[b] in harmed_features]
+        if lost:
+            label = tuple(sorted({f"{h} & {b.split('@')[1]}" for h in t["harms"] for b in lost
+                                  if harm_of[h] == benefit_of[b]}))
+            groups[(len(lost), label)] += 1
+    benefit = static_benefit - sum(g * n for (g, _), n in groups.items())
+    every = (100.0, 100.0 * benefit / static_benefit)
+    need = min_benefit / 100.0 * static_benefit - benefit
+    harmed, kept = 0.0, []
+    for (gain, label), n in sorted(groups.items(), key=lambda kv: -kv[0][0]):
+        if need <= 1e-9:
+            break
+        take = min(n, need / gain)
+        harmed, need = harmed + take, need - take * gain
+        kept.append(f"{' + '.join(label)} ({100 * take / n:.0f}%)")
+    best = None if need > 1e-9 else (100.0 * (1 - harmed / static_harmed), min_benefit if kept else every[1], kept)
+    return {"all": every, "best": best, "min_benefit": min_benefit}
 
 
 def tally(res):
