@@ -42,8 +42,12 @@ from pathlib import Path
 from augur_tools import cli
 from augur_tools.bench.ab import parse_variant, start
 from augur_tools.bench.measure import BenchError, EnvoyProc
-from augur_tools.bench.workload import copy_floors, fixed_request_headers
-from augur_tools.envoy import envoyconf, harness
+from augur_tools.bench.workload import (
+    copy_floors,
+    fixed_request_headers,
+    saturation_requests,
+)
+from augur_tools.envoy import envoyconf
 from augur_tools.envoy.harness import ROOT, WASM, free_port
 from augur_tools.paths import DEMO_PLUGIN
 
@@ -195,7 +199,7 @@ class Client:
     """Exactly `n` requests over one keep-alive connection, in a fixed order."""
 
     def __init__(self, port):
-        self.reqs = harness.synthetic_requests(2000, seed=2026, prefix="wrk")
+        self.reqs = saturation_requests()
         self.port, self.next = port, 0
 
     def send(self, n):
