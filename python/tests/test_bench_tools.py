@@ -259,3 +259,28 @@ def test_the_host_call_floor_writes_what_augur_writes(tmp_path):
         for e in envoys:
             e.close()
         ups.close()
+
+
+def test_instr_reads_self_costs_and_cache_events_from_a_callgrind_dump(tmp_path):
+    """bench.instr's reader of callgrind's raw dump: self costs per function, a
+    call's inclusive line left out, name compression and every event column."""
+    from augur_tools.bench import instr
+
+    dump = tmp_path / "v0.cg.1.1"
+    lines = [
+        "events: Ir Dr D1mr",
+        "fn=(1) 0x1000",
+        "0 100 40 3",
+        "+1 50 10 1",
+        "cfn=(2) 0x2000",
+        "calls=1 0",
+        "0 999 999 999",  # the call's inclusive cost: not 0x1000's own
+        "fn=(2)",
+        "0 20 5 2",
+    ]
+    dump.write_text("".join(f"{line}\n" for line in lines))
+    total, per_fn, per_fn_events = instr.self_costs(dump)
+    assert total == 170
+    assert per_fn == {"0x1000": 150, "0x2000": 20}
+    assert per_fn_events["0x1000"] == {"Ir": 150, "Dr": 50, "D1mr": 4}
+    assert per_fn_events["0x2000"] == {"Ir": 20, "Dr": 5, "D1mr": 2}

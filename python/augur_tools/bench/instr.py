@@ -17,6 +17,10 @@ count as per request, is taken out.
 
     .venv/bin/python -m augur_tools.bench.instr empty_filter augur augur:wasm=/tmp/x.wasm --functions 25
 
+`--cache-sim` adds callgrind's cache simulation: I1/D1/LL misses per request,
+inside the wasm code space and elsewhere (cold code and data show up as L1
+misses; the simulated last level is large, so LL misses are ~0 here).
+
 `--functions K` lists the K wasm functions of each augur variant that execute
 the most instructions per request (self, the idle time's taken out), named
 from the module's name section: for target/augur.wasm, whose names wasm-opt
@@ -151,9 +155,13 @@ def newest_dump(work, i, pid):
 
 def self_costs(path):
     """Total instructions and self instructions per function name of one dump
-    (read from the raw file: callgrind_annotate mis-assigns JIT code)."""
+    (read from the raw file: callgrind_annotate mis-assigns JIT code), and the
+    self count of every event the dump has, per function name (`--cache-sim`:
+    cache misses besides `Ir`)."""
     names, fn, skip = {}, None, False
+    events = ["Ir"]
     per_fn = collections.Counter()
+    per_fn_events = collections.defaultdict(collections.Counter)
 
     def name(v):
         m = re.match(r"\((\d+)\)(?: (.*))?", v)
@@ -166,7 +174,9 @@ def self_costs(path):
 
     with open(path, errors="replace") as f:
         for line in f:
-            if line.startswith("fn="):
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("fn="):
                 fn = name(line[3:].strip())
             elif line.startswith("cfn="):
                 name(line[4:].strip())
@@ -177,8 +187,10 @@ def self_costs(path):
                 if len(parts) >= 2:
                     if not skip:
                         per_fn[fn] += int(parts[1])
+                        for e, v in zip(events, parts[1:]):
+                            per_fn_events[fn][e] += int(v)
                     skip = False
-    return sum(per_fn.values()), per_fn
+    return sum(per_fn.values()), per_fn, per_fn_events
 
 
 def code_space(pid, per_fn):
@@ -231,13 +243,27 @@ def measure(env, i, work, n):
     client.send(n)
     busy_s = time.monotonic() - t0
     callgrind(env.pid, "-d")
-    busy, busy_fn = self_costs(newest_dump(work, i, env.pid))
+    busy, busy_fn, busy_ev = self_costs(newest_dump(work, i, env.pid))
     callgrind(env.pid, "-z")
     time.sleep(busy_s)
     callgrind(env.pid, "-d")
-    idle, idle_fn = self_costs(newest_dump(work, i, env.pid))
+    idle, idle_fn, idle_ev = self_costs(newest_dump(work, i, env.pid))
     busy_fn.subtract(idle_fn)
-    return (busy - idle) / n, idle / busy_s, busy_fn
+    for f, c in idle_ev.items():
+        busy_ev[f].subtract(c)
+    return (busy - idle) / n, idle / busy_s, busy_fn, busy_ev
+
+
+def misses(env, per_fn, per_fn_events, n):
+    """Cache misses per request (`--cache-sim`): ({event: [in the wasm code space, elsewhere]},
+    whether the code space was found: a floor's few wasm instructions may not show it)."""
+    base = code_space(env.pid, per_fn)
+    out = collections.defaultdict(lambda: [0.0, 0.0])
+    for f, ev in per_fn_events.items():
+        inside = base is not None and bool(f) and f.startswith("0x") and base <= int(f, 16) < base + (1 << 32)
+        for e, v in ev.items():
+            out[e][0 if inside else 1] += v / n
+    return out, base is not None
 
 
 def function_table(env, variant, work, per_fn, n, k):
@@ -268,6 +294,8 @@ def main(argv=None):
     p.add_argument("--requests", type=int, default=1000, help="measured requests per variant")
     p.add_argument("--functions", type=int, default=0, metavar="K", help="list the K costliest wasm functions")
     p.add_argument("--ready-timeout", type=int, default=900, help="seconds for an Envoy to start under valgrind")
+    p.add_argument("--cache-sim", action="store_true",
+                   help="also simulate the caches: I1/D1/LL misses per request, inside the wasm code and elsewhere")
     a = p.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -290,7 +318,7 @@ def main(argv=None):
             futures = {}
             for i, v in enumerate(variants):
                 wrapper = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
-                           f"--callgrind-out-file={work}/v{i}.cg.%p"]
+                           f"--callgrind-out-file={work}/v{i}.cg.%p"] + (["--cache-sim=yes"] if a.cache_sim else [])
                 futures[pool.submit(start, v, i, work, None, up_port, DEMO_PLUGIN.read_text(), headers, wrapper,
                                     a.ready_timeout)] = i
             for fut in concurrent.futures.as_completed(futures):
@@ -299,10 +327,16 @@ def main(argv=None):
                 print(f"instr: {variants[i]['name']} ready after {time.monotonic() - t0:.0f} s", flush=True)
         results = []
         for i, v in enumerate(variants):
-            per_req, idle_per_s, per_fn = measure(envoys[i], i, work, a.requests)
+            per_req, idle_per_s, per_fn, per_fn_events = measure(envoys[i], i, work, a.requests)
             print(f"instr: {v['name']}: {per_req:,.0f} instructions per request (idle {idle_per_s:,.0f}/s taken out)",
                   flush=True)
             results.append(per_req)
+            if a.cache_sim:
+                m, found = misses(envoys[i], per_fn, per_fn_events, a.requests)
+                where = "in the wasm code space / elsewhere (Envoy, V8)" if found else \
+                    "0 / all (no wasm code space found among the costliest code)"
+                print(f"instr: {v['name']}: per request, {where}: "
+                      + "; ".join(f"{e} {m[e][0]:,.0f} / {m[e][1]:,.0f}" for e in m if e != "Ir"), flush=True)
             if a.functions and v["kind"] == "augur":
                 rows, named = function_table(envoys[i], v, work, per_fn, a.requests, a.functions)
                 print(f"instr: {v['name']}: costliest wasm code per request (self instructions"
