@@ -254,15 +254,23 @@ def measure(env, i, work, n):
     return (busy - idle) / n, idle / busy_s, busy_fn, busy_ev
 
 
+def in_code_space(f, base):
+    """The address of function name `f` inside the wasm code space at `base`, else None (Envoy's own code)."""
+    if base is None or not (f and f.startswith("0x")):
+        return None
+    a = int(f, 16)
+    return a if base <= a < base + (1 << 32) else None
+
+
 def misses(env, per_fn, per_fn_events, n):
     """Cache misses per request (`--cache-sim`): ({event: [in the wasm code space, elsewhere]},
     whether the code space was found: a floor's few wasm instructions may not show it)."""
     base = code_space(env.pid, per_fn)
     out = collections.defaultdict(lambda: [0.0, 0.0])
     for f, ev in per_fn_events.items():
-        inside = base is not None and bool(f) and f.startswith("0x") and base <= int(f, 16) < base + (1 << 32)
+        where = 1 if in_code_space(f, base) is None else 0
         for e, v in ev.items():
-            out[e][0 if inside else 1] += v / n
+            out[e][where] += v / n
     return out, base is not None
 
 
@@ -271,11 +279,9 @@ def function_table(env, variant, work, per_fn, n, k):
     base = code_space(env.pid, per_fn)
     rows = []
     for f, cost in per_fn.most_common():
-        if not (f and f.startswith("0x")) or base is None:
+        a = in_code_space(f, base)
+        if a is None:
             continue
-        a = int(f, 16)
-        if not base <= a < base + (1 << 32):
-            continue  # Envoy's own code
         label = "(direct)"
         if names is not None:
             imports, by_index = names
